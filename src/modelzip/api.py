@@ -1,0 +1,236 @@
+"""The front door: load_model, load_data, compress, evaluate, save, load.
+
+Example:
+    >>> import modelzip as mz
+    >>> data = mz.load_data("digits")
+    >>> model = mz.load_model("zoo:lenet300", data=data)          # trains and caches a baseline
+    >>> result = mz.compress(model, data, "default", out="lenet.mzip")
+    >>> result["ratio"], result["compressed"]["accuracy"]            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from modelzip import pipeline
+from modelzip.codec import container
+from modelzip.context import Context
+from modelzip.errors import ModelError
+from modelzip.eval.evaluate import check_fits
+from modelzip.eval.evaluate import evaluate as _evaluate
+from modelzip.eval.size import torch_save_bytes
+from modelzip.recipe import Recipe
+from modelzip.source import ModelSource, source_of
+from modelzip.train import Trainer
+from modelzip.zoo.data import DataBundle
+from modelzip.zoo.data import load_data as _load_data
+
+log = logging.getLogger("modelzip")
+
+#: How zoo baselines are trained when no weights are given.
+BASELINE_TRAINING = {"lenet300": {"epochs": 20, "lr": 1e-3}, "lenet5": {"epochs": 12, "lr": 1e-3}}
+CACHE_VERSION = 1
+
+
+def load_data(spec: str | DataBundle, *, batch_size: int = 64, seed: int = 0) -> DataBundle:
+    """A data set by spec: ``digits``, ``mnist5k`` or a .npz/.parquet/.csv file."""
+    if isinstance(spec, DataBundle):
+        return spec
+    return _load_data(spec, batch_size=batch_size, seed=seed)
+
+
+def cache_dir() -> Path:
+    """Where trained baselines are cached (``MODELZIP_CACHE`` overrides)."""
+    return Path(os.environ.get("MODELZIP_CACHE") or Path.home() / ".cache" / "modelzip")
+
+
+def load_model(
+    spec: str | nn.Module,
+    *,
+    data: DataBundle | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> nn.Module:
+    """Resolve a MODEL spec: ``zoo:NAME``, ``FILE.py:FACTORY`` (+ ``weights``) or ``FILE.mzip``.
+
+    A zoo model without ``weights`` is trained on ``data``'s train split; that baseline is
+    cached per (model, data, seed), so the next call loads it.
+    """
+    if isinstance(spec, nn.Module):
+        return spec
+    if spec.endswith(".mzip"):
+        return load(spec)
+    if spec.startswith("zoo:"):
+        if data is None:
+            raise ModelError(f"{spec} needs data to size its input and classes")
+        source = ModelSource(
+            "zoo", spec[4:], {"in_shape": list(data.sample_shape), "num_classes": data.num_classes}
+        )
+    elif ":" in spec and spec.rpartition(":")[0].endswith(".py"):
+        path, _, fn = spec.rpartition(":")
+        source = ModelSource("factory", f"{Path(path).resolve()}:{fn}", {})
+    elif spec.endswith((".onnx",)) or Path(spec).is_dir():
+        raise ModelError(
+            f"{spec}: ONNX and Hugging Face directory inputs are not supported yet; "
+            "use zoo:NAME, FILE.py:FACTORY or FILE.mzip"
+        )
+    else:
+        raise ModelError(
+            f"unknown model {spec!r}; valid: zoo:lenet300, zoo:lenet5, FILE.py:FACTORY, FILE.mzip"
+        )
+    model = source.build()
+    if weights is not None:
+        _load_weights(model, Path(weights))
+    elif source.kind == "zoo":
+        if data is None:
+            raise ModelError(f"{spec} needs data to train its baseline")
+        _trained_baseline(model, source, data, seed, progress)
+    return model.eval()
+
+
+def _load_weights(model: nn.Module, path: Path) -> None:
+    if not path.is_file():
+        raise ModelError(f"weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(
+            f"{path}: not a state_dict readable with weights_only=True ({exc})"
+        ) from None
+    if not isinstance(state, dict):
+        raise ModelError(
+            f"{path}: expected a state_dict (dict of tensors), got {type(state).__name__}"
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(s.strip() for s in str(exc).splitlines()[:2])
+        raise ModelError(f"{path}: weights do not fit the model: {detail}") from None
+
+
+def _data_key(data: DataBundle) -> str:
+    h = hashlib.sha256(f"{data.name}|{data.sample_shape}|{data.sizes}".encode()).hexdigest()
+    return h[:12]
+
+
+def _trained_baseline(
+    model: nn.Module, source: ModelSource, data: DataBundle, seed: int, progress: bool
+) -> None:
+    check_fits(model, data, f"zoo:{source.ref}")
+    path = (
+        cache_dir() / f"{source.ref}-{data.name}-{_data_key(data)}-seed{seed}-v{CACHE_VERSION}.pt"
+    )
+    if path.is_file():
+        try:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            return
+        except Exception:  # a stale or damaged cache entry is retrained, never trusted
+            log.warning("ignoring unreadable baseline cache %s", path)
+    cfg = BASELINE_TRAINING.get(source.ref, {"epochs": 10, "lr": 1e-3})
+    torch.manual_seed(seed)
+    for m in model.modules():  # deterministic init per seed
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    Trainer(progress=progress, seed=seed).fit(
+        model, data.train, epochs=cfg["epochs"], lr=cfg["lr"], description=f"baseline {source.ref}"
+    )
+    buf = _state_bytes(model)
+    container.write_atomic(path, buf)
+
+
+def _state_bytes(model: nn.Module) -> bytes:
+    import io
+
+    b = io.BytesIO()
+    torch.save(model.state_dict(), b)
+    return b.getvalue()
+
+
+def evaluate(
+    model: nn.Module | str,
+    data: DataBundle | str,
+    *,
+    split: str = "test",
+    measure_latency: bool = True,
+) -> dict[str, Any]:
+    """Accuracy, params, nonzero, bytes, bits_per_weight and latency of a model or .mzip."""
+    data = load_data(data)
+    file_bytes = None
+    if isinstance(model, str | os.PathLike) and str(model).endswith(".mzip"):
+        file_bytes = Path(model).stat().st_size if Path(model).is_file() else None
+    model = load_model(model, data=data) if not isinstance(model, nn.Module) else model
+    check_fits(model, data)
+    return _evaluate(
+        model, data, split=split, file_bytes=file_bytes, measure_latency=measure_latency
+    )
+
+
+def compress(
+    model: nn.Module,
+    data: DataBundle | str,
+    recipe: Recipe | str,
+    *,
+    out: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    measure_latency: bool = True,
+    on_stage: pipeline.StageHook | None = None,
+) -> dict[str, Any]:
+    """Run a recipe on a model; write the .mzip when ``out`` is given.
+
+    Returns ``baseline`` and ``compressed`` metrics, ``ratio`` (fp32 torch.save bytes /
+    .mzip bytes), ``stages`` and ``out``. The compressed model is under ``model`` (not JSON).
+    """
+    data = load_data(data)
+    recipe = Recipe.load(recipe)
+    check_fits(model, data)
+    if source_of(model) is None:
+        raise ModelError("the model has no recorded source; load it with modelzip.load_model")
+    baseline = _evaluate(
+        model, data, file_bytes=torch_save_bytes(model), measure_latency=measure_latency
+    )
+    ctx = Context(data=data, trainer=Trainer(progress=progress, seed=seed), seed=seed)
+    torch.manual_seed(seed)
+    compressed_model, stages = pipeline.run(model, recipe, ctx, on_stage=on_stage)
+    info = {"recipe": recipe.to_dict(), "data": data.name, "seed": seed}
+    blob = container.to_bytes(compressed_model, info=info)
+    if out is not None:
+        container.write_atomic(out, blob)
+    # Measure the model as a user gets it back from the file: honest, and the same numbers
+    # a later `evaluate FILE.mzip` reports.
+    deployed, _ = container.from_bytes(blob)
+    compressed = _evaluate(deployed, data, file_bytes=len(blob), measure_latency=measure_latency)
+    return {
+        "data": data.name,
+        "recipe": recipe.to_dict(),
+        "seed": seed,
+        "baseline": baseline,
+        "compressed": compressed,
+        "ratio": round(baseline["bytes"] / compressed["bytes"], 3),
+        "accuracy_delta": round(compressed["accuracy"] - baseline["accuracy"], 6),
+        "stages": stages,
+        "out": str(out) if out is not None else None,
+        "model": deployed,
+    }
+
+
+def save(model: nn.Module, path: str | os.PathLike[str]) -> int:
+    """Write a (compressed) model to a .mzip file atomically; returns its size in bytes."""
+    return container.save(model, path)
+
+
+def load(path: str | os.PathLike[str]) -> nn.Module:
+    """Read a .mzip back into a model (eval mode), bit-exact weights."""
+    model, _ = container.load(path)
+    return model
+
+
+__all__ = ["compress", "evaluate", "load", "load_data", "load_model", "save"]

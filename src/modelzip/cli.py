@@ -1,0 +1,285 @@
+"""The ``modelzip`` command: parse, call the API, print. Errors: one line, exit code 2."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from modelzip import api
+from modelzip.errors import ModelzipError
+
+try:  # typer >= 0.20 vendors its own click
+    from typer._click import exceptions as clickx
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click import exceptions as clickx
+
+app = typer.Typer(
+    name="modelzip",
+    help="Make trained neural networks small and fast while keeping their accuracy.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+out = Console()
+err = Console(stderr=True)
+
+DataOpt = Annotated[str, typer.Option("--data", help="digits | mnist5k | FILE.npz/.parquet/.csv")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print exactly one JSON object on stdout")]
+WeightsOpt = Annotated[
+    Path | None, typer.Option("--weights", help="state_dict for a FILE.py:FACTORY model")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="seed for training and every random choice")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="show tracebacks")]
+
+
+@app.callback()
+def _root(debug: DebugOpt = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=None, default=str) + "\n")
+
+
+def _summary_table(result: dict[str, Any], title: str) -> Table:
+    from modelzip.report import summary_rows
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("baseline (fp32)", justify="right")
+    table.add_column("compressed", justify="right")
+    for row in summary_rows(result):
+        table.add_row(*row)
+    table.add_row("ratio", "1.0x", f"{result['ratio']:.1f}x", style="bold")
+    return table
+
+
+def _metrics_table(metrics: dict[str, Any], title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, float):
+            value = f"{value:.4f}"
+        table.add_row(key, str(value))
+    return table
+
+
+def _layer_table(stages: list[dict[str, Any]]) -> Table | None:
+    sparsity: dict[str, float] = {}
+    for s in stages:
+        sparsity.update(s.get("notes", {}).get("layer_sparsity", {}))
+    if not sparsity:
+        return None
+    table = Table(title="per-layer sparsity")
+    table.add_column("layer")
+    table.add_column("sparsity", justify="right")
+    for name, value in sparsity.items():
+        table.add_row(name, f"{value:.2%}")
+    return table
+
+
+def _run_compress(
+    model_spec: str,
+    data_spec: str,
+    recipe: str,
+    output: Path,
+    *,
+    weights: Path | None,
+    report: Path | None,
+    seed: int,
+    as_json: bool,
+    measure_latency: bool = True,
+    title: str = "modelzip compress",
+) -> dict[str, Any]:
+    from modelzip.recipe import Recipe
+    from modelzip.report import write_reports
+
+    rec = Recipe.load(recipe)  # validate before any training
+    if output.suffix != ".mzip":
+        raise typer.BadParameter(f"output must end in .mzip, got {output}")
+    data = api.load_data(data_spec, seed=seed)
+    model = api.load_model(model_spec, data=data, weights=weights, seed=seed, progress=not as_json)
+    result = api.compress(
+        model,
+        data,
+        rec,
+        out=output,
+        seed=seed,
+        progress=not as_json,
+        measure_latency=measure_latency,
+    )
+    result.pop("model")
+    result["model_spec"] = model_spec
+    if report is not None:
+        result["reports"] = write_reports(result, report)
+    if as_json:
+        _print_json(result)
+    else:
+        out.print(_summary_table(result, title))
+        layers = _layer_table(result["stages"])
+        if layers is not None:
+            out.print(layers)
+        out.print(f"wrote {output} ({result['compressed']['bytes']:,} bytes)")
+    return result
+
+
+@app.command()
+def compress(
+    model: Annotated[str, typer.Argument(help="zoo:NAME | FILE.py:FACTORY | FILE.mzip")],
+    data: DataOpt,
+    recipe: Annotated[str, typer.Option("--recipe", help="built-in name or recipe .yaml")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="the .mzip file to write")],
+    weights: WeightsOpt = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="folder for report.json/.md")
+    ] = None,
+    seed: SeedOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compress MODEL with RECIPE on DATA and write OUT.mzip."""
+    _run_compress(
+        model, data, recipe, output, weights=weights, report=report, seed=seed, as_json=as_json
+    )
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Argument(help="zoo:NAME | FILE.py:FACTORY | FILE.mzip")],
+    data: DataOpt,
+    split: Annotated[str, typer.Option("--split", help="train | val | test")] = "test",
+    weights: WeightsOpt = None,
+    seed: SeedOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure accuracy, size and latency of a model or a .mzip file."""
+    bundle = api.load_data(data, seed=seed)
+    bundle.loader(split)  # unknown split -> clear error before any work
+    path = model if model.endswith(".mzip") else None
+    loaded = api.load_model(model, data=bundle, weights=weights, seed=seed, progress=not as_json)
+    metrics = api.evaluate(path or loaded, bundle, split=split)
+    metrics["model"] = model
+    if as_json:
+        _print_json(metrics)
+    else:
+        out.print(_metrics_table(metrics, f"{model} on {data} ({split})"))
+
+
+@app.command()
+def inspect(
+    file: Annotated[Path, typer.Argument(help="a .mzip file")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Show what a .mzip file holds: per tensor its kind, shape, codecs and bytes."""
+    from modelzip.codec.inspect import inspect_file
+
+    info = inspect_file(file)
+    if as_json:
+        _print_json(info)
+        return
+    table = Table(title=f"{file} ({info['bytes']:,} bytes, format v{info['version']})")
+    for col in ("tensor", "kind", "shape", "codecs", "bytes", "bits/weight", "sparsity"):
+        table.add_column(
+            col, justify="right" if col in ("bytes", "bits/weight", "sparsity") else "left"
+        )
+    for t in info["tensors"]:
+        table.add_row(
+            t["name"],
+            t["kind"],
+            "x".join(map(str, t["shape"])),
+            ",".join(t["codecs"]),
+            f"{t['bytes']:,}",
+            f"{t['bits_per_weight']:.2f}",
+            f"{t['sparsity']:.2%}",
+        )
+    out.print(table)
+    out.print(f"payload {info['payload_bytes']:,} bytes, metadata {info['metadata_bytes']:,} bytes")
+
+
+@app.command()
+def recipes(as_json: JsonOpt = False) -> None:
+    """List the built-in recipes."""
+    from modelzip.recipe import describe_builtin
+
+    items = describe_builtin()
+    if as_json:
+        _print_json(items)
+        return
+    table = Table(title="built-in recipes")
+    table.add_column("name")
+    table.add_column("description")
+    for name, desc in items.items():
+        table.add_row(name, desc)
+    out.print(table)
+
+
+@app.command()
+def demo(
+    quick: Annotated[bool, typer.Option("--quick", help="a fast smoke run (for tests)")] = False,
+    out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("modelzip-demo"),
+    as_json: JsonOpt = False,
+) -> None:
+    """LeNet-300-100 on digits with the default recipe: .mzip, report.json, report.md."""
+    _run_compress(
+        "zoo:lenet300",
+        "digits",
+        "quick" if quick else "default",
+        out_dir / "lenet300-digits.mzip",
+        weights=None,
+        report=out_dir,
+        seed=0,
+        as_json=as_json,
+        measure_latency=not quick,
+        title="modelzip demo: LeNet-300-100 on digits",
+    )
+    if not as_json:
+        out.print(f"reports: {out_dir / 'report.md'}, {out_dir / 'report.json'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: one line on stderr and exit code 2 for any bad input."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        app(args=args, prog_name="modelzip", standalone_mode=False)
+    except ModelzipError as exc:
+        if debug:
+            raise
+        err.print(f"modelzip: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return 2
+    except getattr(clickx, "NoArgsIsHelpError", getattr(clickx, "NoArgsIsHelp", ())):
+        return 0
+    except clickx.UsageError as exc:
+        if debug:
+            raise
+        err.print(
+            f"modelzip: error: {exc.format_message()}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 2
+    except clickx.Exit as exc:
+        return exc.exit_code
+    except clickx.Abort:
+        err.print("modelzip: aborted", markup=False)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

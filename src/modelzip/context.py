@@ -1,0 +1,43 @@
+"""What methods need besides the model: data, a trainer, the teacher, device, seed, logger."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from modelzip.train import Trainer
+    from modelzip.zoo.data import DataBundle
+
+
+@dataclass
+class Context:
+    """Carries the state a method may use; no globals.
+
+    Attributes:
+        data: train/val/test loaders for the task.
+        trainer: the fine-tune loop every training stage uses.
+        teacher: the model as it was before the recipe's first stage (frozen copy), used by
+            distillation when no other teacher is given.
+        device: where training runs.
+        seed: the seed every random choice derives from.
+        log: a logger writing to stderr.
+        notes: free-form per-stage records a method wants in the report (e.g. layers skipped
+            and why). The pipeline clears it before each stage and stores it with the metrics.
+    """
+
+    data: DataBundle
+    trainer: Trainer
+    teacher: nn.Module | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("modelzip"))
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        """A torch generator seeded from the run's seed (offset for independent streams)."""
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + offset)

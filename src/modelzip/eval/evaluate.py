@@ -1,0 +1,91 @@
+"""The one ``evaluate``: accuracy, size and latency of a model on a data split."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from modelzip.errors import DataError
+from modelzip.eval.latency import latency
+from modelzip.eval.size import count_params, torch_save_bytes
+from modelzip.zoo.data import DataBundle
+
+
+def accuracy(model: nn.Module, loader: Any) -> float:
+    """Top-1 accuracy (0..1) of a classifier over a loader."""
+    model.eval()
+    correct = total = 0
+    with torch.inference_mode():
+        for x, y in loader:
+            pred = model(x).argmax(dim=-1)
+            correct += int((pred == y).sum())
+            total += len(y)
+    if total == 0:
+        raise DataError("the evaluation split is empty")
+    return correct / total
+
+
+def check_fits(model: nn.Module, data: DataBundle, model_name: str = "the model") -> None:
+    """Run one real batch through the model; a shape mismatch becomes one clear line."""
+    x = data.example(2)
+    try:
+        with torch.inference_mode():
+            out = model.eval()(x)
+    except RuntimeError as exc:
+        msg = str(exc).splitlines()[0]
+        raise DataError(
+            f"data {data.name!r} (sample shape {tuple(data.sample_shape)}) does not fit "
+            f"{model_name}: {msg}"
+        ) from None
+    if out.dim() != 2 or out.shape[1] < data.num_classes:
+        raise DataError(
+            f"{model_name} outputs shape {tuple(out.shape)} but data {data.name!r} has "
+            f"{data.num_classes} classes"
+        )
+
+
+def evaluate(
+    model: nn.Module,
+    data: DataBundle,
+    *,
+    split: str = "test",
+    file_bytes: int | None = None,
+    measure_latency: bool = True,
+    batch_n: int = 256,
+) -> dict[str, Any]:
+    """Measure what matters about a model.
+
+    Args:
+        model: the model to measure (constrained or plain).
+        data: the task's data; accuracy is on ``split``.
+        file_bytes: size of the model's file; default is the fp32 ``torch.save`` size.
+        measure_latency: skip the latency timing when False (tests, inner loops).
+        batch_n: the large batch size for ``latency_ms.bN``.
+
+    Returns:
+        ``accuracy``, ``params``, ``nonzero``, ``bytes``, ``bits_per_weight`` and
+        ``latency_ms`` ({"b1", "bN", "N"}) as in DESIGN.md.
+
+    Example:
+        >>> evaluate(model, load_data("digits"))["accuracy"]        # doctest: +SKIP
+        0.97
+    """
+    params, nonzero = count_params(model)
+    size = file_bytes if file_bytes is not None else torch_save_bytes(model)
+    out: dict[str, Any] = {
+        "accuracy": accuracy(model, data.loader(split)),
+        "split": split,
+        "params": params,
+        "nonzero": nonzero,
+        "sparsity": round(1 - nonzero / params, 6) if params else 0.0,
+        "bytes": size,
+        "bits_per_weight": round(8 * size / params, 4) if params else 0.0,
+    }
+    if measure_latency:
+        out["latency_ms"] = latency(model, data.example(64), batch_n)
+    return out
+
+
+__all__ = ["accuracy", "check_fits", "evaluate", "torch_save_bytes"]

@@ -1,0 +1,1 @@
+"""Constraints that live on modules (parametrizations) and modelzip's replacement modules."""

@@ -1,0 +1,225 @@
+"""Constraints on weights, kept on the module as ``torch.nn.utils.parametrize`` parametrizations.
+
+A constraint is what a method leaves behind for training to respect (a pruning mask, a
+quantization grid, a shared codebook). Because it lives on the module, fine-tuning keeps it
+and the packer reads the compact form from one place: ``encode`` returns the tensors that
+reproduce the constrained value exactly (vocabulary: ``qdata``, ``scale``, ``zero_point``,
+``codebook``, ``indices``, ``mask``, ``values``), and ``decode`` rebuilds it bit for bit.
+Constraints stack: the outermost one's encoding describes the final value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from modelzip.errors import FormatError, choices_text
+from modelzip.ops import affine
+
+_CONSTRAINTS: dict[str, type[Constraint]] = {}
+
+
+@dataclass
+class Encoded:
+    """A constrained tensor in compact form."""
+
+    kind: str
+    fields: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Constraint(nn.Module):
+    """Base parametrization. Subclasses set ``kind`` and implement forward/encode/decode."""
+
+    kind: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.kind:
+            _CONSTRAINTS[cls.kind] = cls
+
+    def encode(self, x: torch.Tensor) -> Encoded:
+        """Compact form of ``self(x)``."""
+        raise NotImplementedError
+
+    @classmethod
+    def decode(cls, fields: dict[str, torch.Tensor], meta: dict[str, Any]) -> torch.Tensor:
+        """Rebuild the constrained value exactly from ``encode``'s output."""
+        raise NotImplementedError
+
+
+def decode(enc: Encoded) -> torch.Tensor:
+    """Decode any registered kind (``dense`` is a plain tensor in field ``values``)."""
+    if enc.kind == "dense":
+        return enc.fields["values"]
+    cls = _CONSTRAINTS.get(enc.kind)
+    if cls is None:
+        raise FormatError(
+            f"unknown tensor kind {enc.kind!r}; this modelzip knows: "
+            f"{choices_text(['dense', *_CONSTRAINTS])}"
+        )
+    return cls.decode(enc.fields, enc.meta)
+
+
+class Mask(Constraint):
+    """Pruning mask: pruned weights are exactly zero whatever the optimizer does."""
+
+    kind = "masked"
+
+    def __init__(self, mask: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mask", mask.to(torch.bool))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.mask
+
+    def encode(self, x: torch.Tensor) -> Encoded:
+        # The zeros carry the mask; codecs exploit them (sparse formats).
+        return Encoded("dense", {"values": self(x).detach()})
+
+
+class AffineQuant(Constraint):
+    """Uniform affine fake-quantization of a weight (straight-through gradient).
+
+    The scale follows the current weights (min/max), so fine-tuning moves values within the
+    grid while every forward stays on it.
+    """
+
+    kind = "affine"
+
+    def __init__(
+        self,
+        bits: int,
+        *,
+        symmetric: bool = True,
+        axis: int | None = 0,
+        group_size: int | None = None,
+    ):
+        super().__init__()
+        self.bits, self.symmetric, self.axis, self.group_size = bits, symmetric, axis, group_size
+
+    def qparams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return affine.compute_qparams(
+            x, self.bits, symmetric=self.symmetric, axis=self.axis, group_size=self.group_size
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale, zp = self.qparams(x)
+        signed = self.symmetric
+        if self.group_size is not None:
+            g = affine.grouped(x, self.group_size)
+            return affine.fake_quantize(g, scale, zp, self.bits, signed).reshape(x.shape)
+        return affine.fake_quantize(x, scale, zp, self.bits, signed)
+
+    def encode(self, x: torch.Tensor) -> Encoded:
+        x = x.detach()
+        scale, zp = self.qparams(x)
+        xs = affine.grouped(x, self.group_size) if self.group_size is not None else x
+        q = affine.quantize(xs, scale, zp, self.bits, self.symmetric)
+        dtype = affine.storage_dtype(self.bits, self.symmetric)
+        fields = {"qdata": q.to(dtype).reshape(x.shape), "scale": scale.float()}
+        if not self.symmetric:
+            fields["zero_point"] = zp.to(torch.int32)
+        meta = {"bits": self.bits, "group_size": self.group_size}
+        return Encoded(self.kind, fields, meta)
+
+    @classmethod
+    def decode(cls, fields: dict[str, torch.Tensor], meta: dict[str, Any]) -> torch.Tensor:
+        q, scale = fields["qdata"], fields["scale"]
+        zp = fields.get("zero_point")
+        zp = torch.zeros_like(scale) if zp is None else zp.float()
+        group = meta.get("group_size")
+        qs = affine.grouped(q, int(group)) if group else q
+        try:
+            return affine.dequantize(qs, scale, zp).reshape(q.shape)
+        except RuntimeError as exc:
+            raise FormatError(f"affine tensor fields do not fit together: {exc}") from None
+
+
+# --------------------------------------------------------------------------- module helpers
+
+
+def constrain(module: nn.Module, name: str, constraint: Constraint) -> None:
+    """Attach ``constraint`` to ``module.<name>`` (stacking on earlier constraints)."""
+    parametrize.register_parametrization(module, name, constraint)
+
+
+def constraints_of(module: nn.Module, name: str) -> list[nn.Module]:
+    """The parametrizations on ``module.<name>``, innermost first ([] when unconstrained)."""
+    if not parametrize.is_parametrized(module, name):
+        return []
+    return list(module.parametrizations[name])
+
+
+def original(module: nn.Module, name: str) -> torch.Tensor:
+    """The unconstrained tensor under any parametrizations."""
+    if parametrize.is_parametrized(module, name):
+        return module.parametrizations[name].original
+    return getattr(module, name)
+
+
+def base_class(module: nn.Module) -> type[nn.Module]:
+    """The module's own class (parametrize swaps in a generated subclass)."""
+    cls = type(module)
+    return cls.__bases__[0] if parametrize.is_parametrized(module) else cls
+
+
+def iter_state(model: nn.Module) -> Iterator[tuple[str, Encoded]]:
+    """Every persistent tensor of the model under its plain state_dict name, in compact form.
+
+    Constrained tensors are encoded by their outermost modelzip constraint (the input to it is
+    computed through the inner ones); others are ``dense``.
+    """
+    for mod_name, module in model.named_modules():
+        if isinstance(module, parametrize.ParametrizationList) or _inside_parametrization(mod_name):
+            continue
+        prefix = f"{mod_name}." if mod_name else ""
+        for name, p in module._parameters.items():
+            if p is not None:
+                yield prefix + name, Encoded("dense", {"values": p.detach()})
+        for name, b in module._buffers.items():
+            if b is not None and name not in module._non_persistent_buffers_set:
+                yield prefix + name, Encoded("dense", {"values": b.detach()})
+        if parametrize.is_parametrized(module):
+            for name, plist in module.parametrizations.items():
+                yield prefix + name, _encode_chain(plist)
+
+
+def _inside_parametrization(mod_name: str) -> bool:
+    return ".parametrizations." in f".{mod_name}."
+
+
+def _encode_chain(plist: parametrize.ParametrizationList) -> Encoded:
+    with torch.no_grad():
+        x = plist.original
+        chain = list(plist)
+        for p in chain[:-1]:
+            x = p(x)
+        last = chain[-1]
+        if isinstance(last, Constraint):
+            return last.encode(x)
+        return Encoded("dense", {"values": last(x).detach()})
+
+
+def remove_constraints(model: nn.Module) -> nn.Module:
+    """Bake every constraint into its tensor (constrained values become plain parameters)."""
+    for module in list(model.modules()):
+        if parametrize.is_parametrized(module):
+            for name in list(module.parametrizations.keys()):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    return model
+
+
+def constraint_summary(model: nn.Module) -> dict[str, list[str]]:
+    """Layer.tensor -> kinds of its constraints, innermost first (for reports)."""
+    out: dict[str, list[str]] = {}
+    for mod_name, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            for name, plist in module.parametrizations.items():
+                out[f"{mod_name}.{name}"] = [getattr(p, "kind", type(p).__name__) for p in plist]
+    return out

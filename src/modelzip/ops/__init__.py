@@ -1,0 +1,1 @@
+"""Pure tensor math: no module walking, I/O or logging here."""

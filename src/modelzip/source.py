@@ -1,0 +1,90 @@
+"""Where a model comes from, recorded so a .mzip can rebuild it without pickle.
+
+A source is a zoo name or an importable factory (``FILE.py:FACTORY``) plus keyword
+arguments, all JSON. It is attached to the model as ``model.modelzip_source``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from modelzip.errors import ModelError
+from modelzip.zoo.models import zoo_model
+
+ATTR = "modelzip_source"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """How to build the uncompressed architecture: ``kind`` is ``zoo`` or ``factory``."""
+
+    kind: str
+    ref: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: Any) -> ModelSource:
+        if not isinstance(obj, dict) or obj.get("kind") not in ("zoo", "factory"):
+            raise ModelError(f"bad model source record: {obj!r}")
+        kwargs = obj.get("kwargs") or {}
+        if not isinstance(kwargs, dict) or not isinstance(obj.get("ref"), str):
+            raise ModelError(f"bad model source record: {obj!r}")
+        return cls(obj["kind"], obj["ref"], kwargs)
+
+    def build(self) -> nn.Module:
+        """Instantiate the architecture (fresh weights) and tag it with this source."""
+        if self.kind == "zoo":
+            kw = dict(self.kwargs)
+            model = zoo_model(self.ref, tuple(kw.pop("in_shape")), kw.pop("num_classes"))
+        else:
+            model = _call_factory(self.ref, self.kwargs)
+        setattr(model, ATTR, self)
+        return model
+
+
+def source_of(model: nn.Module) -> ModelSource | None:
+    """The source a model was built from, if modelzip built it."""
+    return getattr(model, ATTR, None)
+
+
+def _call_factory(ref: str, kwargs: dict[str, Any]) -> nn.Module:
+    path_text, _, fn_name = ref.rpartition(":")
+    path = Path(path_text)
+    if not path_text or not fn_name or path.suffix != ".py":
+        raise ModelError(f"model factory must be written FILE.py:FACTORY, got {ref!r}")
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    mod_name = f"modelzip_user_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    if spec is None or spec.loader is None:
+        raise ModelError(f"cannot import {path}")
+    module = sys.modules.get(mod_name)
+    if module is None:
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise ModelError(f"importing {path} failed: {type(exc).__name__}: {exc}") from None
+        sys.modules[mod_name] = module
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
+        raise ModelError(f"{path} has no factory {fn_name!r}; callables: {', '.join(names)}")
+    accepted = inspect.signature(fn).parameters
+    try:
+        model = fn(**{k: v for k, v in kwargs.items() if k in accepted})
+    except Exception as exc:
+        raise ModelError(f"{ref}() failed: {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"{ref}() returned {type(model).__name__}, not a torch.nn.Module")
+    return model

@@ -1,0 +1,1 @@
+"""Built-in models and data sets, all offline."""

