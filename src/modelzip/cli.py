@@ -273,9 +273,9 @@ def main(argv: list[str] | None = None) -> int:
             soft_wrap=True,
         )
         return 2
-    except clickx.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except clickx.Abort:
+    except typer.Abort:
         err.print("modelzip: aborted", markup=False)
         return 130
     return 0

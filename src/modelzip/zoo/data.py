@@ -130,17 +130,17 @@ def split_indices(y: np.ndarray) -> dict[str, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(y))
-    strat = y if np.bincount(y).min() >= 3 else None
-    rest, test = train_test_split(
-        idx, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=strat
-    )
     val_share = VAL_FRACTION / (1 - TEST_FRACTION)
-    train, val = train_test_split(
-        rest,
-        test_size=val_share,
-        random_state=SPLIT_SEED,
-        stratify=None if strat is None else y[rest],
-    )
+    try:
+        rest, test = train_test_split(
+            idx, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=y
+        )
+        train, val = train_test_split(
+            rest, test_size=val_share, random_state=SPLIT_SEED, stratify=y[rest]
+        )
+    except ValueError:  # too few samples per class to stratify: plain shuffled split
+        rest, test = train_test_split(idx, test_size=TEST_FRACTION, random_state=SPLIT_SEED)
+        train, val = train_test_split(rest, test_size=val_share, random_state=SPLIT_SEED)
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
