@@ -137,15 +137,17 @@ def quantize_weights(
     layers: dict[str, nn.Module], bits: dict[str, int], cfg: QuantizeConfig
 ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
     """Constrain each layer's weight to its grid; returns (float weights, error report)."""
-    for name in bits:  # check everything before changing anything
-        check_finite(name, layers[name].weight.detach())
+    grids = {}
+    for name, b in bits.items():  # check every layer before changing any
+        w = layers[name].weight.detach()
+        check_finite(name, w)
+        grids[name] = weight_constraint(name, w, b, cfg)
     before: dict[str, torch.Tensor] = {}
     report: dict[str, dict[str, Any]] = {}
     for name, b in bits.items():
         layer = layers[name]
         w = layer.weight.detach().clone()
-        q = weight_constraint(name, w, b, cfg)
-        constrain(layer, "weight", q)
+        constrain(layer, "weight", grids[name])
         w_hat = layer.weight.detach()
         before[name] = w
         report[name] = {

@@ -116,9 +116,16 @@ class AffineQuant(Constraint):
 
     def qparams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Scale and zero point for ``x`` (shapes broadcast against the grouped view)."""
-        axis = None if self.group_size is not None else self.axis
+        if self.group_size is not None:  # one scale per (channel, group) of the 2-D view
+            return affine.compute_qparams(
+                x.reshape(x.shape[0], -1),
+                self.bits,
+                symmetric=self.symmetric,
+                group_size=self.group_size,
+                signed=self.signed,
+            )
         return affine.compute_qparams(
-            self._view(x), self.bits, symmetric=self.symmetric, axis=axis, signed=self.signed
+            x, self.bits, symmetric=self.symmetric, axis=self.axis, signed=self.signed
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

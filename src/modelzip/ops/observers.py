@@ -5,8 +5,8 @@ every range represents exactly, so they never count as error). Four rules:
 
 - ``minmax``: the observed range; nothing is clipped.
 - ``percentile``: clip the outer ``100 - p`` percent of the mass on each side.
-- ``mse``: the range whose 8-bit (or ``bits``) grid has the least expected squared error
-  (rounding error ``scale^2 / 12`` inside, distance to the clip point outside).
+- ``mse``: the range whose 8-bit (or ``bits``) grid has the least squared error over the
+  histogram (rounding error of each bin, distance to the clip point outside).
 - ``kl``: the range whose quantized distribution is closest to the observed one in
   Kullback-Leibler divergence (TensorRT's entropy calibration, generalised to two-sided
   ranges by shrinking both ends together).
@@ -121,11 +121,15 @@ def _grid(lo: float, hi: float, bits: int, symmetric: bool) -> tuple[float, floa
 
 
 def _mse_score(hist: Histogram, lo: float, hi: float, bits: int, symmetric: bool) -> float:
-    scale, _, glo, ghi = _grid(lo, hi, bits, symmetric)
+    scale, zp, glo, ghi = _grid(lo, hi, bits, symmetric)
     c, n = hist.centers, hist.counts
-    clipped = np.where(c > ghi, (c - ghi) ** 2, np.where(c < glo, (c - glo) ** 2, 0.0))
-    inside = (c >= glo) & (c <= ghi)
-    return float((n * clipped).sum() + n[inside].sum() * scale**2 / 12.0)
+    width = (hist.hi - hist.lo) / len(n)
+    clipped = np.clip(c, glo, ghi)
+    # Rounding error of each bin: exact at its center while bins are finer than the grid
+    # (values near zero round to zero: error x^2, not scale^2/12), uniform otherwise.
+    on_grid = np.round(clipped / scale) * scale  # grid points: integer multiples of scale
+    rounding = (clipped - on_grid) ** 2 if width <= scale else np.full_like(c, scale**2 / 12)
+    return float((n * ((c - clipped) ** 2 + rounding)).sum())
 
 
 def _kl_score(hist: Histogram, lo: float, hi: float, bits: int, symmetric: bool) -> float:
