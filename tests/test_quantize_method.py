@@ -135,6 +135,10 @@ def test_recipe_shape_from_the_issue_parses():
         ({"activations": {"observer": "entropy"}}, r"minmax.*percentile.*mse.*kl"),
         ({"activations": {"bits": 8}, "granularity": "group", "group_size": 4}, r"int8 kernels"),
         ({"bitz": 8}, r"unknown field 'bitz'.*did you mean 'bits'"),
+        (
+            {"activations": {"bit": 8}},
+            r"unknown field 'activations.bit'.*'bits'.*valid fields: bits, observer, percentile$",
+        ),
     ],
 )
 def test_bad_config_is_one_clear_line(fields, match):
@@ -176,3 +180,8 @@ def test_calibration_without_data_is_an_error(lenet300, digits):
     empty.loaders = {**digits.loaders, "val": []}
     with pytest.raises(DataError, match="val split of 'digits' is empty"):
         run_stage(lenet300, empty, activations={"observer": "minmax"})
+
+
+def test_builtin_w8a8_recipe_is_listed_and_valid():
+    r = Recipe.load("w8a8")
+    assert r.stages[0].activations.observer == "mse" and r.stages[0].bias_correction
