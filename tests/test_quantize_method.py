@@ -20,6 +20,15 @@ from modelzip.registry import get_method
 from modelzip.train import Trainer
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models on a shared CPU: extra threads only oversubscribe (10-100x slower steps).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def digits():
     return mz.load_data("digits")
@@ -152,6 +161,14 @@ def test_per_channel_on_a_layer_without_channels_is_an_error(digits):
         run_stage(model, digits, layers=["LayerNorm"])
     model, notes = run_stage(model, digits, layers=["LayerNorm"], granularity="tensor")
     assert notes["layers"]["1"]["bits"] == 8
+
+
+def test_unsigned_symmetric_grid_refuses_negative_weights(lenet300, digits):
+    with pytest.raises(ConfigError, match=r"fc1: signed: false with scheme symmetric"):
+        run_stage(lenet300, digits, signed=False)
+    model, notes = run_stage(lenet300, digits, signed=False, scheme="asymmetric", bits=4)
+    assert model.fc1.parametrizations.weight[0].signed is False
+    assert notes["layers"]["fc1"]["sqnr_db"] > 10
 
 
 def test_group_size_that_does_not_divide_is_an_error(lenet300, digits):

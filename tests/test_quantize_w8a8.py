@@ -20,6 +20,15 @@ from modelzip.registry import get_method
 from modelzip.train import Trainer
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models on a shared CPU: extra threads only oversubscribe (10-100x slower steps).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def digits():
     return mz.load_data("digits")
@@ -162,6 +171,7 @@ def test_qat_recipe_rejects_bits_the_kernels_cannot_run():
 
 
 def test_a_fresh_process_loads_the_int8_model(w8a8, tmp_path):
+    import os
     import subprocess
     import sys
 
@@ -172,7 +182,8 @@ def test_a_fresh_process_loads_the_int8_model(w8a8, tmp_path):
         "import sys; from modelzip.codec import container; "
         "m, _ = container.load(sys.argv[1]); print(type(m.fc1).__name__)"
     )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
-        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True, env=env
     )
     assert out.stdout.strip() == "QuantLinear"

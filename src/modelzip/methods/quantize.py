@@ -120,6 +120,11 @@ def weight_constraint(name: str, w: torch.Tensor, bits: int, cfg: QuantizeConfig
             f"{name}: granularity 'channel' needs a weight with output channels (2-D or more), "
             f"but {name}.weight has shape {tuple(w.shape)}; use granularity: tensor"
         )
+    if symmetric and cfg.signed is False and bool((w < 0).any()):
+        raise ConfigError(
+            f"{name}: signed: false with scheme symmetric cannot hold its negative weights "
+            "(they would all become 0); use signed: true or scheme: asymmetric"
+        )
     group = None
     if cfg.granularity == "group":
         group = cfg.group_size
