@@ -187,3 +187,19 @@ def test_a_fresh_process_loads_the_int8_model(w8a8, tmp_path):
         [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True, env=env
     )
     assert out.stdout.strip() == "QuantLinear"
+
+
+def test_hostile_int8_layer_specs_are_refused_before_allocating():
+    from modelzip.errors import FormatError
+    from modelzip.nn.specs import build
+
+    huge = {"in_features": 1 << 20, "out_features": 1 << 20, "bias": True, "out_float": True}
+    with pytest.raises(FormatError, match="bad weight shape"):
+        build({"type": "QuantLinear", "args": huge})
+    with pytest.raises(FormatError, match="cannot build QuantConv2d"):
+        build(
+            {
+                "type": "QuantConv2d",
+                "args": {"in_channels": -1, "out_channels": 2, "kernel_size": [3, 3]},
+            }
+        )

@@ -3,8 +3,11 @@
 Weights only (no ``activations``): every selected layer's weight gets an ``AffineQuant``
 constraint (fake-quant grid with a straight-through gradient), so a later ``finetune`` stage
 trains through it and the .mzip stores the integer codes, scales and zero points. In memory
-the layer keeps an fp32 tensor of the dequantized values: at these layer sizes fp32 GEMM is
-faster than unpacking codes on every call, and the file, not RAM, is what shrinks.
+a loaded layer keeps an fp32 tensor of the dequantized values, because that is faster:
+measured on this CPU (1 thread), keeping int8 codes and dequantizing per call cost 2.7-8x the
+fp32 time at batch 1 and 1.1-1.15x at batch 256 for 784x300 and 800x500 layers (even with
+the scale applied after the matmul). Layers whose activations are quantized too do keep only
+int8 codes in memory (``nn.quantized``), since their kernels consume the codes directly.
 
 With ``activations`` (static post-training quantization): the fake-quant model runs
 ``calibration_batches`` of the validation split; an observer picks each layer's input range;

@@ -20,6 +20,7 @@ flip that global setting) and repack if it changes.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -28,19 +29,23 @@ from torch import nn
 
 from modelzip.nn.specs import Buildable
 
-# torch 2.13 marks quantized-tensor constructors deprecated (its replacement, torchao, is not
-# a dependency here); the kernels themselves are what we need, so silence just that notice.
-warnings.filterwarnings(
-    "ignore",
-    message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel",
-    category=UserWarning,
-)
+#: Largest weight (elements) a spec may ask for, as the container's per-tensor limit.
+MAX_WEIGHTS = 1 << 31
+#: torch 2.13 warns (once per process) that quantized-tensor constructors are deprecated in
+#: favour of torchao, which is not a dependency here; the kernels are what we need.
+_DEPRECATION = r"torch\.quantize_per_tensor, torch\.quantize_per_channel"
 
 
 class _QuantBase(Buildable):
     """Buffers and packing shared by the integer layers."""
 
     def _init_buffers(self, out_ch: int, w_shape: tuple[int, ...], bias: bool) -> None:
+        # Specs come from files: refuse nonsense sizes before allocating anything.
+        if (
+            not all(isinstance(d, int) and d >= 1 for d in w_shape)
+            or math.prod(w_shape) > MAX_WEIGHTS
+        ):
+            raise ValueError(f"bad weight shape {w_shape} for {type(self).__name__}")
         self.register_buffer("qweight", torch.zeros(w_shape, dtype=torch.int8))
         self.register_buffer("w_scale", torch.ones(out_ch))
         self.register_buffer("w_zero_point", torch.zeros(out_ch, dtype=torch.int32))
@@ -104,7 +109,9 @@ class _QuantBase(Buildable):
                 float(self.out_scale),
                 int(self.out_zero_point),
             )
-            self._packed = (engine, self._prepack(), *qp)
+            with warnings.catch_warnings():  # the once-per-process notice fires here
+                warnings.filterwarnings("ignore", message=_DEPRECATION, category=UserWarning)
+                self._packed = (engine, self._prepack(), *qp)
         return self._packed[1:]
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
