@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_args
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -41,10 +41,24 @@ def describe_validation_error(exc: ValidationError, cls: type[BaseModel], where:
     prefix = f"{where}: " if where else ""
     name = getattr(cls, "method", "") or cls.__name__
     if err["type"] == "extra_forbidden":
-        valid = ", ".join(sorted(cls.model_fields))
         from modelzip.errors import did_you_mean
 
-        hint = did_you_mean(str(err["loc"][0]), cls.model_fields)
+        owner = _owner_model(cls, err["loc"])  # a nested options object names its own fields
+        valid = ", ".join(sorted(owner.model_fields))
+        hint = did_you_mean(str(err["loc"][-1]), owner.model_fields)
         return f"{prefix}unknown field {loc!r} for {name}{hint}; valid fields: {valid}"
     value = err.get("input")
     return f"{prefix}{name}.{loc} = {value!r}: {err['msg']}"
+
+
+def _owner_model(cls: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel]:
+    """The (possibly nested) model whose field list the last part of ``loc`` belongs to."""
+    owner = cls
+    for part in loc[:-1]:
+        info = owner.model_fields.get(str(part))
+        candidates = (info.annotation, *get_args(info.annotation)) if info else ()
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            break
+        owner = nested[0]
+    return owner

@@ -87,7 +87,10 @@ class AffineQuant(Constraint):
     """Uniform affine fake-quantization of a weight (straight-through gradient).
 
     The scale follows the current weights (min/max), so fine-tuning moves values within the
-    grid while every forward stays on it.
+    grid while every forward stays on it. ``axis`` picks per-channel scales (None: one per
+    tensor); ``group_size`` gives one scale per run of that many values along the flattened
+    inputs of each output channel (``weight.reshape(out, -1)``). ``signed`` picks the code
+    range (default: signed for symmetric, unsigned for asymmetric).
     """
 
     kind = "affine"
@@ -99,31 +102,49 @@ class AffineQuant(Constraint):
         symmetric: bool = True,
         axis: int | None = 0,
         group_size: int | None = None,
+        signed: bool | None = None,
     ):
         super().__init__()
         self.bits, self.symmetric, self.axis, self.group_size = bits, symmetric, axis, group_size
+        self.signed = symmetric if signed is None else signed
+
+    def _view(self, x: torch.Tensor) -> torch.Tensor:
+        # Groups run along each output channel's flattened inputs (conv kernels included).
+        if self.group_size is None:
+            return x
+        return affine.grouped(x.reshape(x.shape[0], -1), self.group_size)
 
     def qparams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scale and zero point for ``x`` (shapes broadcast against the grouped view)."""
+        if self.group_size is not None:  # one scale per (channel, group) of the 2-D view
+            return affine.compute_qparams(
+                x.reshape(x.shape[0], -1),
+                self.bits,
+                symmetric=self.symmetric,
+                group_size=self.group_size,
+                signed=self.signed,
+            )
         return affine.compute_qparams(
-            x, self.bits, symmetric=self.symmetric, axis=self.axis, group_size=self.group_size
+            x, self.bits, symmetric=self.symmetric, axis=self.axis, signed=self.signed
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale, zp = self.qparams(x)
-        signed = self.symmetric
-        if self.group_size is not None:
-            g = affine.grouped(x, self.group_size)
-            return affine.fake_quantize(g, scale, zp, self.bits, signed).reshape(x.shape)
-        return affine.fake_quantize(x, scale, zp, self.bits, signed)
+        xs = self._view(x)
+        return affine.fake_quantize(xs, scale, zp, self.bits, self.signed).reshape(x.shape)
 
-    def encode(self, x: torch.Tensor) -> Encoded:
+    def codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(integer codes shaped like ``x``, scale, zero point) of ``x`` on this grid."""
         x = x.detach()
         scale, zp = self.qparams(x)
-        xs = affine.grouped(x, self.group_size) if self.group_size is not None else x
-        q = affine.quantize(xs, scale, zp, self.bits, self.symmetric)
-        dtype = affine.storage_dtype(self.bits, self.symmetric)
-        fields = {"qdata": q.to(dtype).reshape(x.shape), "scale": scale.float()}
-        if not self.symmetric:
+        q = affine.quantize(self._view(x), scale, zp, self.bits, self.signed)
+        dtype = affine.storage_dtype(self.bits, self.signed)
+        return q.to(dtype).reshape(x.shape), scale.detach().float(), zp.detach()
+
+    def encode(self, x: torch.Tensor) -> Encoded:
+        q, scale, zp = self.codes(x)
+        fields = {"qdata": q, "scale": scale}
+        if bool((zp != 0).any()):
             fields["zero_point"] = zp.to(torch.int32)
         meta = {"bits": self.bits, "group_size": self.group_size}
         return Encoded(self.kind, fields, meta)
@@ -134,10 +155,10 @@ class AffineQuant(Constraint):
         zp = fields.get("zero_point")
         zp = torch.zeros_like(scale) if zp is None else zp.float()
         group = meta.get("group_size")
-        qs = affine.grouped(q, int(group)) if group else q
         try:
+            qs = affine.grouped(q.reshape(q.shape[0], -1), int(group)) if group else q
             return affine.dequantize(qs, scale, zp).reshape(q.shape)
-        except RuntimeError as exc:
+        except (RuntimeError, ValueError) as exc:
             raise FormatError(f"affine tensor fields do not fit together: {exc}") from None
 
 

@@ -6,10 +6,21 @@ group of ``group_size`` consecutive values along the last dimension.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 #: Smallest scale, so an all-zero channel does not divide by zero.
 MIN_SCALE = 1e-12
+#: Code widths the uniform quantizer supports.
+VALID_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
+
+
+def check_bits(bits: int) -> int:
+    """``bits`` itself, or a ValueError naming the valid widths."""
+    if isinstance(bits, bool) or bits not in VALID_BITS:
+        raise ValueError(f"bits must be one of {', '.join(map(str, VALID_BITS))}, got {bits!r}")
+    return bits
 
 
 def qrange(bits: int, signed: bool) -> tuple[int, int]:
@@ -52,12 +63,19 @@ def compute_qparams(
     symmetric: bool = True,
     axis: int | None = None,
     group_size: int | None = None,
+    signed: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Min/max scale and zero point that cover ``x`` (kept-dim shapes, broadcastable to x).
 
     With ``group_size`` the result has shape (..., n_groups, 1) for ``grouped(x)``.
-    Symmetric: signed codes, zero_point 0. Asymmetric: unsigned codes, zero point chosen so
-    that real 0 is exactly representable.
+    ``signed`` picks the code range (default: signed for symmetric, unsigned for asymmetric).
+    Symmetric: zero point 0 (the unsigned variant is for non-negative data such as ReLU
+    outputs). Asymmetric: zero point chosen so that real 0 is exactly representable.
+
+    Example:
+        >>> s, zp = compute_qparams(torch.tensor([-1.0, 0.5]), 8)
+        >>> float(s * 127)
+        1.0
     """
     x = x.detach().float()
     if group_size is not None:
@@ -65,14 +83,35 @@ def compute_qparams(
         dims: tuple[int, ...] = (x.dim() - 1,)
     else:
         dims = _reduce_dims(x, axis)
+    lo = x.amin(dim=dims, keepdim=True)
+    hi = x.amax(dim=dims, keepdim=True)
+    return qparams_from_range(lo, hi, bits, symmetric=symmetric, signed=signed)
+
+
+def qparams_from_range(
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    bits: int,
+    *,
+    symmetric: bool = True,
+    signed: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point whose grid covers [lo, hi] (widened to include 0).
+
+    Observers (calibration) produce clipped ranges and turn them into qparams here, so the
+    weight and activation paths share one rule.
+    """
+    signed = symmetric if signed is None else signed
+    qmin, qmax = qrange(bits, signed)
+    lo = torch.as_tensor(lo, dtype=torch.float32).clamp_max(0.0)
+    hi = torch.as_tensor(hi, dtype=torch.float32).clamp_min(0.0)
     if symmetric:
-        qmin, qmax = qrange(bits, signed=True)
-        amax = x.abs().amax(dim=dims, keepdim=True)
-        scale = (amax / qmax).clamp_min(MIN_SCALE)
+        if signed:
+            amax = torch.maximum(lo.abs(), hi)
+            scale = (amax / qmax).clamp_min(MIN_SCALE)
+        else:  # non-negative data: the whole unsigned range above zero
+            scale = (hi / qmax).clamp_min(MIN_SCALE)
         return scale, torch.zeros_like(scale)
-    qmin, qmax = qrange(bits, signed=False)
-    lo = x.amin(dim=dims, keepdim=True).clamp_max(0.0)
-    hi = x.amax(dim=dims, keepdim=True).clamp_min(0.0)
     scale = ((hi - lo) / (qmax - qmin)).clamp_min(MIN_SCALE)
     zero_point = (qmin - torch.round(lo / scale)).clamp(qmin, qmax)
     return scale, zero_point
@@ -101,6 +140,11 @@ def fake_quantize(
     return dq
 
 
+def mse(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    """Mean squared error between a tensor and its quantized version."""
+    return float((x.float() - x_hat.float()).pow(2).mean())
+
+
 def sqnr_db(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     """Signal-to-quantization-noise ratio in dB."""
     noise = (x - x_hat).float().pow(2).sum()
@@ -108,3 +152,21 @@ def sqnr_db(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     if noise == 0:
         return float("inf")
     return float(10 * torch.log10(signal / noise))
+
+
+def lsq_fake_quantize(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int, signed: bool
+) -> torch.Tensor:
+    """Fake-quantize with a *learned* step size (LSQ, Esser et al. 2020).
+
+    The rounding passes the gradient straight through; values clipped to the range pass their
+    gradient to ``scale`` instead, and the scale's gradient is scaled by
+    ``1 / sqrt(values per scale * qmax)`` so it learns at the rate of the weights.
+    """
+    qmin, qmax = qrange(bits, signed)
+    g = 1.0 / math.sqrt(max(x.numel() / scale.numel(), 1.0) * qmax)
+    s = scale.abs().clamp_min(MIN_SCALE)
+    s = (s - s * g).detach() + s * g
+    v = torch.clamp(x / s + zero_point, qmin, qmax)
+    v = v + (torch.round(v) - v).detach()
+    return (v - zero_point) * s

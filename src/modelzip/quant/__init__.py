@@ -1,0 +1,1 @@
+"""Quantization plumbing shared by the quantize and qat methods: calibration, conversion."""

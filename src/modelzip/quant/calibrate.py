@@ -1,0 +1,180 @@
+"""Calibration plumbing: run a few batches, watch chosen layers, pick activation ranges.
+
+The math (histograms, observers, qparams) lives in ``modelzip.ops``; this module only walks
+layers with forward hooks and feeds them data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modelzip.context import Context
+from modelzip.errors import DataError
+from modelzip.ops import affine, observers
+
+
+@dataclass
+class LayerStats:
+    """What calibration saw of one layer: input/output ranges and the input histogram."""
+
+    in_lo: float = float("inf")
+    in_hi: float = float("-inf")
+    out_lo: float = float("inf")
+    out_hi: float = float("-inf")
+    hist: observers.Histogram | None = None
+
+
+def calibration_batches(ctx: Context, n: int) -> list[torch.Tensor]:
+    """Up to ``n`` input batches from the validation split (never test data)."""
+    data = getattr(ctx, "data", None)
+    if data is None or "val" not in getattr(data, "loaders", {}):
+        raise DataError(
+            "activation calibration needs data: run the recipe with --data (a validation split "
+            "supplies the calibration_batches)"
+        )
+    out: list[torch.Tensor] = []
+    for x, _ in data.val:
+        out.append(x)
+        if len(out) >= n:
+            break
+    if not out:
+        raise DataError(
+            f"activation calibration needs data: the val split of {data.name!r} is empty"
+        )
+    return out
+
+
+@contextmanager
+def _hooks(layers: dict[str, nn.Module], fn: Callable) -> Iterator[None]:
+    handles = [
+        m.register_forward_hook(lambda mod, a, y, n=n: fn(n, mod, a[0], y))
+        for n, m in layers.items()
+    ]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _run(model: nn.Module, batches: list[torch.Tensor]) -> None:
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    model.train(was_training)
+
+
+def observe(
+    model: nn.Module, layers: dict[str, nn.Module], batches: list[torch.Tensor]
+) -> dict[str, LayerStats]:
+    """Input/output min-max and an input histogram of every layer (two passes)."""
+    stats = {n: LayerStats() for n in layers}
+
+    def ranges(name: str, _m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+        s = stats[name]
+        s.in_lo, s.in_hi = min(s.in_lo, float(x.amin())), max(s.in_hi, float(x.amax()))
+        s.out_lo, s.out_hi = min(s.out_lo, float(y.amin())), max(s.out_hi, float(y.amax()))
+
+    with _hooks(layers, ranges):
+        _run(model, batches)
+    for s in stats.values():
+        s.hist = observers.new_histogram(s.in_lo, s.in_hi)
+
+    def fill(name: str, _m: nn.Module, x: torch.Tensor, _y: torch.Tensor) -> None:
+        observers.add(stats[name].hist, x)
+
+    with _hooks(layers, fill):
+        _run(model, batches)
+    return stats
+
+
+def input_qparams(
+    stats: LayerStats, observer: str, bits: int = 8, percentile: float = 99.99
+) -> tuple[float, int, tuple[float, float]]:
+    """(scale, zero point, chosen range) of a layer's uint8 input."""
+    lo, hi = observers.choose_range(stats.hist, observer, bits, percentile=percentile)
+    scale, zp = affine.qparams_from_range(torch.tensor(lo), torch.tensor(hi), bits, symmetric=False)
+    return float(scale), int(zp), (lo, hi)
+
+
+def output_qparams(stats: LayerStats, bits: int = 8) -> tuple[float, int]:
+    """Min/max qparams of a layer's output: outputs returned as float (logits) are never
+    clipped, so the largest values cannot collapse into ties."""
+    scale, zp = affine.qparams_from_range(
+        torch.tensor(stats.out_lo), torch.tensor(stats.out_hi), bits, symmetric=False
+    )
+    return float(scale), int(zp)
+
+
+def _layer_op(m: nn.Module, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    if isinstance(m, nn.Conv2d):
+        return F.conv2d(x, w, None, m.stride, m.padding, m.dilation, m.groups)
+    if isinstance(m, nn.Conv1d):
+        return F.conv1d(x, w, None, m.stride, m.padding, m.dilation, m.groups)
+    return F.linear(x, w)
+
+
+def correct_biases(
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    float_weights: dict[str, torch.Tensor],
+    in_qparams: dict[str, tuple[float, int]],
+    batches: list[torch.Tensor],
+    bits: int = 8,
+) -> dict[str, float]:
+    """Empirical bias correction: subtract each layer's mean output error per channel.
+
+    For every calibration input x of a layer, the error is (quantized weights on quantized x)
+    minus (float weights on float x), averaged over the batch and spatial positions; the bias
+    absorbs it (Nagel et al., 2019). Returns the mean |correction| per layer. Layers without a
+    bias get one (their replacement integer layer stores it).
+    """
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = dict.fromkeys(layers, 0)
+
+    def measure(name: str, m: nn.Module, x: torch.Tensor, _y: torch.Tensor) -> None:
+        xq = x
+        if name in in_qparams:
+            s, zp = in_qparams[name]
+            xq = affine.fake_quantize(x, torch.tensor(s), torch.tensor(float(zp)), bits, False)
+        err = _layer_op(m, xq, m.weight) - _layer_op(m, x, float_weights[name])
+        dims = [d for d in range(err.dim()) if d != 1]
+        sums[name] = sums.get(name, 0) + err.sum(dim=dims).double()
+        counts[name] += err.numel() // err.shape[1]
+
+    with _hooks(layers, measure):
+        _run(model, batches)
+    report = {}
+    with torch.no_grad():
+        for name, m in layers.items():
+            if name not in sums:
+                continue
+            delta = (sums[name] / max(counts[name], 1)).float()
+            if m.bias is None:
+                m.bias = nn.Parameter(torch.zeros_like(delta))
+            m.bias.sub_(delta)
+            report[name] = float(delta.abs().mean())
+    return report
+
+
+def output_ranges(
+    model: nn.Module, layers: dict[str, nn.Module], batches: list[torch.Tensor]
+) -> dict[str, tuple[float, float]]:
+    """Min/max of each layer's output (after bias correction changed them)."""
+    out: dict[str, tuple[float, float]] = {}
+
+    def fn(name: str, _m: nn.Module, _x: torch.Tensor, y: torch.Tensor) -> None:
+        lo, hi = out.get(name, (float("inf"), float("-inf")))
+        out[name] = (min(lo, float(y.amin())), max(hi, float(y.amax())))
+
+    with _hooks(layers, fn):
+        _run(model, batches)
+    return out
