@@ -33,7 +33,7 @@ def inspect_bytes(data: bytes, name: str = "<bytes>") -> dict[str, Any]:
     state = decode_state(header, parts, file_bytes=len(data))
     rows = []
     for tname, rec in header["tensors"].items():
-        nbytes = stream_bits = dense_bits = side = 0
+        nbytes = stream_bits = dense_bits = code = 0
         codecs = []
         for fname, frec in rec["fields"].items():
             size = len(parts[f"{tname}/{fname}"])
@@ -41,13 +41,13 @@ def inspect_bytes(data: bytes, name: str = "<bytes>") -> dict[str, Any]:
             codec = get_codec(frec["codec"])
             codecs.append(f"{fname}:{frec['codec']}")
             t = fields[tname][fname]
+            if t.is_floating_point() or not t.numel():
+                continue
+            code += size  # integer codes (indices, qdata): the entropy-coded part
+            dense = empirical_entropy_bits(t.reshape(-1).numpy())
+            dense_bits += dense
             streams = codec.streams(t)
-            if streams:
-                stream_bits += sum(empirical_entropy_bits(s) for s in streams)
-            else:
-                side += size
-            if not t.is_floating_point() and t.numel():
-                dense_bits += empirical_entropy_bits(t.reshape(-1).numpy())
+            stream_bits += sum(empirical_entropy_bits(s) for s in streams) if streams else dense
         value = state[tname]
         n = max(value.numel(), 1)
         rows.append(
@@ -57,8 +57,8 @@ def inspect_bytes(data: bytes, name: str = "<bytes>") -> dict[str, Any]:
                 "shape": list(value.shape),
                 "codecs": codecs,
                 "bytes": nbytes,
-                "side_bytes": side,
-                "coded_bytes": nbytes - side,
+                "code_bytes": code,
+                "side_bytes": nbytes - code,
                 "bits_per_weight": round(8 * nbytes / n, 4),
                 "sparsity": round(1 - int((value != 0).sum()) / n, 6),
                 "stream_entropy_bytes": round(stream_bits / 8, 1),
