@@ -192,10 +192,9 @@ def inspect(
         _print_json(info)
         return
     table = Table(title=f"{file} ({info['bytes']:,} bytes, format v{info['version']})")
-    for col in ("tensor", "kind", "shape", "codecs", "bytes", "bits/weight", "sparsity"):
-        table.add_column(
-            col, justify="right" if col in ("bytes", "bits/weight", "sparsity") else "left"
-        )
+    cols = ("tensor", "kind", "shape", "codecs", "bytes", "bits/weight", "sparsity", "entropy B")
+    for col in cols:
+        table.add_column(col, justify="left" if col in cols[:4] else "right")
     for t in info["tensors"]:
         table.add_row(
             t["name"],
@@ -205,9 +204,13 @@ def inspect(
             f"{t['bytes']:,}",
             f"{t['bits_per_weight']:.2f}",
             f"{t['sparsity']:.2%}",
+            f"{t['entropy_bytes']:,.0f}",
         )
     out.print(table)
-    out.print(f"payload {info['payload_bytes']:,} bytes, metadata {info['metadata_bytes']:,} bytes")
+    out.print(
+        f"payload {info['payload_bytes']:,} bytes, metadata {info['metadata_bytes']:,} bytes "
+        f"({info['metadata_fraction']:.2%} of the file)"
+    )
 
 
 @app.command()

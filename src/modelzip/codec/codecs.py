@@ -1,52 +1,404 @@
-"""Per-field codecs: how one tensor of the compact vocabulary becomes stored parts.
+"""Per-field codecs: how one tensor of the compact vocabulary becomes one stored payload.
 
-A codec maps a tensor to named parts (tensors the container stores) plus JSON meta, and
-back, exactly. New codecs register by subclassing ``Codec`` with a ``name``; the packer picks
-per field through a ``CodecPolicy`` (the smallest output among the candidates, by default).
+A codec maps a tensor to bytes and back, bit-exactly; the container records the codec name,
+dtype and shape. The packer tries every applicable codec allowed by the coder choice and
+keeps the smallest output (``encode_smallest``). Families:
+
+- ``raw`` (any dtype), ``f16`` / ``bf16`` (float32 values that are *exactly* representable
+  in 16 bits: never a lossy cast);
+- dense integer codes: ``packed`` (fixed-width sub-byte bit packing), ``huffman``, ``ans``;
+- sparse (many zeros): ``sparse-packed`` (Deep Compression's relative indices: fixed-width
+  gaps with filler entries), ``sparse-huffman`` / ``sparse-ans`` (run lengths of zeros and
+  nonzero codes, entropy coded), ``bitmask`` (one bit per element plus the nonzero values).
+
+Every decoder checks lengths against its payload and the declared element count before it
+allocates; violations raise ``FormatError``.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
+import numpy as np
 import torch
 
+from modelzip.codec import entropy
+from modelzip.codec.bits import (
+    Reader,
+    bit_width,
+    bitmap,
+    pack,
+    section,
+    unbitmap,
+    unpack,
+    unzigzag,
+    varint,
+    zigzag,
+)
 from modelzip.errors import FormatError, choices_text
 
 _CODECS: dict[str, type[Codec]] = {}
 
+#: dtype names stored in the file (little-endian) and their torch types.
+DTYPES: dict[str, torch.dtype] = {
+    "f32": torch.float32,
+    "f16": torch.float16,
+    "bf16": torch.bfloat16,
+    "f64": torch.float64,
+    "i8": torch.int8,
+    "u8": torch.uint8,
+    "i16": torch.int16,
+    "i32": torch.int32,
+    "i64": torch.int64,
+    "bool": torch.bool,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+#: Coder choices of the ``encode`` stage -> codec families allowed.
+CODERS = {
+    "auto": ("raw", "packed", "huffman", "ans"),
+    "ans": ("raw", "packed", "ans"),
+    "huffman": ("raw", "packed", "huffman"),
+    "packed": ("raw", "packed"),
+    "raw": ("raw",),
+}
+#: Longest run of zeros one gap symbol can say (longer runs use filler symbols).
+GAP_CAP = 1024
+#: Sparse codecs are tried only when at least this fraction of elements are zero.
+SPARSE_MIN_ZEROS = 0.3
+#: Huffman decodes in a Python loop: it is tried on streams up to this length only.
+HUFFMAN_MAX_SYMBOLS = 2_000_000
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    if dtype not in DTYPE_NAMES:
+        raise FormatError(f"cannot store dtype {dtype}; storable: {choices_text(DTYPES)}")
+    return DTYPE_NAMES[dtype]
+
+
+def to_bytes(t: torch.Tensor) -> bytes:
+    """Little-endian raw bytes of a tensor (bf16 and bool included)."""
+    t = t.detach().contiguous().cpu()
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    elif t.dtype == torch.bool:
+        t = t.to(torch.uint8)
+    return t.numpy().astype(t.numpy().dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def from_bytes(data: bytes | memoryview, dtype: torch.dtype, n: int) -> torch.Tensor:
+    """Inverse of ``to_bytes`` for ``n`` elements; checks the byte count."""
+    item = torch.empty(0, dtype=dtype).element_size()
+    if len(data) != n * item:
+        raise FormatError(f"raw data: expected {n * item} bytes for {n} {dtype}, got {len(data)}")
+    if dtype == torch.bfloat16:
+        return torch.from_numpy(np.frombuffer(data, dtype="<i2").copy()).view(torch.bfloat16)
+    if dtype == torch.bool:
+        return torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy()).to(torch.bool)
+    np_dtype = torch.empty(0, dtype=dtype).numpy().dtype.newbyteorder("<")
+    return torch.from_numpy(np.frombuffer(data, dtype=np_dtype).astype(np_dtype.newbyteorder("=")))
+
+
+def _ints(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().reshape(-1).to(torch.int64).numpy()
+
+
+def _is_int(t: torch.Tensor) -> bool:
+    return not t.is_floating_point() and not t.is_complex()
+
+
+_SAME_SIZE_INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _nonzero(flat: torch.Tensor) -> torch.Tensor:
+    """Bitwise nonzero: -0.0 counts as a value, so sparse storage stays bit-exact."""
+    if flat.is_floating_point():
+        return flat.view(_SAME_SIZE_INT[flat.element_size()]) != 0
+    return flat != 0
+
 
 class Codec:
-    """Base class: ``encode`` -> (parts, meta); ``decode`` reverses it bit for bit."""
+    """Base class: ``encode`` -> bytes; ``decode`` reverses it bit for bit."""
 
     name: ClassVar[str] = ""
+    family: ClassVar[str] = "raw"
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         if cls.name:
             _CODECS[cls.name] = cls
 
     def applies_to(self, t: torch.Tensor) -> bool:
-        """Whether this codec can store ``t`` at all."""
         return True
 
-    def encode(self, t: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    def encode(self, t: torch.Tensor) -> bytes:
         raise NotImplementedError
 
-    def decode(self, parts: dict[str, torch.Tensor], meta: dict[str, Any]) -> torch.Tensor:
+    def decode(self, data: memoryview, dtype: torch.dtype, n: int) -> torch.Tensor:
+        """A flat tensor of ``n`` elements (the container reshapes it)."""
         raise NotImplementedError
+
+    def streams(self, t: torch.Tensor) -> list[np.ndarray]:
+        """The integer symbol streams this codec entropy-codes for ``t`` (for entropy bounds)."""
+        return []
 
 
 class Raw(Codec):
-    """The tensor as it is (dtype and shape kept)."""
-
     name = "raw"
 
-    def encode(self, t: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        return {"data": t.contiguous()}, {}
+    def encode(self, t: torch.Tensor) -> bytes:
+        return to_bytes(t)
 
-    def decode(self, parts: dict[str, torch.Tensor], meta: dict[str, Any]) -> torch.Tensor:
-        return parts["data"]
+    def decode(self, data: memoryview, dtype: torch.dtype, n: int) -> torch.Tensor:
+        return from_bytes(data, dtype, n)
+
+
+class _Half(Codec):
+    """float32 values stored in 16 bits *only* when that is exact (lossless)."""
+
+    half: ClassVar[torch.dtype] = torch.float16
+
+    def applies_to(self, t: torch.Tensor) -> bool:
+        if t.dtype != torch.float32 or t.numel() == 0:
+            return False
+        back = t.to(self.half).to(torch.float32)
+        return bool(torch.equal(back.view(torch.int32), t.contiguous().view(torch.int32)))
+
+    def encode(self, t: torch.Tensor) -> bytes:
+        return to_bytes(t.to(self.half))
+
+    def decode(self, data: memoryview, dtype: torch.dtype, n: int) -> torch.Tensor:
+        if dtype != torch.float32:
+            raise FormatError(f"{self.name} codec stores float32 tensors, not {dtype}")
+        return from_bytes(data, self.half, n).to(torch.float32)
+
+
+class F16(_Half):
+    name = "f16"
+    half = torch.float16
+
+
+class BF16(_Half):
+    name = "bf16"
+    half = torch.bfloat16
+
+
+# ---------------------------------------------------------------------------- symbol coders
+
+
+def _code(kind: str, symbols: np.ndarray) -> bytes:
+    if kind == "packed":
+        width = bit_width(int(symbols.max()) if symbols.size else 0)
+        return bytes([width]) + pack(symbols, width)
+    if kind == "huffman":
+        return entropy.huffman_encode(symbols)
+    return entropy.ans_encode(symbols)
+
+
+def _uncode(kind: str, data: memoryview, n: int) -> np.ndarray:
+    if kind == "packed":
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
+        if len(data) < 1 or not 1 <= data[0] <= 64:
+            raise FormatError("packed data: bad bit width")
+        return unpack(data[1:], data[0], n)
+    if kind == "huffman":
+        return entropy.huffman_decode(data, n)
+    return entropy.ans_decode(data, n)
+
+
+def _fits_alphabet(kind: str, symbols: np.ndarray) -> bool:
+    if kind == "packed":
+        return True
+    if kind == "huffman" and symbols.size > HUFFMAN_MAX_SYMBOLS:
+        return False
+    return not symbols.size or int(symbols.max()) < entropy.ALPHABET_LIMIT
+
+
+class _Dense(Codec):
+    """Integer codes as symbols (offset by their minimum), coded by one symbol coder."""
+
+    def applies_to(self, t: torch.Tensor) -> bool:
+        if not _is_int(t) or t.numel() == 0:
+            return False
+        v = _ints(t)
+        return _fits_alphabet(self.family, v - v.min())
+
+    def encode(self, t: torch.Tensor) -> bytes:
+        v = _ints(t)
+        lo = int(v.min())
+        return varint(zigzag(lo)) + _code(self.family, v - lo)
+
+    def decode(self, data: memoryview, dtype: torch.dtype, n: int) -> torch.Tensor:
+        if dtype.is_floating_point:
+            raise FormatError(f"{self.name} codec stores integer tensors, not {dtype}")
+        r = Reader(data, f"{self.name} payload")
+        lo = unzigzag(r.varint())
+        return _to_dtype(_uncode(self.family, r.take(r.remaining()), n) + lo, dtype)
+
+    def streams(self, t: torch.Tensor) -> list[np.ndarray]:
+        v = _ints(t)
+        return [v - v.min()] if self.family != "packed" else []
+
+
+def _to_dtype(v: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    info = torch.iinfo(dtype) if dtype != torch.bool else None
+    lo, hi = (0, 1) if info is None else (info.min, info.max)
+    if v.size and (int(v.min()) < lo or int(v.max()) > hi):
+        raise FormatError(f"decoded values do not fit {dtype}")
+    return torch.from_numpy(v).to(dtype)
+
+
+class Packed(_Dense):
+    name, family = "packed", "packed"
+
+
+class Huffman(_Dense):
+    name, family = "huffman", "huffman"
+
+
+class Ans(_Dense):
+    name, family = "ans", "ans"
+
+
+# ------------------------------------------------------------------------------- sparse
+
+
+def gaps_of(flat_nonzero: np.ndarray, cap: int) -> np.ndarray:
+    """Run lengths of zeros before each nonzero; a symbol ``cap`` is a filler that skips
+    ``cap`` zeros without an entry (Deep Compression's filler zeros)."""
+    pos = np.flatnonzero(flat_nonzero)
+    gaps = np.diff(pos, prepend=-1) - 1
+    fillers = gaps // cap
+    if not fillers.any():
+        return gaps
+    rep = fillers + 1
+    out = np.full(int(rep.sum()), cap, dtype=np.int64)
+    out[np.cumsum(rep) - 1] = gaps % cap
+    return out
+
+
+def positions_of(gaps: np.ndarray, cap: int, n: int) -> np.ndarray:
+    """Inverse of ``gaps_of``: flat positions of the entries, validated against ``n``."""
+    if gaps.size and (int(gaps.min()) < 0 or int(gaps.max()) > cap):
+        raise FormatError(f"sparse index: gap symbol outside [0, {cap}]")
+    entry = gaps != cap
+    pos = np.cumsum(gaps + entry) - 1
+    pos = pos[entry]
+    if pos.size and int(pos[-1]) >= n:
+        raise FormatError(f"sparse index: position {int(pos[-1])} beyond the {n} elements")
+    return pos
+
+
+class _Sparse(Codec):
+    """Positions of nonzeros as gaps (+ fillers), then the nonzero values."""
+
+    def applies_to(self, t: torch.Tensor) -> bool:
+        if t.numel() == 0 or t.dtype == torch.bool:
+            return False
+        zeros = t.numel() - int(_nonzero(t.reshape(-1)).sum())
+        return zeros >= SPARSE_MIN_ZEROS * t.numel()
+
+    def encode(self, t: torch.Tensor) -> bytes:
+        flat = t.detach().cpu().reshape(-1)
+        nz = _nonzero(flat).numpy()
+        cap = self._pick_cap(nz)
+        gaps = gaps_of(nz, cap)
+        head = varint(cap) + varint(gaps.size) + section(_code(self.family, gaps))
+        return head + self._values(flat[torch.from_numpy(nz)])
+
+    def _pick_cap(self, nz: np.ndarray) -> int:
+        return GAP_CAP
+
+    def _values(self, vals: torch.Tensor) -> bytes:
+        if _is_int(vals):
+            v = _ints(vals)
+            lo = int(v.min()) if v.size else 0
+            return varint(zigzag(lo)) + _code(self.family, v - lo)
+        return to_bytes(vals)
+
+    def decode(self, data: memoryview, dtype: torch.dtype, n: int) -> torch.Tensor:
+        r = Reader(data, f"{self.name} payload")
+        cap = r.varint(1 << 30)
+        if cap < 1:
+            raise FormatError("sparse index: gap cap must be >= 1")
+        m = r.varint(n + n // cap + 1)
+        pos = positions_of(_uncode(self.family, r.section(), m), cap, n)
+        k = pos.size
+        if dtype.is_floating_point:
+            vals = from_bytes(r.take(r.remaining()), dtype, k)
+        else:
+            lo = unzigzag(r.varint())
+            vals = _to_dtype(_uncode(self.family, r.take(r.remaining()), k) + lo, dtype)
+        if k and not bool(_nonzero(vals).all()):
+            raise FormatError("sparse values: a stored entry is zero (corrupted index)")
+        out = torch.zeros(n, dtype=dtype)
+        out[torch.from_numpy(pos)] = vals
+        return out
+
+    def streams(self, t: torch.Tensor) -> list[np.ndarray]:
+        if self.family == "packed":
+            return []
+        flat = t.detach().cpu().reshape(-1)
+        nz = _nonzero(flat).numpy()
+        out = [gaps_of(nz, self._pick_cap(nz))]
+        if _is_int(t):
+            v = _ints(flat[torch.from_numpy(nz)])
+            out.append(v - (v.min() if v.size else 0))
+        return out
+
+
+class SparsePacked(_Sparse):
+    """Deep Compression's format: fixed-width relative indices with filler entries."""
+
+    name, family = "sparse-packed", "packed"
+
+    def _pick_cap(self, nz: np.ndarray) -> int:
+        # Choose the gap width that minimises entries x width (fillers included).
+        best, best_cost = 1, None
+        for width in range(1, 17):
+            cap = (1 << width) - 1
+            cost = gaps_of(nz, cap).size * width
+            if best_cost is None or cost < best_cost:
+                best, best_cost = cap, cost
+        return best
+
+
+class SparseHuffman(_Sparse):
+    name, family = "sparse-huffman", "huffman"
+
+
+class SparseAns(_Sparse):
+    name, family = "sparse-ans", "ans"
+
+
+class Bitmask(Codec):
+    """One bit per element (nonzero or not), then the nonzero values (packed ints or raw)."""
+
+    name, family = "bitmask", "packed"
+
+    def applies_to(self, t: torch.Tensor) -> bool:
+        return _Sparse.applies_to(self, t)  # type: ignore[arg-type]
+
+    def encode(self, t: torch.Tensor) -> bytes:
+        flat = t.detach().cpu().reshape(-1)
+        nz = _nonzero(flat).numpy()
+        return bitmap(nz) + _Sparse._values(self, flat[torch.from_numpy(nz)])  # type: ignore[arg-type]
+
+    def decode(self, data: memoryview, dtype: torch.dtype, n: int) -> torch.Tensor:
+        r = Reader(data, "bitmask payload")
+        mask = unbitmap(r.take((n + 7) // 8), n)
+        k = int(mask.sum())
+        if dtype.is_floating_point:
+            vals = from_bytes(r.take(r.remaining()), dtype, k)
+        else:
+            lo = unzigzag(r.varint())
+            vals = _to_dtype(_uncode("packed", r.take(r.remaining()), k) + lo, dtype)
+        out = torch.zeros(n, dtype=dtype)
+        out[torch.from_numpy(mask)] = vals
+        return out
+
+
+# ------------------------------------------------------------------------------- choice
 
 
 def get_codec(name: str) -> Codec:
@@ -61,22 +413,25 @@ def codec_names() -> list[str]:
     return sorted(_CODECS)
 
 
-def part_nbytes(parts: dict[str, torch.Tensor]) -> int:
-    return sum(p.numel() * p.element_size() for p in parts.values())
+def candidates(coder: str = "auto") -> list[str]:
+    """Codec names allowed by a coder choice (``auto`` allows all)."""
+    if coder not in CODERS:
+        raise FormatError(f"unknown coder {coder!r}; valid: {choices_text(CODERS)}")
+    fams = CODERS[coder]
+    return [n for n, c in sorted(_CODECS.items()) if c.family in fams]
 
 
-def encode_smallest(
-    t: torch.Tensor, candidates: list[str] | None = None
-) -> tuple[str, dict[str, torch.Tensor], dict[str, Any]]:
-    """Encode with every applicable candidate codec and keep the smallest output."""
-    best: tuple[str, dict[str, torch.Tensor], dict[str, Any]] | None = None
-    for name in candidates or codec_names():
+def encode_smallest(t: torch.Tensor, coder: str = "auto") -> tuple[str, bytes]:
+    """Encode with every applicable allowed codec and keep the smallest output."""
+    t = t.detach().cpu()
+    best: tuple[str, bytes] | None = None
+    for name in candidates(coder):
         codec = get_codec(name)
         if not codec.applies_to(t):
             continue
-        parts, meta = codec.encode(t)
-        if best is None or part_nbytes(parts) < part_nbytes(best[1]):
-            best = (name, parts, meta)
+        data = codec.encode(t)
+        if best is None or len(data) < len(best[1]):
+            best = (name, data)
     if best is None:
-        raise FormatError(f"no codec among {candidates} can store a {t.dtype} tensor")
+        raise FormatError(f"no codec allowed by coder {coder!r} can store a {t.dtype} tensor")
     return best

@@ -1,39 +1,73 @@
-"""The .mzip container: a safetensors file whose tensors are the encoded parts and whose
-metadata is one JSON header (format, version, model source, architecture, tensor records).
+"""The .mzip container (format version 2; spec and threat model in docs/FORMAT.md).
 
-Loading never unpickles and never runs code from the file; every part is checksummed (CRC-32)
-and checked before use; writes go to a temporary file renamed into place.
+Layout: a 14-byte fixed header (magic ``MZIP``, version, flags, header length, CRC-32), a
+raw-deflate-compressed JSON header (model source, architecture, info, tensor records), a
+binary payload table (length + CRC-32 per payload), then the payloads back to back. The JSON
+is deflated with a preset dictionary of the format's own words, so a small model's metadata
+stays a few hundred bytes.
+
+Loading never unpickles and never runs code from the file; every length is checked against
+the file size before anything is allocated; every payload is checksummed; writes go to a
+temporary file renamed into place.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import struct
 import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 from torch import nn
 
-from modelzip.codec.codecs import encode_smallest, get_codec
+import modelzip.nn.codebook  # noqa: F401  (registers the "codebook" kind for decoding)
+from modelzip.codec.bits import Reader, varint
+from modelzip.codec.codecs import DTYPES, dtype_name, encode_smallest, get_codec
 from modelzip.errors import FormatError, ModelError
 from modelzip.nn import constraints
 from modelzip.nn.specs import apply_architecture, architecture
 from modelzip.source import ModelSource, source_of
 
 FORMAT = "modelzip"
-VERSION = 1
-#: Refuse to decode a single tensor larger than this many elements (hostile shapes).
+MAGIC = b"MZIP"
+VERSION = 2
+FIXED = struct.Struct("<4sBBII")  # magic, version, flags, header length, header CRC-32
+#: Refuse a single tensor larger than this many elements (hostile shapes).
 MAX_ELEMENTS = 1 << 31
+#: All tensors together may not expand past max(MIN_BUDGET, EXPANSION * file bytes) elements:
+#: a hostile few-byte file cannot make the loader allocate gigabytes.
+MIN_BUDGET, EXPANSION = 1 << 24, 4096
+#: The JSON header may not inflate past this many bytes.
+MAX_HEADER = 1 << 24
+MAX_DIMS = 8
+#: Model attribute the ``encode`` stage sets to choose the coder (read here, nowhere else).
+CODER_ATTR = "modelzip_coder"
+#: Preset deflate dictionary: words every header repeats (part of the format, never change
+#: it without bumping VERSION).
+ZDICT = (
+    b'"Flatten","args":{"start_dim":1,"end_dim":-1}},"Identity","Conv2d","BatchNorm2d",'
+    b'"LayerNorm","Embedding","padding_mode":"zeros","kernel_size":[,"stride":[1,1],'
+    b'"dilation":[1,1],"groups":1,"padding":[0,0],"in_channels":"out_channels":'
+    b'"num_features":"eps":1e-05,"momentum":0.1,"affine":true,"track_running_stats":true'
+    b'"info":{"recipe":{"name":"deep-compression","description":"stages":[{"method":"prune",'
+    b'"sparsity":"scope":"global"},{"method":"finetune","epochs":"lr":{"method":"cluster",'
+    b'"bits":{"default":"init":"linear"},{"method":"encode","coder":"ans"}]},"data":"mnist5k",'
+    b'"seed":0},"source":{"kind":"zoo","ref":"lenet300","kwargs":{"in_shape":[1,28,28],'
+    b'"num_classes":10}},"arch":{"flatten":{"type":"Flatten","args":{"start_dim":1,'
+    b'"end_dim":-1}},"fc1":{"type":"Linear","args":{"in_features":784,"out_features":300,'
+    b'"bias":true}},"fc2":{"type":"Linear","args":{"in_features":"out_features":"bias":true}}'
+    b',"t":[["fc1.weight","codebook",{"zero":1},[["indices","sparse-ans","u8",[300,784]],'
+    b'["codebook","f32",[]]]],["fc1.bias","dense",{},[["values","raw","f32",[300]]]],'
+)
 
 
-def crc32(t: torch.Tensor) -> int:
-    return zlib.crc32(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+def crc32(data: bytes | memoryview) -> int:
+    return zlib.crc32(data) & 0xFFFFFFFF
 
 
 def to_bytes(model: nn.Module, *, info: dict[str, Any] | None = None) -> bytes:
@@ -44,29 +78,31 @@ def to_bytes(model: nn.Module, *, info: dict[str, Any] | None = None) -> bytes:
             "the model has no recorded source (zoo name or FILE.py:FACTORY); build it with "
             "modelzip.load_model so the file can rebuild its architecture"
         )
-    parts_out: dict[str, torch.Tensor] = {}
-    records: dict[str, Any] = {}
+    coder = getattr(model, CODER_ATTR, "auto")
+    records: list[list[Any]] = []
+    payloads: list[bytes] = []
     for name, enc in constraints.iter_state(model):
-        fields: dict[str, Any] = {}
+        fields = []
         for field_name, t in enc.fields.items():
-            codec_name, parts, cmeta = encode_smallest(t.detach().cpu())
-            sums = {}
-            for part_name, p in parts.items():
-                key = f"{name}/{field_name}/{part_name}"
-                parts_out[key] = p
-                sums[part_name] = crc32(p)
-            fields[field_name] = {"codec": codec_name, "meta": cmeta, "crc32": sums}
-        records[name] = {"kind": enc.kind, "meta": enc.meta, "fields": fields}
+            t = t.detach().cpu()
+            codec_name, data = encode_smallest(t, coder)
+            fields.append([field_name, codec_name, dtype_name(t.dtype), list(t.shape)])
+            payloads.append(data)
+        records.append([name, enc.kind, enc.meta or {}, fields])
     header = {
-        "format": FORMAT,
-        "version": VERSION,
         "source": source.to_json(),
-        "architecture": architecture(model),
-        "tensors": records,
+        "arch": architecture(model),
         "info": info or {},
+        "t": records,
     }
-    meta = {"modelzip": json.dumps(header, separators=(",", ":"))}
-    return st_save(parts_out, metadata=meta)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zdict=ZDICT)
+    head = comp.compress(text) + comp.flush()
+    table = varint(len(payloads)) + b"".join(
+        varint(len(p)) + struct.pack("<I", crc32(p)) for p in payloads
+    )
+    fixed = FIXED.pack(MAGIC, VERSION, 0, len(head), crc32(head + table))
+    return b"".join([fixed, head, table, *payloads])
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
@@ -94,67 +130,190 @@ def save(
     return len(data)
 
 
-def read_header(data: bytes) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Parse and validate the container; returns (header, stored parts)."""
+def _inflate(head: memoryview) -> Any:
+    d = zlib.decompressobj(-15, zdict=ZDICT)
     try:
-        parts = st_load(data)
-    except (SafetensorError, Exception) as exc:  # the Rust parser raises a few types
-        raise FormatError(f"not a readable .mzip (truncated or corrupted?): {exc}") from None
-    # safetensors.torch.load drops metadata; read the header JSON ourselves (bounded).
-    if len(data) < 8:
-        raise FormatError("not a .mzip: file too short")
-    n = int.from_bytes(data[:8], "little")
+        text = d.decompress(head, MAX_HEADER)
+    except zlib.error as exc:
+        raise FormatError(f"corrupted .mzip header: {exc}") from None
+    if d.unconsumed_tail:
+        raise FormatError(f"corrupted .mzip header: inflates past {MAX_HEADER} bytes")
+    if not d.eof:
+        raise FormatError("corrupted .mzip header: truncated deflate stream")
     try:
-        st_header = json.loads(data[8 : 8 + n])
-        header = json.loads(st_header["__metadata__"]["modelzip"])
-    except (ValueError, KeyError, TypeError):
-        raise FormatError("not a .mzip: the modelzip header is missing or not JSON") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise FormatError("not a .mzip: wrong format marker")
-    if header.get("version") != VERSION:
-        raise FormatError(
-            f"unsupported .mzip version {header.get('version')!r}; this modelzip reads version "
-            f"{VERSION}"
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise FormatError("corrupted .mzip header: not valid JSON") from None
+
+
+def _shape(obj: Any, where: str) -> list[int]:
+    if (
+        not isinstance(obj, list)
+        or len(obj) > MAX_DIMS
+        or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d < MAX_ELEMENTS for d in obj
         )
-    for key in ("source", "architecture", "tensors"):
-        if not isinstance(header.get(key), dict):
+    ):
+        raise FormatError(f"{where}: bad shape {str(obj)[:80]} (at most {MAX_DIMS} dims >= 0)")
+    if math.prod(obj) > MAX_ELEMENTS:
+        raise FormatError(f"{where}: shape {obj} has more than {MAX_ELEMENTS} elements: refused")
+    return obj
+
+
+def _records(raw: Any) -> dict[str, Any]:
+    """Validate the tensor records into {name: {kind, meta, fields: {f: {codec,dtype,shape}}}}."""
+    if not isinstance(raw, list):
+        raise FormatError("corrupted .mzip header: 't' (tensor records) is not a list")
+    out: dict[str, Any] = {}
+    for rec in raw:
+        if not (isinstance(rec, list) and len(rec) == 4 and isinstance(rec[0], str)):
+            raise FormatError(f"corrupted tensor record {str(rec)[:80]}")
+        name, kind, meta, fields = rec
+        if not isinstance(kind, str) or not isinstance(meta, dict) or not isinstance(fields, list):
+            raise FormatError(f"corrupted tensor record for {name!r}")
+        frecs = {}
+        for f in fields:
+            if not (isinstance(f, list) and len(f) == 4 and all(isinstance(x, str) for x in f[:3])):
+                raise FormatError(f"corrupted field record in tensor {name!r}: {str(f)[:80]}")
+            if f[2] not in DTYPES:
+                raise FormatError(f"tensor {name!r}: unknown dtype {f[2]!r}")
+            frecs[f[0]] = {"codec": f[1], "dtype": f[2], "shape": _shape(f[3], f"{name}/{f[0]}")}
+        out[name] = {"kind": kind, "meta": meta, "fields": frecs}
+    return out
+
+
+def read_header(data: bytes) -> tuple[dict[str, Any], dict[str, memoryview]]:
+    """Parse and validate the container; returns (header, payloads by "tensor/field")."""
+    view = memoryview(data)
+    if len(view) < FIXED.size:
+        raise FormatError(f"not a .mzip: {len(view)} bytes is shorter than the fixed header")
+    magic, version, _flags, head_len, head_crc = FIXED.unpack_from(view)
+    if magic != MAGIC:
+        raise FormatError("not a .mzip: missing MZIP magic (format v1 files need modelzip 0.1)")
+    if version != VERSION:
+        raise FormatError(
+            f"unsupported .mzip version {version}; this modelzip reads version {VERSION}"
+        )
+    if head_len > len(view) - FIXED.size:
+        raise FormatError("truncated .mzip: header runs past the end of the file")
+    r = Reader(view[FIXED.size :], ".mzip payload table")
+    head = r.take(head_len)
+    count = r.varint(r.remaining())
+    table = []
+    for _ in range(count):
+        length = r.varint(len(view))
+        table.append((length, int.from_bytes(r.take(4), "little")))
+    if crc32(view[FIXED.size : FIXED.size + r.pos]) != head_crc:
+        raise FormatError("checksum mismatch in the .mzip header: the file is corrupted")
+    obj = _inflate(head)
+    if not isinstance(obj, dict):
+        raise FormatError("corrupted .mzip header: not a JSON object")
+    for key in ("source", "arch"):
+        if not isinstance(obj.get(key), dict):
             raise FormatError(f"corrupted .mzip header: {key!r} missing or not an object")
+    records = _records(obj.get("t"))
+    keys = [f"{n}/{f}" for n, rec in records.items() for f in rec["fields"]]
+    if len(keys) != count:
+        raise FormatError(f"corrupted .mzip: {len(keys)} fields but {count} payloads")
+    parts: dict[str, memoryview] = {}
+    for key, (length, crc) in zip(keys, table, strict=True):
+        chunk = r.take(length)
+        if crc32(chunk) != crc:
+            raise FormatError(f"checksum mismatch in payload {key!r}: the file is corrupted")
+        parts[key] = chunk
+    r.done()
+    header = {
+        "format": FORMAT,
+        "version": version,
+        "source": obj["source"],
+        "architecture": obj["arch"],
+        "tensors": records,
+        "info": obj.get("info") if isinstance(obj.get("info"), dict) else {},
+        "payload_bytes": sum(length for length, _ in table),
+    }
     return header, parts
 
 
-def decode_state(header: dict[str, Any], parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Verify checksums and decode every tensor record into its effective value."""
-    state: dict[str, torch.Tensor] = {}
+def decode_fields(
+    header: dict[str, Any], parts: dict[str, memoryview], budget: int
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Decode every field payload (tensor -> field -> tensor) within an element budget."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
     for name, rec in header["tensors"].items():
-        if not isinstance(rec, dict) or not isinstance(rec.get("fields"), dict):
-            raise FormatError(f"corrupted record for tensor {name!r}")
-        fields: dict[str, torch.Tensor] = {}
-        for field_name, frec in rec["fields"].items():
-            if not isinstance(frec, dict) or not isinstance(frec.get("crc32"), dict):
-                raise FormatError(f"corrupted field record {name}/{field_name}")
-            stored = {}
-            for part_name, crc in frec["crc32"].items():
-                key = f"{name}/{field_name}/{part_name}"
-                if key not in parts:
-                    raise FormatError(f"payload {key!r} is missing from the file")
-                if crc32(parts[key]) != crc:
-                    raise FormatError(
-                        f"checksum mismatch in payload {key!r}: the file is corrupted"
-                    )
-                stored[part_name] = parts[key]
-            codec = get_codec(str(frec.get("codec")))
+        fields = {}
+        for fname, frec in rec["fields"].items():
+            n = math.prod(frec["shape"])
+            budget -= n
+            if budget < 0:
+                raise FormatError(
+                    f"{name}/{fname}: the file declares more elements than its size allows "
+                    "(hostile shapes?)"
+                )
+            codec = get_codec(frec["codec"])
             try:
-                fields[field_name] = codec.decode(stored, frec.get("meta") or {})
-            except FormatError:
-                raise
-            except Exception as exc:
-                raise FormatError(f"cannot decode {name}/{field_name}: {exc}") from None
-        enc = constraints.Encoded(str(rec.get("kind")), fields, rec.get("meta") or {})
-        value = constraints.decode(enc)
-        if value.numel() > MAX_ELEMENTS:
-            raise FormatError(f"tensor {name!r} claims {value.numel()} elements: refused")
-        state[name] = value
+                flat = codec.decode(parts[f"{name}/{fname}"], DTYPES[frec["dtype"]], n)
+            except FormatError as exc:
+                raise FormatError(f"{name}/{fname}: {exc}") from None
+            except Exception as exc:  # a codec bug must still not crash the caller
+                raise FormatError(f"cannot decode {name}/{fname}: {exc}") from None
+            if flat.numel() != n:
+                raise FormatError(f"{name}/{fname}: decoded {flat.numel()} of {n} elements")
+            fields[fname] = flat.reshape(frec["shape"])
+        out[name] = fields
+    return out
+
+
+def decode_state(
+    header: dict[str, Any], parts: dict[str, memoryview], *, file_bytes: int = 0
+) -> dict[str, torch.Tensor]:
+    """Decode every tensor record into its effective value (bit-exact)."""
+    budget = max(MIN_BUDGET, EXPANSION * file_bytes)
+    state: dict[str, torch.Tensor] = {}
+    for name, fields in decode_fields(header, parts, budget).items():
+        rec = header["tensors"][name]
+        enc = constraints.Encoded(rec["kind"], fields, rec["meta"])
+        try:
+            state[name] = constraints.decode(enc)
+        except FormatError as exc:
+            raise FormatError(f"{name}: {exc}") from None
+        except Exception as exc:
+            raise FormatError(f"{name}: fields of kind {rec['kind']!r} do not fit: {exc}") from None
     return state
+
+
+def _positive_ints(obj: Any) -> list[int]:
+    if isinstance(obj, bool):
+        return []
+    if isinstance(obj, int):
+        return [obj] if obj > 0 else []
+    if isinstance(obj, list | tuple):
+        return [i for x in obj for i in _positive_ints(x)]
+    if isinstance(obj, dict):
+        return [i for x in obj.values() for i in _positive_ints(x)]
+    return []
+
+
+def check_build_size(header: dict[str, Any], budget: int) -> None:
+    """Refuse module specs / source arguments whose integer sizes multiply past ``budget``.
+
+    Building a module allocates its parameters before any stored tensor is loaded, so a
+    hostile ``Linear(10**9, 10**9)`` must be stopped here. The product of an entry's positive
+    integer arguments bounds the parameter count of every layer type modelzip builds.
+    """
+    entries = [("source", header["source"].get("kwargs", {}))]
+    entries += [
+        (n, s.get("args", {}) if isinstance(s, dict) else {})
+        for n, s in header["architecture"].items()
+    ]
+    for name, args in entries:
+        size = 1
+        for v in _positive_ints(args):
+            size *= v
+            if size > budget:
+                raise FormatError(
+                    f"module {name!r} in the file declares sizes {str(args)[:80]} too large "
+                    "for this file (hostile architecture?)"
+                )
 
 
 def load(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
@@ -168,12 +327,16 @@ def load(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
 def from_bytes(data: bytes, *, name: str = "<bytes>") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model from .mzip bytes."""
     header, parts = read_header(data)
-    state = decode_state(header, parts)
+    check_build_size(header, max(MIN_BUDGET, EXPANSION * len(data)))
+    state = decode_state(header, parts, file_bytes=len(data))
     try:
         source = ModelSource.from_json(header["source"])
     except ModelError as exc:
         raise FormatError(f"{name}: {exc}") from None
-    model = source.build()
+    try:
+        model = source.build()
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FormatError(f"{name}: cannot build the recorded model source: {exc}") from None
     apply_architecture(model, header["architecture"])
     try:
         model.load_state_dict(state, strict=True)

@@ -1,0 +1,95 @@
+"""Weight sharing as a parametrization: the weight is ``codebook[indices]``.
+
+The codebook is an ``nn.Parameter`` of the parametrization and the indices a buffer, so a
+fine-tuning stage trains the shared centroids by the summed gradients of their members while
+every weight keeps its cluster (Deep Compression §3): autograd's backward of the gather sums
+the gradients per index. Pruned weights point at a reserved slot 0 that is a constant zero,
+so they stay exactly zero and carry the pruning mask inside the indices.
+
+Example:
+    >>> cb = Codebook(torch.tensor([[1, 0], [2, 1]]), torch.tensor([-0.5, 0.5]), zero_slot=True)
+    >>> cb(torch.zeros(2, 2))
+    tensor([[-0.5000,  0.0000], [ 0.5000, -0.5000]], grad_fn=...)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from modelzip.errors import FormatError
+from modelzip.nn.constraints import Constraint, Encoded
+
+
+def index_dtype(n_codes: int) -> torch.dtype:
+    """Smallest unsigned-friendly integer dtype for codes 0..n_codes-1."""
+    if n_codes <= 256:
+        return torch.uint8
+    if n_codes <= 32768:
+        return torch.int16
+    return torch.int32
+
+
+class Codebook(Constraint):
+    """Shared values: ``forward`` returns ``table[indices]`` whatever its input.
+
+    Args:
+        indices: integer codes, the weight's shape. With ``zero_slot`` code 0 is the constant
+            zero and codes 1..K select ``codebook[code - 1]``.
+        codebook: K shared values (a Parameter may be passed to share it across layers).
+        zero_slot: reserve code 0 for exact zeros (pruned weights).
+    """
+
+    kind = "codebook"
+
+    def __init__(
+        self, indices: torch.Tensor, codebook: torch.Tensor, *, zero_slot: bool = False
+    ) -> None:
+        super().__init__()
+        n_codes = codebook.numel() + int(zero_slot)
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= n_codes):
+            raise ValueError(f"indices must lie in [0, {n_codes}), got a code out of range")
+        self.zero_slot = bool(zero_slot)
+        self.register_buffer("indices", indices.to(index_dtype(n_codes)))
+        if isinstance(codebook, nn.Parameter):
+            self.codebook = codebook
+        else:
+            self.codebook = nn.Parameter(codebook.detach().float().clone())
+
+    def table(self) -> torch.Tensor:
+        """Value of every code (slot 0 is a constant zero when ``zero_slot``)."""
+        if self.zero_slot:
+            return torch.cat([self.codebook.new_zeros(1), self.codebook])
+        return self.codebook
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.table()[self.indices.long()].to(x.dtype)
+
+    def encode(self, x: torch.Tensor) -> Encoded:
+        return Encoded(
+            self.kind,
+            {"indices": self.indices.detach().clone(), "codebook": self.codebook.detach().float()},
+            {"zero": int(self.zero_slot)},
+        )
+
+    @classmethod
+    def decode(cls, fields: dict[str, torch.Tensor], meta: dict[str, Any]) -> torch.Tensor:
+        idx, cb = fields.get("indices"), fields.get("codebook")
+        if idx is None or cb is None:
+            raise FormatError("codebook tensor needs fields 'indices' and 'codebook'")
+        if idx.is_floating_point() or idx.dtype == torch.bool:
+            raise FormatError(f"codebook indices must be integers, got {idx.dtype}")
+        if cb.dim() != 1 or not cb.is_floating_point():
+            raise FormatError("codebook must be a 1-D float tensor")
+        zero = bool(meta.get("zero", 0)) if isinstance(meta, dict) else False
+        table = torch.cat([cb.new_zeros(1), cb]) if zero else cb
+        if idx.numel():
+            lo, hi = int(idx.min()), int(idx.max())
+            if lo < 0 or hi >= table.numel():
+                raise FormatError(
+                    f"codebook index out of range: codes span [{lo}, {hi}] but the table has "
+                    f"{table.numel()} entries"
+                )
+        return table[idx.long()]
