@@ -1,4 +1,4 @@
-"""Shared fixtures: a private baseline cache and small real models/data."""
+"""Shared fixtures: a private baseline cache, the digits data set, and small real models."""
 
 from __future__ import annotations
 
@@ -7,36 +7,47 @@ import os
 import pytest
 import torch
 
+import modelzip as mz
+from modelzip.context import Context
+from modelzip.source import ModelSource
+from modelzip.train import Trainer
+
+# Tiny models on a shared 2-core machine: one thread avoids oversubscription stalls.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     # Tests never read or write the user's cache of trained baselines.
     os.environ["MODELZIP_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
 @pytest.fixture(scope="session")
 def digits():
-    from modelzip import load_data
-
-    return load_data("digits")
+    return mz.load_data("digits")
 
 
 @pytest.fixture(scope="session")
 def lenet300_digits_state(digits):
     """A trained LeNet-300-100 on digits (state_dict), trained once per session."""
-    from modelzip import load_model
-
-    return {k: v.clone() for k, v in load_model("zoo:lenet300", data=digits).state_dict().items()}
+    model = mz.load_model("zoo:lenet300", data=digits)
+    return {k: v.clone() for k, v in model.state_dict().items()}
 
 
 @pytest.fixture
 def lenet300(digits, lenet300_digits_state):
     """A fresh trained LeNet-300-100 for digits (tests may modify it)."""
-    from modelzip.source import ModelSource
-
-    model = ModelSource(
-        "zoo", "lenet300", {"in_shape": list(digits.sample_shape), "num_classes": 10}
-    ).build()
+    model = fresh("lenet300", digits)
     model.load_state_dict(lenet300_digits_state)
     return model.eval()
+
+
+def fresh(name: str, data) -> torch.nn.Module:
+    """An untrained zoo model for ``data`` (seeded), recorded so it can be saved to .mzip."""
+    torch.manual_seed(0)
+    kw = {"in_shape": list(data.sample_shape), "num_classes": data.num_classes}
+    return ModelSource("zoo", name, kw).build().eval()
+
+
+def make_ctx(data, seed: int = 0) -> Context:
+    return Context(data=data, trainer=Trainer(progress=False, seed=seed), seed=seed)

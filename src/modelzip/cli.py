@@ -180,6 +180,64 @@ def evaluate(
 
 
 @app.command()
+def sensitivity(
+    model: Annotated[str, typer.Argument(help="zoo:NAME | FILE.py:FACTORY | FILE.mzip")],
+    data: DataOpt,
+    sparsities: Annotated[
+        str, typer.Option("--sparsities", help="comma-separated sparsities in [0, 1)")
+    ] = "0.5,0.7,0.8,0.9,0.95,0.98",
+    layers: Annotated[
+        str | None, typer.Option("--layers", help="comma-separated layer patterns (default: all)")
+    ] = None,
+    criterion: Annotated[
+        str, typer.Option("--criterion", help="magnitude | taylor | random")
+    ] = "magnitude",
+    split: Annotated[str, typer.Option("--split", help="train | val | test")] = "val",
+    weights: WeightsOpt = None,
+    seed: SeedOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Prune each layer alone at several sparsities and report the accuracy curve per layer."""
+    from modelzip.errors import ConfigError
+    from modelzip.search.sensitivity import sensitivity as run_sensitivity
+
+    try:
+        levels = [float(s) for s in sparsities.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"--sparsities must be comma-separated numbers in [0, 1), got {sparsities!r}"
+        ) from None
+    bundle = api.load_data(data, seed=seed)
+    bundle.loader(split)
+    loaded = api.load_model(model, data=bundle, weights=weights, seed=seed, progress=not as_json)
+    patterns = [p.strip() for p in layers.split(",") if p.strip()] if layers else None
+    result = run_sensitivity(
+        loaded,
+        bundle,
+        sparsities=levels,
+        layers=patterns,
+        criterion=criterion,
+        split=split,
+        seed=seed,
+    )
+    result["model"] = model
+    if as_json:
+        _print_json(result)
+        return
+    table = Table(title=f"sensitivity of {model} on {data} ({split}, {criterion})")
+    table.add_column("layer")
+    table.add_column("params", justify="right")
+    for s in result["sparsities"]:
+        table.add_column(f"{s:.0%}", justify="right")
+    table.add_column(f"max within {result['max_drop']:.0%}", justify="right")
+    for name, row in result["layers"].items():
+        cells = [f"{a:.2%}" for a in row["accuracy"]]
+        table.add_row(name, f"{row['params']:,}", *cells, f"{row['max_sparsity']:.0%}")
+    out.print(table)
+    out.print(f"baseline accuracy {result['baseline']:.2%}")
+
+
+@app.command()
 def inspect(
     file: Annotated[Path, typer.Argument(help="a .mzip file")],
     as_json: JsonOpt = False,

@@ -1,33 +1,92 @@
-"""``prune``: zero out weights by importance; the mask is kept on the module during training."""
+"""``prune``: remove weights by importance, unstructured, N:M or whole channels.
+
+Unstructured and N:M pruning leave a ``Mask`` on each weight (pruned entries stay exactly
+zero through later fine-tuning, whatever the optimizer does); ``pattern: channel`` removes
+output channels/neurons by model surgery so the tensors themselves shrink.
+
+Example (YAML)::
+
+    - method: prune                       # global magnitude pruning, one shot
+      sparsity: 0.92
+    - method: prune                       # Taylor importance, 3 prune/fine-tune rounds
+      sparsity: {default: 0.9, fc3: 0.5}
+      scope: layer
+      criterion: taylor
+      schedule: iterative
+      rounds: 3
+      epochs: 2
+    - method: prune                       # Deep Compression's threshold: |w| > 0.7 std(W)
+      threshold: {rule: std, quality: 0.7}
+    - method: prune                       # 2:4 semi-structured
+      pattern: "2:4"
+    - method: prune                       # half of every conv's channels, real surgery
+      pattern: channel
+      sparsity: 0.5
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+import re
+from typing import Any, ClassVar, Literal
 
-import torch
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 from modelzip.config import MethodConfig
 from modelzip.context import Context
-from modelzip.nn.constraints import Mask, constrain
+from modelzip.errors import ConfigError
+from modelzip.methods._prune_scores import entry_scores, layer_sparsity, set_mask
+from modelzip.ops import pruning
 from modelzip.registry import register
 from modelzip.targets import per_layer, select
 
+_NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+PATTERNS = "unstructured, channel, N:M (e.g. 2:4)"
 
-class PruneConfig(MethodConfig):
-    """Options of a pruning stage.
 
-    Example (YAML): ``{method: prune, sparsity: 0.9, scope: global}`` or per layer
-    ``{method: prune, sparsity: {default: 0.9, fc3: 0.5}}``.
+class ThresholdRule(BaseModel):
+    """Per-layer threshold instead of a target sparsity: prune ``|w| <= quality * stat(W)``.
+
+    ``rule: std`` is Deep Compression's ``quality * std(W)``; ``rule: median`` uses
+    ``median(|W|)`` (``quality: 1`` prunes half of each layer).
     """
 
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    rule: Literal["std", "median"]
+    quality: float = Field(1.0, gt=0, le=100)
+
+
+class PruneConfig(MethodConfig):
+    """Options of a pruning stage (see the module docstring for recipes)."""
+
     method: ClassVar[str] = "prune"
-    sparsity: float | dict[str, float] = 0.9
-    scope: Literal["layer", "global"] = "global"
-    criterion: Literal["magnitude"] = "magnitude"
-    pattern: Literal["unstructured"] = "unstructured"
+    sparsity: float | dict[str, float] = Field(
+        0.9, description="fraction removed: of the weights, or of the channels (pattern channel)"
+    )
+    scope: Literal["layer", "global"] | None = Field(
+        None,
+        description="one ranking across layers (global, the default for unstructured) "
+        "or a target per layer (layer, the default for channel)",
+    )
+    criterion: Literal["magnitude", "taylor", "random"] = "magnitude"
+    norm: Literal["l1", "l2"] = Field("l1", description="channel importance norm")
+    threshold: ThresholdRule | None = None
+    pattern: str = Field("unstructured", description=PATTERNS)
     layers: list[str] | None = Field(None, description="layer patterns to prune (default: all)")
+    schedule: Literal["oneshot", "iterative", "gradual"] = "oneshot"
+    rounds: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="iterative: prune/fine-tune rounds (default 3); "
+        "gradual: mask updates (default 10)",
+    )
+    epochs: int = Field(
+        1, ge=0, le=1000, description="iterative: fine-tune epochs per round; gradual: epochs"
+    )
+    lr: float = Field(1e-3, gt=0, le=10)
+    initial_sparsity: float = Field(0.0, ge=0, lt=1, description="gradual: starting sparsity")
+    calibration_batches: int = Field(8, ge=1, le=100_000, description="taylor: val batches")
 
     @field_validator("sparsity")
     @classmethod
@@ -38,50 +97,197 @@ class PruneConfig(MethodConfig):
                 raise ValueError(f"sparsity must be in [0, 1), got {s}")
         return v
 
+    @field_validator("pattern")
+    @classmethod
+    def _valid_pattern(cls, v: str) -> str:
+        if v in ("unstructured", "channel"):
+            return v
+        m = _NM.match(v)
+        if m is None:
+            raise ValueError(f"pattern must be one of {PATTERNS}, got {v!r}")
+        n, mm = int(m.group(1)), int(m.group(2))
+        if not 1 <= n <= mm:
+            raise ValueError(f"N:M pattern needs 1 <= N <= M (keep N of every M), got {v!r}")
+        return f"{n}:{mm}"
 
-def magnitude_masks(
-    weights: dict[str, torch.Tensor], sparsity: dict[str, float], scope: str
-) -> dict[str, torch.Tensor]:
-    """Keep-masks that drop the smallest |w|: one threshold per layer, or one across all.
+    @model_validator(mode="after")
+    def _consistent(self) -> PruneConfig:
+        given = self.model_fields_set
+        if self.threshold is not None:
+            if "sparsity" in given:
+                raise ValueError("give either sparsity or threshold, not both")
+            if self.pattern != "unstructured" or self.criterion != "magnitude":
+                raise ValueError("threshold rules need pattern unstructured, criterion magnitude")
+            if self.schedule == "gradual":
+                raise ValueError("schedule gradual needs a target sparsity, not a threshold")
+        if self.nm is not None:
+            if "sparsity" in given:
+                raise ValueError(f"pattern {self.pattern} fixes the sparsity; drop 'sparsity'")
+            if self.scope == "global":
+                raise ValueError("an N:M pattern is per group of M weights; scope global")
+            if self.schedule != "oneshot":
+                raise ValueError("an N:M pattern is applied one shot; add a finetune stage")
+        if self.pattern == "channel" and self.schedule == "gradual":
+            raise ValueError("pattern channel supports schedules oneshot and iterative")
+        if self.schedule == "gradual" and self.epochs < 1:
+            raise ValueError("schedule gradual trains while pruning: epochs must be >= 1")
+        return self
 
-    With ``scope == "global"`` the single target is the mean of the per-layer targets,
-    weighted by layer size (a uniform target when a plain number was given).
-    """
-    if scope == "layer":
-        return {n: _keep_largest(w.abs(), sparsity[n]) for n, w in weights.items()}
-    total = sum(w.numel() for w in weights.values())
-    target = sum(sparsity[n] * w.numel() for n, w in weights.items()) / total
-    scores = torch.cat([w.abs().flatten() for w in weights.values()])
-    k = int(round(target * scores.numel()))
-    if k == 0:
-        return {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
-    threshold = torch.kthvalue(scores, k).values
-    masks = {n: w.abs() > threshold for n, w in weights.items()}
-    return masks
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        """(N, M) of an N:M pattern, else None."""
+        m = _NM.match(self.pattern)
+        return (int(m.group(1)), int(m.group(2))) if m else None
 
-
-def _keep_largest(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
-    k = int(round(sparsity * scores.numel()))
-    if k == 0:
-        return torch.ones_like(scores, dtype=torch.bool)
-    order = torch.argsort(scores.flatten(), stable=True)
-    keep = torch.ones(scores.numel(), dtype=torch.bool)
-    keep[order[:k]] = False
-    return keep.reshape(scores.shape)
+    @property
+    def resolved_scope(self) -> str:
+        if self.scope is not None:
+            return self.scope
+        return "global" if self.pattern == "unstructured" else "layer"
 
 
 @register(PruneConfig)
 def prune(model: nn.Module, cfg: PruneConfig, ctx: Context) -> nn.Module:
-    """Magnitude pruning, per layer or global; masks hold through later fine-tuning."""
+    """Prune weights (magnitude, Taylor or random), unstructured, N:M or whole channels."""
     layers = select(model, cfg.layers)
+    ctx.notes.update({"criterion": cfg.criterion, "pattern": cfg.pattern, "schedule": cfg.schedule})
+    if cfg.pattern == "channel":
+        from modelzip.methods._prune_channels import prune_channels
+
+        return prune_channels(model, layers, cfg, ctx)
     targets = per_layer(cfg.sparsity, layers, "sparsity")
-    with torch.no_grad():
-        # A weight already constrained (an earlier prune) keeps its zeros: score what it computes.
-        effective = {n: layers[n].weight.detach() for n in targets}
-    masks = magnitude_masks(effective, targets, cfg.scope)
-    per_layer_sparsity = {}
-    for name, mask in masks.items():
-        constrain(layers[name], "weight", Mask(mask))
-        per_layer_sparsity[name] = round(1 - float(mask.float().mean()), 6)
-    ctx.notes["layer_sparsity"] = per_layer_sparsity
+    layers = {n: m for n, m in layers.items() if n in targets}
+    if cfg.nm is not None:
+        layers = _nm_capable(layers, cfg.nm[1], ctx)
+    if cfg.schedule == "gradual":
+        _gradual(model, layers, targets, cfg, ctx)
+    elif cfg.schedule == "iterative":
+        rounds = cfg.rounds or 3
+        history = []
+        for r in range(1, rounds + 1):
+            step = {n: pruning.iterative_sparsity(r, rounds, s) for n, s in targets.items()}
+            prune_once(model, layers, step, cfg, ctx, stream=r)
+            loss = ctx.trainer.fit(
+                model,
+                ctx.data.train,
+                epochs=cfg.epochs,
+                lr=cfg.lr,
+                description=f"prune round {r}/{rounds}",
+            )
+            history.append(
+                {
+                    "round": r,
+                    "sparsity": _mean(layer_sparsity(layers), layers),
+                    "train_loss": round(loss, 6),
+                }
+            )
+        ctx.notes["rounds"] = history
+    else:
+        prune_once(model, layers, targets, cfg, ctx)
+    ctx.notes["layer_sparsity"] = layer_sparsity(layers)
+    emptied = [n for n, s in ctx.notes["layer_sparsity"].items() if s >= 1.0]
+    if emptied:  # global ranking can take a whole layer; say so rather than hide it
+        ctx.notes["warnings"] = [f"{n}: every weight was pruned" for n in emptied]
+        ctx.log.warning("prune: every weight of %s was pruned", ", ".join(emptied))
     return model
+
+
+def prune_once(
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    targets: dict[str, float],
+    cfg: PruneConfig,
+    ctx: Context,
+    *,
+    stream: int = 0,
+) -> None:
+    """One pruning pass: score, build keep-masks by the config's rule, attach them."""
+    if cfg.threshold is not None:
+        with_masks = {
+            n: pruning.threshold_keep(m.weight.detach(), cfg.threshold.rule, cfg.threshold.quality)
+            for n, m in layers.items()
+        }
+    else:
+        scores = entry_scores(
+            model, layers, cfg.criterion, ctx, batches=cfg.calibration_batches, stream=stream
+        )
+        if cfg.nm is not None:
+            n, m = cfg.nm
+            with_masks = {name: pruning.nm_keep(s, n, m) for name, s in scores.items()}
+        elif cfg.resolved_scope == "layer":
+            with_masks = pruning.keep_smallest_out(scores, targets)
+        else:
+            with_masks = pruning.global_keep(scores, targets)
+    for name, keep in with_masks.items():
+        set_mask(layers[name], keep)
+
+
+def _gradual(
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    targets: dict[str, float],
+    cfg: PruneConfig,
+    ctx: Context,
+) -> None:
+    """Train for ``epochs`` while sparsity follows Zhu & Gupta's cubic ramp.
+
+    The ramp ends at 75% of the steps, so the last quarter recovers at the final sparsity.
+    """
+    steps = cfg.epochs * len(ctx.data.train)
+    end = max(1, int(0.75 * steps))
+    updates = cfg.rounds or 10
+    every = max(1, end // updates)
+    for layer in layers.values():  # masks exist before the optimizer sees the parameters
+        set_mask(layer, layer.weight.detach() == layer.weight.detach())
+    history: list[dict[str, Any]] = []
+
+    def at(step: int) -> dict[str, float]:
+        return {
+            n: pruning.cubic_sparsity(
+                step, final=s, initial=min(cfg.initial_sparsity, s), begin=0, end=end
+            )
+            for n, s in targets.items()
+        }
+
+    def on_step(step: int) -> None:
+        if step % every == 0 and step <= end:
+            prune_once(model, layers, at(step), cfg, ctx, stream=step)
+            history.append({"step": step, "sparsity": _mean(layer_sparsity(layers), layers)})
+
+    if cfg.initial_sparsity > 0:
+        prune_once(model, layers, at(0), cfg, ctx)
+    loss = ctx.trainer.fit(
+        model,
+        ctx.data.train,
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        on_step=on_step,
+        description="gradual prune",
+    )
+    prune_once(model, layers, targets, cfg, ctx, stream=steps + 1)  # no-op once the ramp ended
+    ctx.notes["steps"] = history
+    ctx.notes["train_loss"] = round(loss, 6)
+
+
+def _nm_capable(layers: dict[str, nn.Module], m: int, ctx: Context) -> dict[str, nn.Module]:
+    """Layers whose input dimension splits into groups of M; the others are reported."""
+    ok, skipped = {}, {}
+    for name, layer in layers.items():
+        cin = layer.weight.shape[1]
+        if cin % m:
+            skipped[name] = f"input dimension {cin} is not a multiple of M={m}"
+        else:
+            ok[name] = layer
+    if skipped:
+        ctx.notes["skipped"] = skipped
+    if not ok:
+        detail = "; ".join(f"{k}: {v}" for k, v in skipped.items())
+        raise ConfigError(f"no selected layer can hold an N:M pattern with M={m} ({detail})")
+    return ok
+
+
+def _mean(sparsity: dict[str, float], layers: dict[str, nn.Module]) -> float:
+    """Size-weighted mean sparsity of the layers."""
+    sizes = {n: layers[n].weight.numel() for n in sparsity}
+    total = sum(sizes.values())
+    return round(sum(sparsity[n] * sizes[n] for n in sparsity) / max(total, 1), 6)

@@ -1,0 +1,101 @@
+"""Plumbing shared by the pruning schedules: importance scores of layers, masks on modules.
+
+The math lives in ``modelzip.ops.pruning``; here the layers are walked, calibration batches
+run, and masks attached to (or updated on) the modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modelzip.context import Context
+from modelzip.errors import DataError
+from modelzip.nn.constraints import Mask, constrain, constraints_of, original
+from modelzip.ops import pruning
+
+
+def effective_weight(layer: nn.Module) -> torch.Tensor:
+    """The weight as the layer computes with it (earlier masks and grids applied)."""
+    with torch.no_grad():
+        return layer.weight.detach()
+
+
+def calibration_grads(
+    model: nn.Module, layers: Mapping[str, nn.Module], ctx: Context, batches: int
+) -> dict[str, list[torch.Tensor]]:
+    """Gradients of the loss w.r.t. each layer's weight, one per calibration batch (val split).
+
+    The gradient is taken w.r.t. the stored tensor under the constraints; through a mask it
+    is the masked gradient, so pruned entries score zero, as they should.
+    """
+    params = {n: original(m, "weight") for n, m in layers.items()}
+    grads: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+    was_training = model.training
+    model.eval()  # calibration must not update BatchNorm statistics or drop units
+    try:
+        for i, (x, y) in enumerate(ctx.data.val):
+            if i >= batches:
+                break
+            with torch.enable_grad():
+                loss = F.cross_entropy(model(x.to(ctx.device)), y.to(ctx.device))
+                got = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+            for n, g in zip(params, got, strict=True):
+                grads[n].append(torch.zeros_like(params[n]) if g is None else g.detach())
+    finally:
+        model.train(was_training)
+    if not any(grads.values()) or not next(iter(grads.values())):
+        raise DataError(
+            "taylor importance needs labelled calibration batches; the val split is empty"
+        )
+    return grads
+
+
+def entry_scores(
+    model: nn.Module,
+    layers: Mapping[str, nn.Module],
+    criterion: str,
+    ctx: Context,
+    *,
+    batches: int = 8,
+    stream: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Importance of every weight entry per layer; entries already zero come first."""
+    weights = {n: effective_weight(m) for n, m in layers.items()}
+    if criterion == "magnitude":
+        scores = {n: pruning.magnitude_scores(w) for n, w in weights.items()}
+    elif criterion == "taylor":
+        grads = calibration_grads(model, layers, ctx, batches)
+        scores = {n: pruning.taylor_scores(w, grads[n]) for n, w in weights.items()}
+    elif criterion == "random":
+        gen = ctx.generator(offset=1000 + stream)
+        scores = {n: pruning.random_scores(w.shape, gen) for n, w in weights.items()}
+    else:
+        raise ValueError(f"unknown criterion {criterion!r}")
+    return {n: pruning.protect_pruned(s, weights[n]) for n, s in scores.items()}
+
+
+def set_mask(layer: nn.Module, keep: torch.Tensor) -> None:
+    """Make ``keep`` the layer's weight mask: update the outermost Mask, or add one.
+
+    Updating in place keeps the parameter objects the optimizer holds (gradual pruning
+    changes masks while training runs). The new mask never revives an entry an earlier
+    mask removed.
+    """
+    chain = constraints_of(layer, "weight")
+    if chain and isinstance(chain[-1], Mask):
+        chain[-1].mask = chain[-1].mask & keep.to(chain[-1].mask.device)
+        return
+    constrain(layer, "weight", Mask(keep))
+
+
+def layer_sparsity(layers: Mapping[str, nn.Module]) -> dict[str, float]:
+    """Fraction of exactly-zero weight entries per layer, as the layers compute."""
+    out = {}
+    for name, layer in layers.items():
+        w = effective_weight(layer)
+        out[name] = round(float((w == 0).float().mean()), 6)
+    return out

@@ -1,0 +1,5 @@
+"""Sensitivity analysis and automated policy search."""
+
+from modelzip.search.sensitivity import sensitivity
+
+__all__ = ["sensitivity"]

@@ -1,0 +1,85 @@
+"""Per-layer pruning sensitivity: prune one layer alone at several sparsities, measure accuracy.
+
+The curves tell a user which layers tolerate high sparsity and which must be spared — the
+input for choosing per-layer targets (``sparsity: {default: 0.9, fc3: 0.5}``). Accuracy is
+measured on the ``val`` split by default, since the curves are used to choose.
+
+Example:
+    >>> result = sensitivity(model, load_data("digits"), sparsities=(0.5, 0.9))  # doctest: +SKIP
+    >>> result["layers"]["fc1"]["accuracy"]                                         # doctest: +SKIP
+    [0.97, 0.95]
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from modelzip.context import Context
+from modelzip.errors import ConfigError
+from modelzip.eval.evaluate import accuracy
+from modelzip.methods.prune import PruneConfig, prune
+from modelzip.targets import select
+from modelzip.train import Trainer
+from modelzip.zoo.data import DataBundle
+
+DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
+
+
+def sensitivity(
+    model: nn.Module,
+    data: DataBundle,
+    *,
+    sparsities: Sequence[float] = DEFAULT_SPARSITIES,
+    layers: Sequence[str] | None = None,
+    criterion: str = "magnitude",
+    split: str = "val",
+    max_drop: float = 0.01,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Accuracy of the model with each selected layer pruned alone, per sparsity.
+
+    Returns ``baseline`` (accuracy unpruned), ``sparsities``, and per layer ``params``,
+    ``accuracy`` (one value per sparsity), ``drop`` (baseline minus accuracy) and
+    ``max_sparsity`` (the highest tried sparsity whose drop is at most ``max_drop``; 0.0
+    when none is).
+    """
+    sparsities = [float(s) for s in sparsities]
+    if not sparsities:
+        raise ConfigError("sparsities: give at least one value in [0, 1)")
+    for s in sparsities:
+        if not 0.0 <= s < 1.0:
+            raise ConfigError(f"sparsities: each value must be in [0, 1), got {s}")
+    chosen = select(model, layers)
+    loader = data.loader(split)
+    base = accuracy(model, loader)
+    out_layers: dict[str, Any] = {}
+    for name, layer in chosen.items():
+        accs = []
+        for s in sparsities:
+            cfg = PruneConfig.parse(
+                {"sparsity": s, "scope": "layer", "layers": [name], "criterion": criterion},
+                "sensitivity",
+            )
+            trial = copy.deepcopy(model)
+            ctx = Context(data=data, trainer=Trainer(progress=False, seed=seed), seed=seed)
+            accs.append(round(accuracy(prune(trial, cfg, ctx), loader), 6))
+        drops = [round(base - a, 6) for a in accs]
+        ok = [s for s, d in zip(sparsities, drops, strict=True) if d <= max_drop]
+        out_layers[name] = {
+            "params": layer.weight.numel(),
+            "accuracy": accs,
+            "drop": drops,
+            "max_sparsity": max(ok) if ok else 0.0,
+        }
+    return {
+        "split": split,
+        "criterion": criterion,
+        "max_drop": max_drop,
+        "baseline": round(base, 6),
+        "sparsities": sparsities,
+        "layers": out_layers,
+    }

@@ -1,0 +1,154 @@
+"""Structured pruning: dependency groups from torch.fx, real surgery, .mzip reload, refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import fresh, make_ctx
+from torch import nn
+
+import modelzip as mz
+from modelzip.errors import UnsupportedError
+from modelzip.graph import channel_groups
+from modelzip.methods.prune import PruneConfig, prune
+from modelzip.source import ModelSource
+
+RESNETS = Path(__file__).parent / "resnets_for_tests.py"
+
+
+def zero_channels(model: nn.Module, layer: str, channels: list[int]) -> None:
+    m = model.get_submodule(layer)
+    with torch.no_grad():
+        m.weight[channels] = 0
+        if m.bias is not None:
+            m.bias[channels] = 0
+
+
+def test_lenet5_groups_follow_the_graph(digits):
+    groups = channel_groups(fresh("lenet5", digits), digits.example(2))
+    assert groups["conv1"].consumers == [("conv2", 1)]
+    assert groups["conv2"].consumers == [("fc1", 4)]  # flatten: 50 channels x 2x2 -> fc1
+    assert groups["fc1"].consumers == [("fc2", 1)]
+    assert groups["fc2"].blocked == ["its channels are the model's output"]
+
+
+def test_surgery_is_exact_when_removed_channels_were_zero(digits, tmp_path):
+    model = fresh("lenet5", digits)
+    zero_channels(model, "conv1", list(range(0, 20, 2)))  # 10 of 20
+    zero_channels(model, "conv2", list(range(25)))  # 25 of 50
+    zero_channels(model, "fc1", list(range(250, 500)))  # 250 of 500
+    x = digits.example(16)
+    with torch.no_grad():
+        ref = model(x)
+    ctx = make_ctx(digits)
+    prune(model, PruneConfig(pattern="channel", sparsity=0.5), ctx)
+    assert model.conv1.weight.shape == (10, 1, 5, 5)
+    assert model.conv2.weight.shape == (25, 10, 5, 5)
+    assert model.fc1.weight.shape == (250, 25 * 4)
+    assert model.fc2.weight.shape == (10, 250)
+    assert ctx.notes["channels"] == {"conv1": "20 -> 10", "conv2": "50 -> 25", "fc1": "500 -> 250"}
+    assert ctx.notes["skipped"] == {"fc2": "its channels are the model's output"}
+    with torch.no_grad():
+        out = model(x)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    # The smaller shapes come back from the file without the user re-running anything.
+    mz.save(model, tmp_path / "small.mzip")
+    loaded = mz.load(tmp_path / "small.mzip")
+    assert loaded.conv2.weight.shape == (25, 10, 5, 5) and loaded.fc1.in_features == 100
+    assert torch.equal(loaded(x), out)
+    assert sum(p.numel() for p in loaded.parameters()) < 0.3 * sum(
+        p.numel() for p in fresh("lenet5", digits).parameters()
+    )
+
+
+def test_channel_pruning_after_masks_slices_the_masks(digits):
+    model = fresh("lenet300", digits)
+    ctx = make_ctx(digits)
+    prune(model, PruneConfig(sparsity=0.5, scope="layer"), ctx)
+    prune(model, PruneConfig(pattern="channel", sparsity=0.5, layers=["fc1"]), ctx)
+    assert model.fc1.weight.shape == (150, 64) and model.fc2.weight.shape == (100, 150)
+    mask = model.fc1.parametrizations.weight[0].mask
+    assert mask.shape == (150, 64)
+    with torch.no_grad():
+        model.fc1.parametrizations.weight.original.fill_(1.0)
+    assert torch.equal(model.fc1.weight != 0, mask)  # the mask still holds after surgery
+
+
+def _resnet(kind: str) -> nn.Module:
+    return ModelSource("factory", f"{RESNETS}:{kind}", {}).build().eval()
+
+
+def test_residual_add_couples_channels_and_stays_exact(digits, tmp_path):
+    model = _resnet("residual")
+    groups = channel_groups(model, digits.example(2))
+    g = groups["stem"]
+    assert g is groups["conv_b"] and sorted(g.producers) == ["conv_b", "stem"]
+    assert sorted(g.norms) == ["bn_b", "bn_stem"]
+    assert sorted(c for c, _ in g.consumers) == ["conv_a", "head"]
+    x = digits.example(16)
+    with torch.no_grad():
+        ref = model(x)
+    ctx = make_ctx(digits)
+    prune(model, PruneConfig(pattern="channel", sparsity=0.5), ctx)
+    assert model.stem.out_channels == 8 and model.conv_b.out_channels == 8
+    assert model.bn_b.num_features == 8 and model.head.in_features == 8 * 64
+    assert ["stem", "conv_b"] in ctx.notes["coupled"] or ["conv_b", "stem"] in ctx.notes["coupled"]
+    assert model(x).shape == ref.shape
+    mz.save(model, tmp_path / "res.mzip")
+    loaded = mz.load(tmp_path / "res.mzip")
+    assert torch.equal(loaded(x), model(x))
+
+
+def test_residual_surgery_is_exact_when_coupled_channels_are_zero(digits):
+    model = _resnet("residual_plain")
+    for layer in ("stem", "conv_b"):
+        zero_channels(model, layer, list(range(8, 16)))
+    x = digits.example(16)
+    with torch.no_grad():
+        ref = model(x)
+    prune(model, PruneConfig(pattern="channel", sparsity=0.5, layers=["stem"]), make_ctx(digits))
+    assert model.stem.out_channels == 8 and model.conv_b.out_channels == 8
+    torch.testing.assert_close(model(x), ref, rtol=0, atol=1e-5)
+
+
+def test_concatenation_is_refused_naming_the_layer(digits):
+    model = _resnet("concat")
+    with pytest.raises(UnsupportedError, match=r"cannot remove output channels of left: .*cat"):
+        prune(
+            model, PruneConfig(pattern="channel", sparsity=0.5, layers=["left"]), make_ctx(digits)
+        )
+    ctx = make_ctx(digits)  # selected by pattern: skipped with the reason in the report
+    prune(model, PruneConfig(pattern="channel", sparsity=0.5), ctx)
+    assert "concatenat" in ctx.notes["skipped"]["left"]
+    assert "head" in ctx.notes["skipped"] and model.pre.out_channels == 4
+
+
+def test_output_layer_by_name_is_refused(digits):
+    with pytest.raises(UnsupportedError, match="fc3: its channels are the model's output"):
+        prune(
+            fresh("lenet300", digits),
+            PruneConfig(pattern="channel", layers=["fc3"]),
+            make_ctx(digits),
+        )
+
+
+def test_structured_finetune_recovers_accuracy(digits):
+    model = mz.load_model("zoo:lenet300", data=digits)
+    base = mz.evaluate(model, digits, measure_latency=False)["accuracy"]
+    ctx = make_ctx(digits)
+    prune(
+        model,
+        PruneConfig(
+            pattern="channel",
+            sparsity=0.5,
+            criterion="taylor",
+            schedule="iterative",
+            rounds=2,
+            epochs=1,
+        ),
+        ctx,
+    )
+    assert model.fc1.out_features == 150 and model.fc2.out_features == 50
+    assert mz.evaluate(model, digits, measure_latency=False)["accuracy"] >= base - 0.03
