@@ -45,7 +45,8 @@ class ModelSource:
         """Instantiate the architecture (fresh weights) and tag it with this source."""
         if self.kind == "zoo":
             kw = dict(self.kwargs)
-            model = zoo_model(self.ref, tuple(kw.pop("in_shape")), kw.pop("num_classes"))
+            # Remaining kwargs are the zoo model's width options (e.g. a distillation student).
+            model = zoo_model(self.ref, tuple(kw.pop("in_shape")), kw.pop("num_classes"), **kw)
         else:
             model = _call_factory(self.ref, self.kwargs)
         setattr(model, ATTR, self)
