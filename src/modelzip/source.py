@@ -62,7 +62,8 @@ class ModelSource:
             model = build_encoder(folder, pretrained=pretrained)
         elif self.kind == "zoo":
             kw = dict(self.kwargs)
-            model = zoo_model(self.ref, tuple(kw.pop("in_shape")), kw.pop("num_classes"))
+            # Remaining kwargs are the zoo model's width options (e.g. a distillation student).
+            model = zoo_model(self.ref, tuple(kw.pop("in_shape")), kw.pop("num_classes"), **kw)
         else:
             model = _call_factory(self.ref, self.kwargs)
         setattr(model, ATTR, self)

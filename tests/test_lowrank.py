@@ -1,0 +1,229 @@
+"""Low-rank factorization: SVD math, rank rules, the lowrank stage, .mzip round trips."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import modelzip as mz
+from modelzip.context import Context
+from modelzip.errors import ConfigError
+from modelzip.methods.lowrank import LowrankConfig, lowrank
+from modelzip.nn.lowrank import LowRankConv2d, LowRankLinear
+from modelzip.ops import lowrank as lr
+from modelzip.source import ModelSource
+from modelzip.train import Trainer
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # On a small shared machine torch's intra-op threads spin against each other; one thread
+    # makes these tests an order of magnitude faster. Restored for other test modules.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return mz.load_data("digits")
+
+
+def _zoo(name: str, data, **kwargs) -> nn.Module:
+    kw = {"in_shape": list(data.sample_shape), "num_classes": data.num_classes, **kwargs}
+    return ModelSource("zoo", name, kw).build()
+
+
+@pytest.fixture(scope="module")
+def lenet300(digits):
+    torch.manual_seed(0)
+    model = _zoo("lenet300", digits)
+    Trainer(progress=False).fit(model, digits.train, epochs=8, lr=3e-3)
+    return model.eval()
+
+
+def _ctx(data) -> Context:
+    return Context(data=data, trainer=Trainer(progress=False))
+
+
+def _apply(model: nn.Module, data, **fields) -> tuple[nn.Module, dict]:
+    ctx = _ctx(data)
+    out = lowrank(model, LowrankConfig.parse(fields), ctx)
+    return out, ctx.notes
+
+
+# --------------------------------------------------------------------------- pure math
+
+
+def test_full_rank_linear_reproduces_the_layer():
+    torch.manual_seed(0)
+    layer = nn.Linear(30, 20)
+    x = torch.randn(16, 30)
+    fact = LowRankLinear.from_linear(layer, rank=20)
+    torch.testing.assert_close(fact(x), layer(x), atol=1e-5, rtol=1e-5)
+
+
+def test_full_rank_conv_reproduces_the_layer():
+    torch.manual_seed(0)
+    layer = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+    x = torch.randn(4, 3, 9, 9)
+    fact = LowRankConv2d.from_conv(layer, rank=8)  # 8 = min(8, 3*3*3)
+    assert fact(x).shape == layer(x).shape
+    torch.testing.assert_close(fact(x), layer(x), atol=1e-5, rtol=1e-5)
+
+
+def test_truncation_error_is_the_dropped_energy():
+    # Eckart-Young: the squared Frobenius error of the best rank-r factors is sum_{i>r} s_i^2.
+    torch.manual_seed(1)
+    w = torch.randn(40, 25, dtype=torch.float64)
+    s = lr.singular_values(w)
+    for r in (1, 5, 24):
+        a, b = lr.svd_factors(w, r)
+        err = float(((w - a @ b) ** 2).sum())
+        assert err == pytest.approx(float((s[r:] ** 2).sum()), rel=1e-9, abs=1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    m=st.integers(2, 30),
+    n=st.integers(2, 30),
+    energy=st.floats(0.05, 1.0),
+    seed=st.integers(0, 1000),
+)
+def test_rank_by_energy_keeps_the_requested_energy(m, n, energy, seed):
+    w = torch.randn(m, n, generator=torch.Generator().manual_seed(seed))
+    s = lr.singular_values(w)
+    r = lr.rank_for_energy(s, energy)
+    assert 1 <= r <= min(m, n)
+    assert lr.energy_kept(s, r) >= energy - 1e-9
+    if r > 1:  # and it is the smallest such rank
+        assert lr.energy_kept(s, r - 1) < energy
+
+
+@given(m=st.integers(2, 400), n=st.integers(2, 400), ratio=st.floats(0.01, 0.99))
+def test_rank_by_ratio_stays_within_the_budget(m, n, ratio):
+    r = lr.rank_for_ratio(m, n, ratio)
+    assert r == 1 or lr.factored_params(m, n, r) <= ratio * m * n
+    assert lr.factored_params(m, n, r + 1) > ratio * m * n or r == min(m, n)
+
+
+def test_global_allocation_respects_budget_and_favours_concentrated_energy():
+    torch.manual_seed(0)
+    shapes = {"flat": (50, 50), "peaked": (50, 50)}
+    spectra = {"flat": torch.ones(50), "peaked": torch.tensor([10.0] * 5 + [0.01] * 45)}
+    budget = 20 * 100
+    ranks = lr.allocate_ranks(shapes, spectra, budget)
+    assert sum(lr.factored_params(*shapes[k], r) for k, r in ranks.items()) <= budget
+    assert ranks["peaked"] == 5  # its energy is all in 5 values; the rest goes to 'flat'
+    assert ranks["flat"] == 15
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def test_lowrank_stage_factorizes_and_reports(digits, lenet300):
+    out, notes = _apply(_copy(lenet300), digits, energy=0.9)
+    assert isinstance(out.fc1, LowRankLinear)
+    for name, rec in notes["layers"].items():
+        assert rec["energy_kept"] >= 0.9
+        assert rec["params_after"] < rec["params_before"], name
+
+
+def test_ratio_reduces_parameters_per_layer(digits, lenet300):
+    model = _copy(lenet300)
+    out, notes = _apply(model, digits, ratio=0.25)
+    for rec in notes["layers"].values():
+        assert rec["params_after"] <= 0.25 * rec["params_before"] or rec["rank"] == 1
+    dense = sum(p.numel() for p in lenet300.parameters())
+    assert sum(p.numel() for p in out.parameters()) < 0.3 * dense
+
+
+def test_global_scope_hits_the_budget_and_keeps_accuracy(digits, lenet300):
+    base = mz.evaluate(lenet300, digits, measure_latency=False)["accuracy"]
+    out, notes = _apply(_copy(lenet300), digits, ratio=0.25, scope="global")
+    kept = sum(r["params_after"] for r in notes["layers"].values())
+    dense = sum(r["params_before"] for r in notes["layers"].values())
+    assert kept <= 0.25 * dense
+    acc = mz.evaluate(out, digits, measure_latency=False)["accuracy"]
+    assert acc > base - 0.1  # energy-aware ranks keep most of the accuracy before any training
+
+
+def test_layers_where_factoring_does_not_pay_are_skipped_with_a_reason(digits):
+    model = _zoo("lenet5", digits)
+    out, notes = _apply(model, digits, ratio=0.99)  # ratio 0.99 rounds to a rank that pays
+    assert all(r["params_after"] < r["params_before"] for r in notes["layers"].values())
+    _, notes = _apply(_zoo("lenet5", digits), digits, energy=1.0)
+    assert "conv1" in notes["skipped"] and "not fewer" in notes["skipped"]["conv1"]
+    assert isinstance(out.conv2, LowRankConv2d)
+
+
+def test_unsupported_and_already_factorized_layers_are_reported(digits):
+    model = nn.Sequential(nn.Conv1d(1, 4, 3), nn.Flatten(), nn.Linear(24, 10))
+    _, notes = _apply(model, digits, rank={"default": 2})
+    assert "Conv1d" in notes["skipped"]["0"]
+    _, notes = _apply(model, digits, rank=1)
+    assert notes["skipped"]["2.first"] == "already a low-rank factor"
+
+
+def test_rank_larger_than_the_matrix_is_a_clear_error(digits, lenet300):
+    with pytest.raises(ConfigError, match=r"rank = 50 for layer 'fc3'.*10x100.*max rank 10"):
+        _apply(_copy(lenet300), digits, rank={"default": 5, "fc3": 50})
+
+
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        ({"ratio": 1.5}, "ratio"),
+        ({"ratio": 0.5, "energy": 0.9}, "only one of ratio, energy, rank"),
+        ({"energy": 0}, "energy"),
+        ({"rank": 0}, "rank"),
+        ({"energy": 0.9, "scope": "global"}, "global"),
+        ({"ratoi": 0.5}, "did you mean 'ratio'"),
+    ],
+)
+def test_bad_config_is_a_clear_error(fields, match):
+    with pytest.raises(ConfigError, match=match):
+        LowrankConfig.parse(fields)
+
+
+def test_bad_layer_pattern_lists_the_layers(digits, lenet300):
+    with pytest.raises(ConfigError, match="fc1, fc2, fc3"):
+        _apply(_copy(lenet300), digits, layers=["fc9"])
+
+
+def test_factorized_model_round_trips_through_mzip(digits, lenet300, tmp_path: Path):
+    out, _ = _apply(_copy(lenet300), digits, ratio=0.3)
+    lenet5, _ = _apply(_zoo("lenet5", digits), digits, ratio=0.4)
+    for model in (out, lenet5):
+        path = tmp_path / "m.mzip"
+        mz.save(model, path)
+        back = mz.load(path)
+        x = digits.example(32)
+        with torch.no_grad():
+            assert torch.equal(back(x), model.eval()(x))
+        assert type(back.fc1) is type(model.fc1)
+    # A fresh process that only loads the file must know the replacement modules too.
+    code = (
+        "import sys, modelzip as mz; m = mz.load(sys.argv[1]); "
+        "print(type(m.fc1).__name__, m.fc1.rank)"
+    )
+    path = tmp_path / "fresh.mzip"
+    mz.save(out, path)
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True
+    )
+    assert res.stdout.split() == ["LowRankLinear", str(out.fc1.rank)]
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    clone = ModelSource.from_json(model.modelzip_source.to_json()).build()
+    clone.load_state_dict(model.state_dict())
+    return clone.eval()
