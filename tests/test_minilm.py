@@ -46,7 +46,7 @@ def test_quantized_minilm_keeps_embeddings_and_round_trips(sentences, tmp_path):
                 {
                     "method": "quantize",
                     "bits": 8,
-                    "layers": ["re:encoder\\.encoder\\.layer\\.[01]\\..*"],
+                    "layers": ["re:encoder\\.encoder\\.layer\\.[01]\\..*(query|key|value|dense)"],
                 }
             ]
         }
