@@ -203,3 +203,23 @@ def test_hostile_int8_layer_specs_are_refused_before_allocating():
                 "args": {"in_channels": -1, "out_channels": 2, "kernel_size": [3, 3]},
             }
         )
+
+
+def test_pruned_then_w8a8_keeps_the_zeros_in_the_int8_codes(digits):
+    lenet = mz.load_model("zoo:lenet300", data=digits)
+    recipe = mz.Recipe.from_dict(
+        {
+            "stages": [
+                {"method": "prune", "sparsity": 0.8},
+                {"method": "quantize", "activations": {"observer": "percentile"}},
+            ]
+        }
+    )
+    result = mz.compress(lenet, digits, recipe, measure_latency=False)
+    model = result["model"]
+    assert isinstance(model.fc1, QuantLinear)
+    zeros = sum(int((getattr(model, n).qweight == 0).sum()) for n in ("fc1", "fc2", "fc3"))
+    total = sum(getattr(model, n).qweight.numel() for n in ("fc1", "fc2", "fc3"))
+    assert zeros / total >= 0.8
+    assert result["compressed"]["sparsity"] >= 0.79
+    assert result["stages"][1]["notes"]["observer"] == "percentile"

@@ -105,6 +105,11 @@ class QuantizeConfig(MethodConfig):
         return self
 
 
+def sig(x: float, digits: int = 4) -> float:
+    """``x`` rounded to a few significant digits, for readable reports."""
+    return float(f"{x:.{digits}g}")
+
+
 def check_finite(name: str, w: torch.Tensor) -> None:
     """A weight with NaN or inf cannot be put on a grid: stop with the count and the layer."""
     bad = int((~torch.isfinite(w)).sum())
@@ -161,7 +166,7 @@ def quantize_weights(
         report[name] = {
             "bits": b,
             "granularity": cfg.granularity,
-            "mse": affine.mse(w, w_hat),
+            "mse": sig(affine.mse(w, w_hat)),
             "sqnr_db": round(affine.sqnr_db(w, w_hat), 2),
         }
     return before, report
@@ -194,16 +199,16 @@ def static_activations(
         in_q[name] = (s, zp)
         notes["layers"][name].update(
             {
-                "act_observed": [stats[name].in_lo, stats[name].in_hi],
-                "act_range": [lo, hi],
-                "act_scale": s,
+                "act_observed": [sig(stats[name].in_lo), sig(stats[name].in_hi)],
+                "act_range": [sig(lo), sig(hi)],
+                "act_scale": sig(s),
                 "act_zero_point": zp,
             }
         )
     if cfg.bias_correction:
         corr = calibrate.correct_biases(model, layers, float_w, in_q, batches)
         for name, c in corr.items():
-            notes["layers"][name]["bias_correction"] = c
+            notes["layers"][name]["bias_correction"] = sig(c)
     out_ranges = calibrate.output_ranges(model, todo, batches)
     for name, layer in todo.items():
         lo, hi = out_ranges[name]
@@ -234,7 +239,7 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> nn.Module:
     elif cfg.bias_correction:
         corr = calibrate.correct_biases(model, chosen, float_w, {}, batches)
         for name, c in corr.items():
-            report[name]["bias_correction"] = c
+            report[name]["bias_correction"] = sig(c)
     if ref is not None:
         ctx.notes["output_sqnr_db"] = round(affine.sqnr_db(ref, _outputs(model, batches)), 2)
     return model
