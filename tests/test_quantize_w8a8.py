@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -223,3 +224,29 @@ def test_pruned_then_w8a8_keeps_the_zeros_in_the_int8_codes(digits):
     assert zeros / total >= 0.8
     assert result["compressed"]["sparsity"] >= 0.79
     assert result["stages"][1]["notes"]["observer"] == "percentile"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("fc1.in_scale", torch.tensor(0.0), "in_scale must be finite and > 0"),
+        ("fc2.w_scale", torch.full((10,), float("nan")), "w_scale must be finite"),
+        ("conv1.out_zero_point", torch.tensor(999, dtype=torch.int32), "uint8 range"),
+    ],
+)
+def test_hostile_qparams_in_a_file_are_refused_on_load(w8a8, key, value, match):
+    from safetensors.torch import load as st_load
+    from safetensors.torch import save as st_save
+
+    from modelzip.errors import FormatError
+
+    model, _ = w8a8
+    blob = container.to_bytes(model)
+    header, _ = container.read_header(blob)
+    parts = st_load(blob)
+    part = f"{key}/values/data"
+    parts[part] = value
+    header["tensors"][key]["fields"]["values"]["crc32"]["data"] = container.crc32(value)
+    bad = st_save(parts, metadata={"modelzip": json.dumps(header)})
+    with pytest.raises(FormatError, match=match):
+        container.from_bytes(bad)
