@@ -250,3 +250,14 @@ def test_hostile_qparams_in_a_file_are_refused_on_load(w8a8, key, value, match):
     bad = st_save(parts, metadata={"modelzip": json.dumps(header)})
     with pytest.raises(FormatError, match=match):
         container.from_bytes(bad)
+
+
+@pytest.mark.parametrize("observer", ["minmax", "percentile", "mse", "kl"])
+def test_every_observer_gives_a_working_int8_model(lenet5, digits, observer):
+    model, notes = run_stage(lenet5, digits, activations={"observer": observer})
+    assert notes["observer"] == observer and notes["calibration_batches"] >= 1
+    for name in ("conv2", "fc1"):
+        lo, hi = notes["layers"][name]["act_range"]
+        seen_hi = notes["layers"][name]["act_observed"][1]
+        assert lo == 0.0 and 0 < hi <= seen_hi * 1.001
+    assert accuracy(model, digits.test) >= accuracy(lenet5, digits.test) - 0.02
