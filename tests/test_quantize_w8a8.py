@@ -261,3 +261,18 @@ def test_every_observer_gives_a_working_int8_model(lenet5, digits, observer):
         seen_hi = notes["layers"][name]["act_observed"][1]
         assert lo == 0.0 and 0 < hi <= seen_hi * 1.001
     assert accuracy(model, digits.test) >= accuracy(lenet5, digits.test) - 0.02
+
+
+def test_a_layer_the_data_never_reaches_stays_float_and_is_reported(digits):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.unused = nn.Linear(64, 10), nn.Linear(10, 10)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1))
+
+    model, notes = run_stage(Net(), digits, activations={"observer": "minmax"})
+    assert "never ran on the calibration data" in notes["float_activations"]["unused"]
+    assert isinstance(model.fc, QuantLinear) and isinstance(model.unused, nn.Linear)
+    assert notes["chained"] == []  # not a Sequential: every int8 layer returns float

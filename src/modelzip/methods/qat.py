@@ -77,6 +77,9 @@ def qat(model: nn.Module, cfg: QATConfig, ctx: Context) -> nn.Module:
     todo = {n: m for n, m in chosen.items() if n not in skipped}
     act = cfg.activations
     stats = calibrate.observe(model, todo, batches)
+    for name in [n for n in todo if not stats[n].seen]:
+        skipped[name] = "never ran on the calibration data (no activation range)"
+        del todo[name]
     handles = {}
     for name, layer in todo.items():
         _, _, (lo, hi) = calibrate.input_qparams(

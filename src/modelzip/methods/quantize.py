@@ -207,6 +207,9 @@ def static_activations(
     skipped = {n: r for n, m in layers.items() if (r := convert.why_not_convertible(m))}
     todo = {n: m for n, m in layers.items() if n not in skipped}
     stats = calibrate.observe(model, todo, batches)
+    for name in [n for n in todo if not stats[n].seen]:
+        skipped[name] = "never ran on the calibration data (no activation range)"
+        del todo[name]
     in_q: dict[str, tuple[float, int]] = {}
     for name in todo:
         s, zp, (lo, hi) = calibrate.input_qparams(
