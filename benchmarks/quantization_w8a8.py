@@ -222,6 +222,16 @@ def write_report(
     ]
     for eng, (r1, rn) in engines.items():
         lines.append(f"| {eng} | {r1:.2f} | {rn:.2f} |")
+    lines += [
+        "",
+        "Switching the global engine changes more than the two matmul kernels (quantize, ReLU "
+        "and max-pool on uint8 tensors too), so this table is the whole model per engine. The "
+        "layers keep torch's default `x86` engine (fbgemm/oneDNN picked per op): packing the "
+        "weights with oneDNN while running under `x86` was not faster (b1 0.38 ms vs 0.30 ms, "
+        "b256 16.8 vs 17.0 ms in a separate interleaved check), `x86` also runs asymmetric "
+        "weight grids that oneDNN refuses, and a library should not flip a process-wide "
+        "setting behind the user's back.",
+    ]
     lines += ["", "## Quantization-aware training (LeNet-5)", "", "| run | accuracy | delta |"]
     lines += ["|---|---|---|"]
     for name, acc in qat_rows:
