@@ -161,6 +161,11 @@ def test_per_channel_on_a_layer_without_channels_is_an_error(digits):
         run_stage(model, digits, layers=["LayerNorm"])
     model, notes = run_stage(model, digits, layers=["LayerNorm"], granularity="tensor")
     assert notes["layers"]["1"]["bits"] == 8
+    _, notes = run_stage(
+        model, digits, layers=["LayerNorm", "Linear"], granularity="tensor", bias_correction=True
+    )
+    assert notes["bias_correction_skipped"] == {"1": "not a Linear or Conv layer"}
+    assert notes["layers"]["2"]["bias_correction"] > 0
 
 
 def test_unsigned_symmetric_grid_refuses_negative_weights(lenet300, digits):
@@ -202,3 +207,11 @@ def test_calibration_without_data_is_an_error(lenet300, digits):
 def test_builtin_w8a8_recipe_is_listed_and_valid():
     r = Recipe.load("w8a8")
     assert r.stages[0].activations.observer == "mse" and r.stages[0].bias_correction
+
+
+def test_class_name_patterns_still_match_after_an_earlier_stage(lenet300, digits):
+    pruned, _ = run_stage(lenet300, digits, method="prune", sparsity=0.5)
+    model, notes = run_stage(pruned, digits, layers=["Linear"], bits=4)
+    assert set(notes["layers"]) == {"fc1", "fc2", "fc3"}
+    mask = model.fc1.parametrizations.weight[0].mask
+    assert not bool(mask.all()) and bool((model.fc1.weight[~mask] == 0).all())  # mask holds

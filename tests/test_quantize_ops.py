@@ -142,3 +142,12 @@ def test_mse_range_beats_minmax_on_heavy_tails():
 def test_unknown_observer_is_rejected():
     with pytest.raises(ValueError, match="observer must be one of minmax, percentile, mse, kl"):
         observers.choose_range(_hist(torch.rand(10)), "entropy")
+
+
+def test_kl_does_not_collapse_on_discrete_data():
+    # 8x8 digits: 17 grey levels. A range holding only the first level must not look perfect.
+    torch.manual_seed(0)
+    x = torch.randint(0, 17, (50_000,)).float() / 16
+    for name in ("kl", "mse"):
+        lo, hi = observers.choose_range(_hist(x), name)
+        assert lo == 0.0 and hi > 0.8, (name, hi)

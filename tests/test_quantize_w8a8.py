@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -203,3 +204,75 @@ def test_hostile_int8_layer_specs_are_refused_before_allocating():
                 "args": {"in_channels": -1, "out_channels": 2, "kernel_size": [3, 3]},
             }
         )
+
+
+def test_pruned_then_w8a8_keeps_the_zeros_in_the_int8_codes(digits):
+    lenet = mz.load_model("zoo:lenet300", data=digits)
+    recipe = mz.Recipe.from_dict(
+        {
+            "stages": [
+                {"method": "prune", "sparsity": 0.8},
+                {"method": "quantize", "activations": {"observer": "percentile"}},
+            ]
+        }
+    )
+    result = mz.compress(lenet, digits, recipe, measure_latency=False)
+    model = result["model"]
+    assert isinstance(model.fc1, QuantLinear)
+    zeros = sum(int((getattr(model, n).qweight == 0).sum()) for n in ("fc1", "fc2", "fc3"))
+    total = sum(getattr(model, n).qweight.numel() for n in ("fc1", "fc2", "fc3"))
+    assert zeros / total >= 0.8
+    assert result["compressed"]["sparsity"] >= 0.79
+    assert result["stages"][1]["notes"]["observer"] == "percentile"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("fc1.in_scale", torch.tensor(0.0), "in_scale must be finite and > 0"),
+        ("fc2.w_scale", torch.full((10,), float("nan")), "w_scale must be finite"),
+        ("conv1.out_zero_point", torch.tensor(999, dtype=torch.int32), "uint8 range"),
+    ],
+)
+def test_hostile_qparams_in_a_file_are_refused_on_load(w8a8, key, value, match):
+    from safetensors.torch import load as st_load
+    from safetensors.torch import save as st_save
+
+    from modelzip.errors import FormatError
+
+    model, _ = w8a8
+    blob = container.to_bytes(model)
+    header, _ = container.read_header(blob)
+    parts = st_load(blob)
+    part = f"{key}/values/data"
+    parts[part] = value
+    header["tensors"][key]["fields"]["values"]["crc32"]["data"] = container.crc32(value)
+    bad = st_save(parts, metadata={"modelzip": json.dumps(header)})
+    with pytest.raises(FormatError, match=match):
+        container.from_bytes(bad)
+
+
+@pytest.mark.parametrize("observer", ["minmax", "percentile", "mse", "kl"])
+def test_every_observer_gives_a_working_int8_model(lenet5, digits, observer):
+    model, notes = run_stage(lenet5, digits, activations={"observer": observer})
+    assert notes["observer"] == observer and notes["calibration_batches"] >= 1
+    for name in ("conv2", "fc1"):
+        lo, hi = notes["layers"][name]["act_range"]
+        seen_hi = notes["layers"][name]["act_observed"][1]
+        assert lo == 0.0 and 0 < hi <= seen_hi * 1.001
+    assert accuracy(model, digits.test) >= accuracy(lenet5, digits.test) - 0.02
+
+
+def test_a_layer_the_data_never_reaches_stays_float_and_is_reported(digits):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.unused = nn.Linear(64, 10), nn.Linear(10, 10)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1))
+
+    model, notes = run_stage(Net(), digits, activations={"observer": "minmax"})
+    assert "never ran on the calibration data" in notes["float_activations"]["unused"]
+    assert isinstance(model.fc, QuantLinear) and isinstance(model.unused, nn.Linear)
+    assert notes["chained"] == []  # not a Sequential: every int8 layer returns float

@@ -15,6 +15,7 @@ from typing import TypeVar
 from torch import nn
 
 from modelzip.errors import ConfigError, choices_text
+from modelzip.nn.constraints import base_class
 
 T = TypeVar("T")
 
@@ -26,7 +27,8 @@ def matches(pattern: str, name: str, module: nn.Module) -> bool:
     """Whether ``pattern`` selects the module called ``name``."""
     if pattern.startswith("re:"):
         return re.fullmatch(pattern[3:], name) is not None
-    if pattern == name or type(module).__name__ == pattern:
+    # A constrained module's class is parametrize's generated subclass: match its base name.
+    if pattern == name or base_class(module).__name__ == pattern:
         return True
     return any(ch in pattern for ch in "*?[") and fnmatch.fnmatchcase(name, pattern)
 

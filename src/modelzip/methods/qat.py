@@ -16,7 +16,7 @@ from torch import nn
 
 from modelzip.config import MethodConfig
 from modelzip.context import Context
-from modelzip.methods.quantize import ActivationConfig, check_finite
+from modelzip.methods.quantize import ActivationConfig, check_finite, sig
 from modelzip.nn.constraints import AffineQuant, constrain
 from modelzip.nn.fakequant import ActQuant, LearnedAffineQuant, attach_input_quant
 from modelzip.nn.fakequant import detach_input_quant as _detach
@@ -77,6 +77,9 @@ def qat(model: nn.Module, cfg: QATConfig, ctx: Context) -> nn.Module:
     todo = {n: m for n, m in chosen.items() if n not in skipped}
     act = cfg.activations
     stats = calibrate.observe(model, todo, batches)
+    for name in [n for n in todo if not stats[n].seen]:
+        skipped[name] = "never ran on the calibration data (no activation range)"
+        del todo[name]
     handles = {}
     for name, layer in todo.items():
         _, _, (lo, hi) = calibrate.input_qparams(
@@ -97,11 +100,13 @@ def qat(model: nn.Module, cfg: QATConfig, ctx: Context) -> nn.Module:
         lo, hi = out_ranges[name]
         out_q = calibrate.output_qparams(calibrate.LayerStats(out_lo=lo, out_hi=hi), act.bits)
         convert.replace(model, name, convert.to_integer(layer, in_q, out_q))
-        report[name].update({"act_scale": in_q[0], "act_zero_point": in_q[1], "int8_kernel": True})
+        report[name].update(
+            {"act_scale": sig(in_q[0]), "act_zero_point": in_q[1], "int8_kernel": True}
+        )
     ctx.notes.update(
         {
             "layers": report,
-            "train_loss": round(loss, 6),
+            "train_loss": None if loss != loss else round(loss, 6),  # NaN: no training ran
             "lsq": cfg.lsq,
             "chained": [f"{a}->{b}" for a, b in convert.chain_sequential(model)],
             "float_activations": skipped,

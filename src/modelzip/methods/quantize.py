@@ -29,7 +29,7 @@ from modelzip.config import MethodConfig
 from modelzip.context import Context
 from modelzip.errors import ConfigError, ModelError, UnsupportedError
 from modelzip.nn.constraints import AffineQuant, constrain
-from modelzip.ops import affine, observers
+from modelzip.ops import affine
 from modelzip.quant import calibrate, convert
 from modelzip.registry import register
 from modelzip.targets import WEIGHT_LAYERS, per_layer, select
@@ -105,6 +105,11 @@ class QuantizeConfig(MethodConfig):
         return self
 
 
+def sig(x: float, digits: int = 4) -> float:
+    """``x`` rounded to a few significant digits, for readable reports."""
+    return float(f"{x:.{digits}g}")
+
+
 def check_finite(name: str, w: torch.Tensor) -> None:
     """A weight with NaN or inf cannot be put on a grid: stop with the count and the layer."""
     bad = int((~torch.isfinite(w)).sum())
@@ -161,7 +166,7 @@ def quantize_weights(
         report[name] = {
             "bits": b,
             "granularity": cfg.granularity,
-            "mse": affine.mse(w, w_hat),
+            "mse": sig(affine.mse(w, w_hat)),
             "sqnr_db": round(affine.sqnr_db(w, w_hat), 2),
         }
     return before, report
@@ -172,20 +177,39 @@ def _outputs(model: nn.Module, batches: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat([model.eval()(x).float() for x in batches])
 
 
+def bias_correction(
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    float_w: dict[str, torch.Tensor],
+    in_q: dict[str, tuple[float, int]],
+    batches: list[torch.Tensor],
+    notes: dict[str, Any],
+) -> None:
+    """Correct the biases of Linear/Conv layers; note the layers it cannot correct."""
+    fits = {n: m for n, m in layers.items() if isinstance(m, WEIGHT_LAYERS)}
+    for name, c in calibrate.correct_biases(model, fits, float_w, in_q, batches).items():
+        notes["layers"][name]["bias_correction"] = sig(c)
+    others = sorted(set(layers) - set(fits))
+    if others:
+        notes["bias_correction_skipped"] = {n: "not a Linear or Conv layer" for n in others}
+
+
 def static_activations(
     model: nn.Module,
     layers: dict[str, nn.Module],
     float_w: dict[str, torch.Tensor],
     cfg: QuantizeConfig,
+    act: ActivationConfig,
     batches: list[torch.Tensor],
     notes: dict[str, Any],
 ) -> nn.Module:
     """Calibrate input ranges, correct biases (optional), convert to integer layers."""
-    act = cfg.activations
-    assert act is not None
     skipped = {n: r for n, m in layers.items() if (r := convert.why_not_convertible(m))}
     todo = {n: m for n, m in layers.items() if n not in skipped}
     stats = calibrate.observe(model, todo, batches)
+    for name in [n for n in todo if not stats[n].seen]:
+        skipped[name] = "never ran on the calibration data (no activation range)"
+        del todo[name]
     in_q: dict[str, tuple[float, int]] = {}
     for name in todo:
         s, zp, (lo, hi) = calibrate.input_qparams(
@@ -194,16 +218,14 @@ def static_activations(
         in_q[name] = (s, zp)
         notes["layers"][name].update(
             {
-                "act_observed": [stats[name].in_lo, stats[name].in_hi],
-                "act_range": [lo, hi],
-                "act_scale": s,
+                "act_observed": [sig(stats[name].in_lo), sig(stats[name].in_hi)],
+                "act_range": [sig(lo), sig(hi)],
+                "act_scale": sig(s),
                 "act_zero_point": zp,
             }
         )
     if cfg.bias_correction:
-        corr = calibrate.correct_biases(model, layers, float_w, in_q, batches)
-        for name, c in corr.items():
-            notes["layers"][name]["bias_correction"] = c
+        bias_correction(model, layers, float_w, in_q, batches, notes)
     out_ranges = calibrate.output_ranges(model, todo, batches)
     for name, layer in todo.items():
         lo, hi = out_ranges[name]
@@ -230,14 +252,13 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> nn.Module:
     if cfg.activations is not None:
         ctx.notes["observer"] = cfg.activations.observer
         ctx.notes["calibration_batches"] = len(batches)
-        model = static_activations(model, chosen, float_w, cfg, batches, ctx.notes)
+        acts = cfg.activations
+        model = static_activations(model, chosen, float_w, cfg, acts, batches, ctx.notes)
     elif cfg.bias_correction:
-        corr = calibrate.correct_biases(model, chosen, float_w, {}, batches)
-        for name, c in corr.items():
-            report[name]["bias_correction"] = c
+        bias_correction(model, chosen, float_w, {}, batches, ctx.notes)
     if ref is not None:
         ctx.notes["output_sqnr_db"] = round(affine.sqnr_db(ref, _outputs(model, batches)), 2)
     return model
 
 
-__all__ = ["ActivationConfig", "QuantizeConfig", "observers", "quantize"]
+__all__ = ["ActivationConfig", "QuantizeConfig", "quantize"]

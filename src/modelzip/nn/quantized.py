@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from modelzip.errors import FormatError
 from modelzip.nn.specs import Buildable
 
 #: Largest weight (elements) a spec may ask for, as the container's per-tensor limit.
@@ -117,6 +118,22 @@ class _QuantBase(Buildable):
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
         self._packed = None  # rebuilt from the loaded buffers on first use
+        problem = self.check_qparams()
+        if problem is not None:  # values from a file reach C++ kernels: refuse bad ones here
+            raise FormatError(f"{type(self).__name__} {args[1]!r}: {problem}")
+
+    def check_qparams(self) -> str | None:
+        """None when scales and zero points are usable by the kernels, else what is wrong."""
+        for name in ("w_scale", "in_scale", "out_scale"):
+            t = getattr(self, name)
+            if not bool(torch.isfinite(t).all()) or bool((t <= 0).any()):
+                return f"{name} must be finite and > 0"
+        if bool((self.w_zero_point.abs() > 128).any()):
+            return "w_zero_point must lie in the int8 range"
+        for name in ("in_zero_point", "out_zero_point"):
+            if not 0 <= int(getattr(self, name)) <= 255:
+                return f"{name} must lie in the uint8 range 0..255"
+        return None
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -29,6 +29,11 @@ class LayerStats:
     out_hi: float = float("-inf")
     hist: observers.Histogram | None = None
 
+    @property
+    def seen(self) -> bool:
+        """Whether the layer ran at all during calibration."""
+        return self.in_lo <= self.in_hi
+
 
 def calibration_batches(ctx: Context, n: int) -> list[torch.Tensor]:
     """Up to ``n`` input batches from the validation split (never test data)."""
