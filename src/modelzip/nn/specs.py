@@ -105,12 +105,6 @@ def build(spec: Any) -> nn.Module:
         methods()
     cls = _BUILDABLE.get(name) or _TORCH_BY_NAME.get(name)
     if cls is None:
-        # Replacement modules register when their method's module is imported; a fresh
-        # process that only loads a file has not imported them yet.
-        import modelzip.methods  # noqa: F401
-
-        cls = _BUILDABLE.get(name)
-    if cls is None:
         raise FormatError(
             f"unknown module type {name!r} in file; known: "
             f"{choices_text([*_BUILDABLE, *_TORCH_BY_NAME])}"
