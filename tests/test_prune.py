@@ -184,6 +184,9 @@ def test_compress_reports_layer_sparsity(digits):
         ({"pattern": "2:4", "sparsity": 0.3}, "fixes the sparsity"),
         ({"schedule": "gradual", "epochs": 0}, "epochs must be >= 1"),
         ({"sparsitty": 0.5}, "did you mean 'sparsity'"),
+        ({"epochs": 5}, "'epochs' applies only with schedule iterative or gradual"),
+        ({"norm": "l2"}, "'norm' applies only with pattern channel"),
+        ({"pattern": "channel", "schedule": "gradual"}, "schedules oneshot and iterative"),
     ],
 )
 def test_bad_config_is_one_clear_error(fields, needle):

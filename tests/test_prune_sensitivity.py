@@ -52,3 +52,25 @@ def test_sensitivity_cli_bad_inputs_exit_2(capsys):
     assert "'fc9' matches no layer; layers: fc1, fc2, fc3" in err and err.count("\n") == 1
     assert main(["sensitivity", "zoo:lenet300", "--data", "digits", "--criterion", "l3"]) == 2
     assert "'magnitude', 'taylor' or 'random'" in capsys.readouterr().err
+
+
+def test_sensitivity_cli_channel_pattern_skips_output_layer(capsys):
+    code = main(
+        [
+            "sensitivity",
+            "zoo:lenet300",
+            "--data",
+            "digits",
+            "--json",
+            "--pattern",
+            "channel",
+            "--sparsities",
+            "0.5",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    result = json.loads(captured.out)
+    assert list(result["layers"]) == ["fc1", "fc2"]
+    assert "fc3" in result["skipped"] and "model's output" in result["skipped"]["fc3"]
+    assert result["layers"]["fc1"]["accuracy"][0] > 0.5

@@ -134,7 +134,27 @@ class PruneConfig(MethodConfig):
             raise ValueError("pattern channel supports schedules oneshot and iterative")
         if self.schedule == "gradual" and self.epochs < 1:
             raise ValueError("schedule gradual trains while pruning: epochs must be >= 1")
+        self._no_idle_options(given)
         return self
+
+    def _no_idle_options(self, given: set[str]) -> None:
+        """An option the chosen mode ignores is an error, never silently dropped (a user
+        writing ``epochs: 5`` on a one-shot prune expects training that would not happen)."""
+        applies = {
+            "epochs": ("schedule", ("iterative", "gradual")),
+            "rounds": ("schedule", ("iterative", "gradual")),
+            "lr": ("schedule", ("iterative", "gradual")),
+            "initial_sparsity": ("schedule", ("gradual",)),
+            "calibration_batches": ("criterion", ("taylor",)),
+            "norm": ("pattern", ("channel",)),
+        }
+        for name, (field, valid) in applies.items():
+            if name in given and getattr(self, field) not in valid:
+                hint = " (or add a finetune stage)" if field == "schedule" else ""
+                raise ValueError(
+                    f"{name!r} applies only with {field} {' or '.join(valid)}, "
+                    f"got {field} {getattr(self, field)}{hint}"
+                )
 
     @property
     def nm(self) -> tuple[int, int] | None:
