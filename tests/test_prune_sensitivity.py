@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import prune_support  # noqa: F401  (one torch thread: tiny models on shared cores)
+
 from modelzip.cli import main
 
 

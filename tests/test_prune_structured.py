@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import fresh, make_ctx
+from prune_support import fresh, load_digits, make_ctx
 from torch import nn
 
 import modelzip as mz
@@ -15,7 +15,13 @@ from modelzip.graph import channel_groups
 from modelzip.methods.prune import PruneConfig, prune
 from modelzip.source import ModelSource
 
-RESNETS = Path(__file__).parent / "resnets_for_tests.py"
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits()
+
+
+RESNETS = Path(__file__).parent / "prune_models.py"
 
 
 def zero_channels(model: nn.Module, layer: str, channels: list[int]) -> None:

@@ -1,8 +1,9 @@
-"""Shared fixtures: the digits data set and small models built the way users build them."""
+"""Helpers for the pruning tests: small models built the way users build them, a context.
+
+(A plain module rather than conftest.py, so it merges cleanly with other test suites.)"""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 import modelzip as mz
@@ -11,8 +12,7 @@ from modelzip.source import ModelSource
 from modelzip.train import Trainer
 
 
-@pytest.fixture(scope="session")
-def digits():
+def load_digits():
     return mz.load_data("digits")
 
 
