@@ -207,3 +207,9 @@ def test_layer_pattern_matching_nothing_lists_layers(digits):
         run(fresh("lenet300", digits), digits, layers=["fc9"])
     with pytest.raises(ConfigError, match=r"matches no layer; layers: fc1, fc2, fc3"):
         run(fresh("lenet300", digits), digits, sparsity={"default": 0.5, "conv*": 0.1})
+
+
+def test_builtin_pruning_recipes_load():
+    for name in ("prune-gradual", "prune-channels"):
+        stages = Recipe.load(name).stages
+        assert stages[0].method == "prune" and stages[-1].method == "finetune"
