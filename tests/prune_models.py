@@ -46,3 +46,67 @@ def residual_plain():
 def concat():
     torch.manual_seed(0)
     return Concat()
+
+
+class GlobalPool(nn.Module):
+    """Convs, a global average pool written as x.mean((2, 3)), and a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.c2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.c2(torch.relu(self.c1(x))))
+        return self.head(y.mean((2, 3)))
+
+
+def global_pool():
+    torch.manual_seed(0)
+    return GlobalPool()
+
+
+class Block(nn.Module):
+    """A ResNet basic block (BatchNorm, identity or 1x1 downsample shortcut)."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.down = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else None
+        )
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        idt = x if self.down is None else self.down(x)
+        return torch.relu(y + idt)
+
+
+class MiniResNet(nn.Module):
+    """Two ResNet stages of basic blocks, the second with a strided 1x1 downsample."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        self.layer1 = nn.Sequential(Block(16, 16, 1), Block(16, 16, 1))
+        self.layer2 = nn.Sequential(Block(16, 32, 2), Block(32, 32, 1))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.stem(x)))
+        x = self.layer2(self.layer1(x))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def mini_resnet():
+    torch.manual_seed(0)
+    return MiniResNet()
