@@ -110,3 +110,21 @@ class MiniResNet(nn.Module):
 def mini_resnet():
     torch.manual_seed(0)
     return MiniResNet()
+
+
+class ChannelScale(nn.Module):
+    """A learned per-channel scale applied with a plain multiply (a parameter, no layer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.scale = nn.Parameter(torch.ones(1, 8, 1, 1))
+        self.head = nn.Linear(8 * 64, 10)
+
+    def forward(self, x):
+        return self.head((self.conv(x) * self.scale).flatten(1))
+
+
+def channel_scale():
+    torch.manual_seed(0)
+    return ChannelScale()

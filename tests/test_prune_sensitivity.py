@@ -76,3 +76,19 @@ def test_sensitivity_cli_channel_pattern_skips_output_layer(capsys):
     assert list(result["layers"]) == ["fc1", "fc2"]
     assert "fc3" in result["skipped"] and "model's output" in result["skipped"]["fc3"]
     assert result["layers"]["fc1"]["accuracy"][0] > 0.5
+
+
+def test_compress_cli_rejects_bad_prune_recipes_in_one_line(tmp_path, capsys):
+    cases = {
+        "stages: [{method: prune, pattern: '4:2'}]": "1 <= N <= M",
+        "stages: [{method: prune, sparsity: 1.2}]": "sparsity must be in [0, 1), got 1.2",
+        "stages: [{method: prune, layers: [fc9]}]": "'fc9' matches no layer; layers: fc1, fc2, fc3",
+    }
+    for i, (text, needle) in enumerate(cases.items()):
+        recipe = tmp_path / f"r{i}.yaml"
+        recipe.write_text(text)
+        args = ["compress", "zoo:lenet300", "--data", "digits", "--recipe", str(recipe)]
+        assert main([*args, "-o", str(tmp_path / "o.mzip")]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o.mzip").exists()

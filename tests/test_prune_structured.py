@@ -187,3 +187,12 @@ def test_resnet_with_downsample_couples_each_stage(digits, tmp_path):
     x = digits.example(8)
     mz.save(model, tmp_path / "resnet.mzip")
     assert torch.equal(mz.load(tmp_path / "resnet.mzip")(x), model.eval()(x))
+
+
+def test_per_channel_parameter_blocks_the_space_before_any_surgery(digits):
+    model = _resnet("channel_scale")
+    with pytest.raises(UnsupportedError, match=r"conv: mul\(\) combines them with 'scale'"):
+        prune(
+            model, PruneConfig(pattern="channel", sparsity=0.5, layers=["conv"]), make_ctx(digits)
+        )
+    assert model.conv.out_channels == 8  # refused up front: the model is untouched

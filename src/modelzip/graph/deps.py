@@ -374,10 +374,11 @@ def _elementwise(
     spaced = [refs[a] for a in ins]
     if not spaced:
         return None
-    out_shape = _shape(node)
+    out_shape = _shape(node) or ()
     for a in tensor_args:
-        if a not in refs and _shape(a) == out_shape:
-            # A full-size tensor without a prunable source (e.g. the model input) pins them.
+        if a not in refs and _spans_channels(_shape(a) or (), out_shape, spaced[0].dim):
+            # A tensor with its own per-channel values (the model input, a parameter read
+            # with get_attr) and no prunable source pins the channels.
             for r in spaced:
                 an.block(
                     r,
@@ -392,3 +393,9 @@ def _elementwise(
             return None
         an.union(base, r)  # a residual connection: both sides keep the same channels
     return base
+
+
+def _spans_channels(shape: tuple[int, ...], out_shape: tuple[int, ...], dim: int) -> bool:
+    """Whether a tensor of ``shape``, broadcast against ``out_shape``, varies along ``dim``."""
+    idx = dim - (len(out_shape) - len(shape))  # broadcasting aligns shapes on the right
+    return 0 <= idx < len(shape) and shape[idx] != 1
