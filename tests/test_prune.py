@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import fresh, make_ctx
+from prune_support import fresh, load_digits, make_ctx
 
 import modelzip as mz
 from modelzip.errors import ConfigError
@@ -13,6 +13,12 @@ from modelzip.methods.prune import PruneConfig, prune
 from modelzip.nn.constraints import original
 from modelzip.ops import pruning
 from modelzip.recipe import Recipe
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits()
+
 
 LAYERS = ("fc1", "fc2", "fc3")
 
@@ -184,6 +190,9 @@ def test_compress_reports_layer_sparsity(digits):
         ({"pattern": "2:4", "sparsity": 0.3}, "fixes the sparsity"),
         ({"schedule": "gradual", "epochs": 0}, "epochs must be >= 1"),
         ({"sparsitty": 0.5}, "did you mean 'sparsity'"),
+        ({"epochs": 5}, "'epochs' applies only with schedule iterative or gradual"),
+        ({"norm": "l2"}, "'norm' applies only with pattern channel"),
+        ({"pattern": "channel", "schedule": "gradual"}, "schedules oneshot and iterative"),
     ],
 )
 def test_bad_config_is_one_clear_error(fields, needle):
@@ -198,3 +207,19 @@ def test_layer_pattern_matching_nothing_lists_layers(digits):
         run(fresh("lenet300", digits), digits, layers=["fc9"])
     with pytest.raises(ConfigError, match=r"matches no layer; layers: fc1, fc2, fc3"):
         run(fresh("lenet300", digits), digits, sparsity={"default": 0.5, "conv*": 0.1})
+
+
+def test_builtin_pruning_recipes_load():
+    for name in ("prune-gradual", "prune-channels"):
+        stages = Recipe.load(name).stages
+        assert stages[0].method == "prune" and stages[-1].method == "finetune"
+
+
+def test_readme_pruning_recipe_is_valid():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```yaml\n(.*?)```", text[text.index("### Pruning") :], re.S).group(1)
+    stages = Recipe.from_yaml(block).stages
+    assert [s.pattern for s in stages] == ["unstructured", "2:4", "channel"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import prune_support  # noqa: F401  (one torch thread: tiny models on shared cores)
+
 from modelzip.cli import main
 
 
@@ -52,3 +54,41 @@ def test_sensitivity_cli_bad_inputs_exit_2(capsys):
     assert "'fc9' matches no layer; layers: fc1, fc2, fc3" in err and err.count("\n") == 1
     assert main(["sensitivity", "zoo:lenet300", "--data", "digits", "--criterion", "l3"]) == 2
     assert "'magnitude', 'taylor' or 'random'" in capsys.readouterr().err
+
+
+def test_sensitivity_cli_channel_pattern_skips_output_layer(capsys):
+    code = main(
+        [
+            "sensitivity",
+            "zoo:lenet300",
+            "--data",
+            "digits",
+            "--json",
+            "--pattern",
+            "channel",
+            "--sparsities",
+            "0.5",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    result = json.loads(captured.out)
+    assert list(result["layers"]) == ["fc1", "fc2"]
+    assert "fc3" in result["skipped"] and "model's output" in result["skipped"]["fc3"]
+    assert result["layers"]["fc1"]["accuracy"][0] > 0.5
+
+
+def test_compress_cli_rejects_bad_prune_recipes_in_one_line(tmp_path, capsys):
+    cases = {
+        "stages: [{method: prune, pattern: '4:2'}]": "1 <= N <= M",
+        "stages: [{method: prune, sparsity: 1.2}]": "sparsity must be in [0, 1), got 1.2",
+        "stages: [{method: prune, layers: [fc9]}]": "'fc9' matches no layer; layers: fc1, fc2, fc3",
+    }
+    for i, (text, needle) in enumerate(cases.items()):
+        recipe = tmp_path / f"r{i}.yaml"
+        recipe.write_text(text)
+        args = ["compress", "zoo:lenet300", "--data", "digits", "--recipe", str(recipe)]
+        assert main([*args, "-o", str(tmp_path / "o.mzip")]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o.mzip").exists()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import fresh, make_ctx
+from prune_support import fresh, load_digits, make_ctx
 from torch import nn
 
 import modelzip as mz
@@ -15,7 +15,13 @@ from modelzip.graph import channel_groups
 from modelzip.methods.prune import PruneConfig, prune
 from modelzip.source import ModelSource
 
-RESNETS = Path(__file__).parent / "resnets_for_tests.py"
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits()
+
+
+RESNETS = Path(__file__).parent / "prune_models.py"
 
 
 def zero_channels(model: nn.Module, layer: str, channels: list[int]) -> None:
@@ -152,3 +158,41 @@ def test_structured_finetune_recovers_accuracy(digits):
     )
     assert model.fc1.out_features == 150 and model.fc2.out_features == 50
     assert mz.evaluate(model, digits, measure_latency=False)["accuracy"] >= base - 0.03
+
+
+def test_global_average_pool_feeds_the_head(digits, tmp_path):
+    model = _resnet("global_pool")
+    groups = channel_groups(model, digits.example(2))
+    assert groups["c2"].consumers == [("head", 1)] and groups["c2"].prunable
+    zero_channels(model, "c2", list(range(16)))
+    x = digits.example(8)
+    with torch.no_grad():
+        ref = model(x)
+    prune(model, PruneConfig(pattern="channel", sparsity=0.5, layers=["c2"]), make_ctx(digits))
+    assert model.head.in_features == 16
+    torch.testing.assert_close(model(x), ref, rtol=0, atol=1e-5)
+
+
+def test_resnet_with_downsample_couples_each_stage(digits, tmp_path):
+    model = _resnet("mini_resnet")
+    groups = channel_groups(model, digits.example(2))
+    stage1, stage2 = groups["stem"], groups["layer2.0.down.0"]
+    assert sorted(stage1.producers) == ["layer1.0.conv2", "layer1.1.conv2", "stem"]
+    assert sorted(stage2.producers) == ["layer2.0.conv2", "layer2.0.down.0", "layer2.1.conv2"]
+    assert ("layer2.0.down.0", 1) in stage1.consumers and ("fc", 1) in stage2.consumers
+    ctx = make_ctx(digits)
+    prune(model, PruneConfig(pattern="channel", sparsity=0.5), ctx)
+    assert model.layer2[0].down[1].num_features == 16 and model.fc.in_features == 16
+    assert all(v == 0.5 for v in ctx.notes["layer_sparsity"].values())
+    x = digits.example(8)
+    mz.save(model, tmp_path / "resnet.mzip")
+    assert torch.equal(mz.load(tmp_path / "resnet.mzip")(x), model.eval()(x))
+
+
+def test_per_channel_parameter_blocks_the_space_before_any_surgery(digits):
+    model = _resnet("channel_scale")
+    with pytest.raises(UnsupportedError, match=r"conv: mul\(\) combines them with 'scale'"):
+        prune(
+            model, PruneConfig(pattern="channel", sparsity=0.5, layers=["conv"]), make_ctx(digits)
+        )
+    assert model.conv.out_channels == 8  # refused up front: the model is untouched

@@ -192,6 +192,9 @@ def sensitivity(
     criterion: Annotated[
         str, typer.Option("--criterion", help="magnitude | taylor | random")
     ] = "magnitude",
+    pattern: Annotated[
+        str, typer.Option("--pattern", help="unstructured | channel (surgery)")
+    ] = "unstructured",
     split: Annotated[str, typer.Option("--split", help="train | val | test")] = "val",
     weights: WeightsOpt = None,
     seed: SeedOpt = 0,
@@ -217,6 +220,7 @@ def sensitivity(
         sparsities=levels,
         layers=patterns,
         criterion=criterion,
+        pattern=pattern,
         split=split,
         seed=seed,
     )
@@ -234,6 +238,8 @@ def sensitivity(
         cells = [f"{a:.2%}" for a in row["accuracy"]]
         table.add_row(name, f"{row['params']:,}", *cells, f"{row['max_sparsity']:.0%}")
     out.print(table)
+    for name, why in result["skipped"].items():
+        out.print(f"skipped {name}: {why}")
     out.print(f"baseline accuracy {result['baseline']:.2%}")
 
 

@@ -70,12 +70,26 @@ PRESERVING_FUNCTIONS = {
     F.avg_pool2d,
     F.adaptive_avg_pool1d,
     F.adaptive_avg_pool2d,
+    F.interpolate,
+    F.hardtanh,
     torch.relu,
     torch.sigmoid,
     torch.tanh,
 }
 PRESERVING_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone", "detach"}
-ELEMENTWISE = {operator.add, operator.sub, operator.mul, torch.add, torch.sub, torch.mul}
+ELEMENTWISE = {
+    operator.add,
+    operator.sub,
+    operator.mul,
+    operator.iadd,
+    operator.imul,
+    torch.add,
+    torch.sub,
+    torch.mul,
+}
+#: Reductions: fine while they reduce only the spatial dims (global average pooling).
+REDUCTIONS = {torch.mean, torch.sum, torch.amax}
+REDUCTION_METHODS = {"mean", "sum", "amax"}
 ELEMENTWISE_METHODS = {"add", "sub", "mul", "add_", "mul_"}
 RESHAPES = {torch.flatten}
 RESHAPE_METHODS = {"flatten", "view", "reshape"}
@@ -276,6 +290,23 @@ def _propagate(
     )
     if reshape and first is not None:
         return _flatten(node, an, first, shape_in, why)
+    reduction = (node.op == "call_function" and node.target in REDUCTIONS) or (
+        node.op == "call_method" and node.target in REDUCTION_METHODS
+    )
+    if reduction and first is not None:
+        shape_out = _shape(node)
+        spatial_only = (
+            first.dim == 1
+            and first.repeat == 1
+            and shape_in is not None
+            and shape_out is not None
+            and len(shape_out) >= 2
+            and shape_out[:2] == shape_in[:2]
+        )
+        if spatial_only:
+            return first
+        an.block(first, f"{why} (a reduction over the channels)")
+        return None
     if node.op == "call_function" and node.target in (torch.cat, torch.concat, torch.stack):
         why = f"{_op_name(node)} concatenates them (concatenation is not supported)"
     for a in ins:
@@ -343,10 +374,11 @@ def _elementwise(
     spaced = [refs[a] for a in ins]
     if not spaced:
         return None
-    out_shape = _shape(node)
+    out_shape = _shape(node) or ()
     for a in tensor_args:
-        if a not in refs and _shape(a) == out_shape:
-            # A full-size tensor without a prunable source (e.g. the model input) pins them.
+        if a not in refs and _spans_channels(_shape(a) or (), out_shape, spaced[0].dim):
+            # A tensor with its own per-channel values (the model input, a parameter read
+            # with get_attr) and no prunable source pins the channels.
             for r in spaced:
                 an.block(
                     r,
@@ -361,3 +393,9 @@ def _elementwise(
             return None
         an.union(base, r)  # a residual connection: both sides keep the same channels
     return base
+
+
+def _spans_channels(shape: tuple[int, ...], out_shape: tuple[int, ...], dim: int) -> bool:
+    """Whether a tensor of ``shape``, broadcast against ``out_shape``, varies along ``dim``."""
+    idx = dim - (len(out_shape) - len(shape))  # broadcasting aligns shapes on the right
+    return 0 <= idx < len(shape) and shape[idx] != 1

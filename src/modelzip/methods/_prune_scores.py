@@ -47,7 +47,7 @@ def calibration_grads(
                 grads[n].append(torch.zeros_like(params[n]) if g is None else g.detach())
     finally:
         model.train(was_training)
-    if not any(grads.values()) or not next(iter(grads.values())):
+    if not all(grads.values()):
         raise DataError(
             "taylor importance needs labelled calibration batches; the val split is empty"
         )

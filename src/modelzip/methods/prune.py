@@ -124,14 +124,37 @@ class PruneConfig(MethodConfig):
             if "sparsity" in given:
                 raise ValueError(f"pattern {self.pattern} fixes the sparsity; drop 'sparsity'")
             if self.scope == "global":
-                raise ValueError("an N:M pattern is per group of M weights; scope global")
+                raise ValueError(
+                    f"scope global does not apply to pattern {self.pattern} (it keeps N of "
+                    "every M weights in each layer); drop scope"
+                )
             if self.schedule != "oneshot":
                 raise ValueError("an N:M pattern is applied one shot; add a finetune stage")
         if self.pattern == "channel" and self.schedule == "gradual":
             raise ValueError("pattern channel supports schedules oneshot and iterative")
         if self.schedule == "gradual" and self.epochs < 1:
             raise ValueError("schedule gradual trains while pruning: epochs must be >= 1")
+        self._no_idle_options(given)
         return self
+
+    def _no_idle_options(self, given: set[str]) -> None:
+        """An option the chosen mode ignores is an error, never silently dropped (a user
+        writing ``epochs: 5`` on a one-shot prune expects training that would not happen)."""
+        applies = {
+            "epochs": ("schedule", ("iterative", "gradual")),
+            "rounds": ("schedule", ("iterative", "gradual")),
+            "lr": ("schedule", ("iterative", "gradual")),
+            "initial_sparsity": ("schedule", ("gradual",)),
+            "calibration_batches": ("criterion", ("taylor",)),
+            "norm": ("pattern", ("channel",)),
+        }
+        for name, (field, valid) in applies.items():
+            if name in given and getattr(self, field) not in valid:
+                hint = " (or add a finetune stage)" if field == "schedule" else ""
+                raise ValueError(
+                    f"{name!r} applies only with {field} {' or '.join(valid)}, "
+                    f"got {field} {getattr(self, field)}{hint}"
+                )
 
     @property
     def nm(self) -> tuple[int, int] | None:
@@ -231,12 +254,12 @@ def _gradual(
 ) -> None:
     """Train for ``epochs`` while sparsity follows Zhu & Gupta's cubic ramp.
 
-    The ramp ends at 75% of the steps, so the last quarter recovers at the final sparsity.
+    The ramp ends at about 75% of the steps, so the last quarter recovers at the final sparsity.
     """
     steps = cfg.epochs * len(ctx.data.train)
-    end = max(1, int(0.75 * steps))
     updates = cfg.rounds or 10
-    every = max(1, end // updates)
+    every = max(1, int(0.75 * steps) // updates)
+    end = every * updates  # the last update lands exactly on the final sparsity
     for layer in layers.values():  # masks exist before the optimizer sees the parameters
         set_mask(layer, layer.weight.detach() == layer.weight.detach())
     history: list[dict[str, Any]] = []

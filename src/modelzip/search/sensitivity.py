@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from modelzip.context import Context
-from modelzip.errors import ConfigError
+from modelzip.errors import ConfigError, UnsupportedError
 from modelzip.eval.evaluate import accuracy
 from modelzip.methods.prune import PruneConfig, prune
 from modelzip.targets import select
@@ -36,6 +36,7 @@ def sensitivity(
     sparsities: Sequence[float] = DEFAULT_SPARSITIES,
     layers: Sequence[str] | None = None,
     criterion: str = "magnitude",
+    pattern: str = "unstructured",
     split: str = "val",
     max_drop: float = 0.01,
     seed: int = 0,
@@ -45,8 +46,12 @@ def sensitivity(
     Returns ``baseline`` (accuracy unpruned), ``sparsities``, and per layer ``params``,
     ``accuracy`` (one value per sparsity), ``drop`` (baseline minus accuracy) and
     ``max_sparsity`` (the highest tried sparsity whose drop is at most ``max_drop``; 0.0
-    when none is).
+    when none is). With ``pattern="channel"`` the sparsity is the fraction of a layer's
+    output channels removed by surgery; layers that cannot lose channels are listed in
+    ``skipped`` with the reason.
     """
+    if pattern not in ("unstructured", "channel"):
+        raise ConfigError(f"pattern must be unstructured or channel, got {pattern!r}")
     sparsities = [float(s) for s in sparsities]
     if not sparsities:
         raise ConfigError("sparsities: give at least one value in [0, 1)")
@@ -57,16 +62,29 @@ def sensitivity(
     loader = data.loader(split)
     base = accuracy(model, loader)
     out_layers: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
     for name, layer in chosen.items():
         accs = []
         for s in sparsities:
             cfg = PruneConfig.parse(
-                {"sparsity": s, "scope": "layer", "layers": [name], "criterion": criterion},
+                {
+                    "sparsity": s,
+                    "scope": "layer",
+                    "layers": [name],
+                    "criterion": criterion,
+                    "pattern": pattern,
+                },
                 "sensitivity",
             )
             trial = copy.deepcopy(model)
             ctx = Context(data=data, trainer=Trainer(progress=False, seed=seed), seed=seed)
-            accs.append(round(accuracy(prune(trial, cfg, ctx), loader), 6))
+            try:
+                accs.append(round(accuracy(prune(trial, cfg, ctx), loader), 6))
+            except UnsupportedError as exc:  # e.g. the output layer cannot lose channels
+                skipped[name] = str(exc)
+                break
+        if name in skipped:
+            continue
         drops = [round(base - a, 6) for a in accs]
         ok = [s for s, d in zip(sparsities, drops, strict=True) if d <= max_drop]
         out_layers[name] = {
@@ -75,9 +93,13 @@ def sensitivity(
             "drop": drops,
             "max_sparsity": max(ok) if ok else 0.0,
         }
+    if not out_layers:
+        raise UnsupportedError(f"no selected layer can be pruned: {skipped}")
     return {
         "split": split,
         "criterion": criterion,
+        "pattern": pattern,
+        "skipped": skipped,
         "max_drop": max_drop,
         "baseline": round(base, 6),
         "sparsities": sparsities,
