@@ -23,7 +23,8 @@ class MethodConfig(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         """The stage as it would be written in a recipe (round-trips through ``parse``)."""
-        return {"method": self.method, **self.model_dump(mode="json", exclude_defaults=True)}
+        # Fields as the user set them (nested options keep what was written, not {}).
+        return {"method": self.method, **self.model_dump(mode="json", exclude_unset=True)}
 
     @classmethod
     def parse(cls, fields: dict[str, Any], where: str = "") -> MethodConfig:
