@@ -267,7 +267,9 @@ def test_recipe_lowrank_then_distill_end_to_end(digits, teacher, tmp_path: Path)
     assert result["compressed"]["accuracy"] > result["baseline"]["accuracy"] - 0.03
     assert distill_stage["notes"]["teacher"] == "the model before the recipe's first stage"
     back = mz.load(out)
-    assert isinstance(back.fc1, LowRankLinear)
+    assert {n for n, m in back.named_modules() if isinstance(m, LowRankLinear)} == set(
+        lowrank_stage["notes"]["layers"]
+    )
     assert mz.evaluate(back, digits, measure_latency=False)["accuracy"] == pytest.approx(
         result["compressed"]["accuracy"]
     )
@@ -285,3 +287,34 @@ def test_cli_bad_alpha_exits_2(tmp_path: Path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "alpha = 2" in err[0]
+
+
+def test_cli_builtin_lowrank_distill_recipe(tmp_path: Path, capsys):
+    import json
+
+    out = tmp_path / "cli.mzip"
+    argv = ["compress", "zoo:lenet300", "--data", "digits", "--recipe", "lowrank-distill"]
+    assert main([*argv, "-o", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [s["method"] for s in result["stages"]] == ["lowrank", "distill"]
+    assert result["compressed"]["params"] <= 0.26 * result["baseline"]["params"]
+    assert result["compressed"]["accuracy"] > 0.85
+    assert main(["evaluate", str(out), "--data", "digits", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["accuracy"] == result["compressed"]["accuracy"]
+
+
+def test_stage_configs_round_trip_through_yaml():
+    recipe = mz.Recipe.from_dict(
+        [
+            {"method": "lowrank", "rank": {"default": 4, "fc1": 8}},
+            {
+                "method": "distill",
+                "student": "zoo:lenet5",
+                "student_kwargs": {"width": 0.5},
+                "features": [["conv2", "conv2"]],
+                "alpha": 0.2,
+            },
+        ]
+    )
+    assert mz.Recipe.from_yaml(recipe.to_yaml()).stages == recipe.stages
