@@ -2,9 +2,10 @@
 
 The rank of each layer comes from ``ratio`` (keep about that fraction of the layer's weight
 parameters), ``energy`` (keep that fraction of the squared singular values) or an explicit
-``rank``. A layer is factorized only where the factors store fewer numbers than the dense
-weight; the others are listed in the stage notes with the reason. Recover accuracy with a
-following ``finetune`` or ``distill`` stage.
+``rank``; ``scope: global`` spends one ratio budget across layers by singular-value energy.
+A layer is factorized only where the factors store clearly fewer numbers than the dense
+weight (``min_saving``); the others are listed in the stage notes with the reason. Recover
+accuracy with a following ``finetune`` or ``distill`` stage.
 
 Example (YAML)::
 
