@@ -318,3 +318,35 @@ def test_stage_configs_round_trip_through_yaml():
         ]
     )
     assert mz.Recipe.from_yaml(recipe.to_yaml()).stages == recipe.stages
+
+
+FACTORY = """
+from torch import nn
+
+
+def build(num_classes: int = 10):
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, num_classes))
+"""
+
+
+def test_named_teachers_from_mzip_and_from_a_factory_with_weights(digits, teacher, tmp_path):
+    # A teacher from a .mzip file ...
+    mz.save(teacher, tmp_path / "teacher.mzip")
+    cfg = DistillConfig.parse(
+        {"teacher": str(tmp_path / "teacher.mzip"), "student": "zoo:lenet300-100", "epochs": 1}
+    )
+    ctx = _ctx(digits, None)  # no recipe teacher: the named one is used
+    distill(copy.deepcopy(teacher), cfg, ctx)
+    assert ctx.notes["teacher"].endswith("teacher.mzip")
+    assert ctx.notes["teacher_accuracy"] == pytest.approx(_acc(teacher, digits))
+    # ... and from FILE.py:FACTORY with a state_dict, which must be the weights it uses.
+    (tmp_path / "net.py").write_text(FACTORY)
+    torch.manual_seed(0)
+    trained = ModelSource("factory", f"{tmp_path / 'net.py'}:build", {}).build()
+    Trainer(progress=False).fit(trained, digits.train, epochs=3, lr=3e-3)
+    torch.save(trained.state_dict(), tmp_path / "w.pt")
+    spec = {"teacher": f"{tmp_path / 'net.py'}:build", "teacher_weights": str(tmp_path / "w.pt")}
+    ctx = _ctx(digits, None)
+    distill(copy.deepcopy(teacher), DistillConfig.parse({**spec, "epochs": 1}), ctx)
+    assert ctx.notes["teacher_accuracy"] == pytest.approx(_acc(trained.eval(), digits))
+    assert ctx.notes["teacher_params"] == sum(p.numel() for p in trained.parameters())
