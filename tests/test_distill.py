@@ -350,3 +350,25 @@ def test_named_teachers_from_mzip_and_from_a_factory_with_weights(digits, teache
     distill(copy.deepcopy(teacher), DistillConfig.parse({**spec, "epochs": 1}), ctx)
     assert ctx.notes["teacher_accuracy"] == pytest.approx(_acc(trained.eval(), digits))
     assert ctx.notes["teacher_params"] == sum(p.numel() for p in trained.parameters())
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("lenet300", {"hidden": [1 << 20, 1 << 20]}),
+        ("lenet300", {"hidden": [4] * 100}),
+        ("lenet300", {"hidden": "300"}),
+        ("lenet5", {"width": 1e6}),
+    ],
+)
+def test_widths_from_a_hostile_file_are_refused_before_allocating(name, kwargs):
+    # The widths travel in the .mzip header; a file claiming a huge model is a clear error.
+    with pytest.raises(ModelError, match=name):
+        ModelSource("zoo", name, {"in_shape": [1, 8, 8], "num_classes": 10, **kwargs}).build()
+
+
+def test_a_huge_input_shape_is_refused_before_allocating():
+    with pytest.raises(ModelError, match="lenet5 for input"):
+        zoo_model("lenet5", (1 << 20, 64, 64), 10)
+    with pytest.raises(ModelError, match="lenet300 with hidden"):
+        zoo_model("lenet300", (1 << 30,), 10)
