@@ -256,6 +256,33 @@ stages:
 """
 
 
+#: The recipe exactly as the issue writes it (per-layer ratio: harsh on the 10-class head).
+ISSUE_RECIPE = """
+stages:
+  - method: lowrank
+    ratio: 0.25
+  - method: distill
+    epochs: 3
+    alpha: 0.5
+    temperature: 4
+"""
+
+
+def test_the_issue_recipe_runs_saves_and_reloads(digits, teacher, tmp_path: Path):
+    recipe_path = tmp_path / "issue.yaml"
+    recipe_path.write_text(ISSUE_RECIPE)
+    out = tmp_path / "issue.mzip"
+    result = mz.compress(copy.deepcopy(teacher), digits, str(recipe_path), out=out)
+    lowrank_stage, distill_stage = result["stages"]
+    for rec in lowrank_stage["notes"]["layers"].values():
+        assert rec["params_after"] <= 0.25 * rec["params_before"]
+    assert distill_stage["accuracy"] > lowrank_stage["accuracy"] + 0.03  # it recovers
+    back = mz.load(out)
+    x = digits.example(32)
+    with torch.no_grad():
+        assert torch.equal(back(x), result["model"](x))
+
+
 def test_recipe_lowrank_then_distill_end_to_end(digits, teacher, tmp_path: Path):
     recipe_path = tmp_path / "r.yaml"
     recipe_path.write_text(RECIPE)
@@ -267,7 +294,9 @@ def test_recipe_lowrank_then_distill_end_to_end(digits, teacher, tmp_path: Path)
     assert result["compressed"]["accuracy"] > result["baseline"]["accuracy"] - 0.03
     assert distill_stage["notes"]["teacher"] == "the model before the recipe's first stage"
     back = mz.load(out)
-    assert isinstance(back.fc1, LowRankLinear)
+    assert {n for n, m in back.named_modules() if isinstance(m, LowRankLinear)} == set(
+        lowrank_stage["notes"]["layers"]
+    )
     assert mz.evaluate(back, digits, measure_latency=False)["accuracy"] == pytest.approx(
         result["compressed"]["accuracy"]
     )
@@ -285,3 +314,88 @@ def test_cli_bad_alpha_exits_2(tmp_path: Path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "alpha = 2" in err[0]
+
+
+def test_cli_builtin_lowrank_distill_recipe(tmp_path: Path, capsys):
+    import json
+
+    out = tmp_path / "cli.mzip"
+    argv = ["compress", "zoo:lenet300", "--data", "digits", "--recipe", "lowrank-distill"]
+    assert main([*argv, "-o", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [s["method"] for s in result["stages"]] == ["lowrank", "distill"]
+    assert result["compressed"]["params"] <= 0.26 * result["baseline"]["params"]
+    assert result["compressed"]["accuracy"] > 0.85
+    assert main(["evaluate", str(out), "--data", "digits", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["accuracy"] == result["compressed"]["accuracy"]
+
+
+def test_stage_configs_round_trip_through_yaml():
+    recipe = mz.Recipe.from_dict(
+        [
+            {"method": "lowrank", "rank": {"default": 4, "fc1": 8}},
+            {
+                "method": "distill",
+                "student": "zoo:lenet5",
+                "student_kwargs": {"width": 0.5},
+                "features": [["conv2", "conv2"]],
+                "alpha": 0.2,
+            },
+        ]
+    )
+    assert mz.Recipe.from_yaml(recipe.to_yaml()).stages == recipe.stages
+
+
+FACTORY = """
+from torch import nn
+
+
+def build(num_classes: int = 10):
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, num_classes))
+"""
+
+
+def test_named_teachers_from_mzip_and_from_a_factory_with_weights(digits, teacher, tmp_path):
+    # A teacher from a .mzip file ...
+    mz.save(teacher, tmp_path / "teacher.mzip")
+    cfg = DistillConfig.parse(
+        {"teacher": str(tmp_path / "teacher.mzip"), "student": "zoo:lenet300-100", "epochs": 1}
+    )
+    ctx = _ctx(digits, None)  # no recipe teacher: the named one is used
+    distill(copy.deepcopy(teacher), cfg, ctx)
+    assert ctx.notes["teacher"].endswith("teacher.mzip")
+    assert ctx.notes["teacher_accuracy"] == pytest.approx(_acc(teacher, digits))
+    # ... and from FILE.py:FACTORY with a state_dict, which must be the weights it uses.
+    (tmp_path / "net.py").write_text(FACTORY)
+    torch.manual_seed(0)
+    trained = ModelSource("factory", f"{tmp_path / 'net.py'}:build", {}).build()
+    Trainer(progress=False).fit(trained, digits.train, epochs=3, lr=3e-3)
+    torch.save(trained.state_dict(), tmp_path / "w.pt")
+    spec = {"teacher": f"{tmp_path / 'net.py'}:build", "teacher_weights": str(tmp_path / "w.pt")}
+    ctx = _ctx(digits, None)
+    distill(copy.deepcopy(teacher), DistillConfig.parse({**spec, "epochs": 1}), ctx)
+    assert ctx.notes["teacher_accuracy"] == pytest.approx(_acc(trained.eval(), digits))
+    assert ctx.notes["teacher_params"] == sum(p.numel() for p in trained.parameters())
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("lenet300", {"hidden": [1 << 20, 1 << 20]}),
+        ("lenet300", {"hidden": [4] * 100}),
+        ("lenet300", {"hidden": "300"}),
+        ("lenet5", {"width": 1e6}),
+    ],
+)
+def test_widths_from_a_hostile_file_are_refused_before_allocating(name, kwargs):
+    # The widths travel in the .mzip header; a file claiming a huge model is a clear error.
+    with pytest.raises(ModelError, match=name):
+        ModelSource("zoo", name, {"in_shape": [1, 8, 8], "num_classes": 10, **kwargs}).build()
+
+
+def test_a_huge_input_shape_is_refused_before_allocating():
+    with pytest.raises(ModelError, match="lenet5 for input"):
+        zoo_model("lenet5", (1 << 20, 64, 64), 10)
+    with pytest.raises(ModelError, match="lenet300 with hidden"):
+        zoo_model("lenet300", (1 << 30,), 10)

@@ -157,12 +157,21 @@ def test_global_scope_hits_the_budget_and_keeps_accuracy(digits, lenet300):
 
 
 def test_layers_where_factoring_does_not_pay_are_skipped_with_a_reason(digits):
-    model = _zoo("lenet5", digits)
-    out, notes = _apply(model, digits, ratio=0.99)  # ratio 0.99 rounds to a rank that pays
-    assert all(r["params_after"] < r["params_before"] for r in notes["layers"].values())
-    _, notes = _apply(_zoo("lenet5", digits), digits, energy=1.0)
-    assert "conv1" in notes["skipped"] and "not fewer" in notes["skipped"]["conv1"]
+    out, notes = _apply(_zoo("lenet5", digits), digits, ratio=0.8)
+    assert all(r["params_after"] < 0.9 * r["params_before"] for r in notes["layers"].values())
     assert isinstance(out.conv2, LowRankConv2d)
+    _, notes = _apply(_zoo("lenet5", digits), digits, energy=1.0, min_saving=0)
+    assert "conv1" in notes["skipped"] and "saves 0.0%" not in notes["skipped"]["conv1"]
+    assert "ranks below 11.1 pay" in notes["skipped"]["conv1"]  # 20x25: r * 45 < 500
+    _, notes = _apply(_zoo("lenet5", digits), digits, ratio=0.95)  # saves < 10%: stays dense
+    assert "below min_saving 10%" in notes["skipped"]["conv2"]
+    model = _zoo("lenet5", digits)
+    _, notes = _apply(model, digits, ratio=0.25, scope="global")
+    assert "conv1" in notes["skipped"]  # its spectrum is flat: the budget goes elsewhere
+    factored = sum(r["params_after"] for r in notes["layers"].values())
+    dense_kept = sum(m.weight.numel() for n, m in model.named_modules() if n in notes["skipped"])
+    total = sum(m.weight.numel() for m in _zoo("lenet5", digits).modules() if hasattr(m, "weight"))
+    assert factored + dense_kept <= 0.25 * total + 1
 
 
 def test_unsupported_and_already_factorized_layers_are_reported(digits):
@@ -227,3 +236,26 @@ def _copy(model: nn.Module) -> nn.Module:
     clone = ModelSource.from_json(model.modelzip_source.to_json()).build()
     clone.load_state_dict(model.state_dict())
     return clone.eval()
+
+
+def test_factors_are_ordinary_layers_for_later_stages(digits, lenet300, tmp_path: Path):
+    # Pruning and quantization see the two factors as Linear layers and keep their constraints
+    # through the .mzip.
+    recipe = mz.Recipe.from_dict(
+        [
+            {"method": "lowrank", "ratio": 0.5, "scope": "global"},
+            {"method": "prune", "sparsity": 0.5},
+            {"method": "quantize", "bits": 8},
+        ]
+    )
+    result = mz.compress(_copy(lenet300), digits, recipe, out=tmp_path / "q.mzip")
+    factored = list(result["stages"][0]["notes"]["layers"])
+    assert factored
+    prune_notes = result["stages"][1]["notes"]["layer_sparsity"]
+    assert {f"{n}.{part}" for n in factored for part in ("first", "second")} <= set(prune_notes)
+    back = mz.load(tmp_path / "q.mzip")
+    assert all(isinstance(back.get_submodule(n), LowRankLinear) for n in factored)
+    x = digits.example(16)
+    with torch.no_grad():
+        assert torch.equal(back(x), result["model"](x))
+    assert result["compressed"]["accuracy"] > 0.8

@@ -21,6 +21,7 @@ Example (YAML)::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -259,7 +260,7 @@ def distill(model: nn.Module, cfg: DistillConfig, ctx: Context) -> nn.Module:
             "student": cfg.student or "the current model",
             "student_params": s_params,
             "param_ratio": round(t_params / max(s_params, 1), 3),
-            "train_loss": round(train_loss, 6),
+            "train_loss": None if math.isnan(train_loss) else round(train_loss, 6),
         }
     )
     if cfg.student:

@@ -2,9 +2,10 @@
 
 The rank of each layer comes from ``ratio`` (keep about that fraction of the layer's weight
 parameters), ``energy`` (keep that fraction of the squared singular values) or an explicit
-``rank``. A layer is factorized only where the factors store fewer numbers than the dense
-weight; the others are listed in the stage notes with the reason. Recover accuracy with a
-following ``finetune`` or ``distill`` stage.
+``rank``; ``scope: global`` spends one ratio budget across layers by singular-value energy.
+A layer is factorized only where the factors store clearly fewer numbers than the dense
+weight (``min_saving``); the others are listed in the stage notes with the reason. Recover
+accuracy with a following ``finetune`` or ``distill`` stage.
 
 Example (YAML)::
 
@@ -39,6 +40,8 @@ class LowrankConfig(MethodConfig):
     is 0.5 (half of each factorized layer's weight parameters). With ``scope: global`` the
     ratio is one budget for all selected layers together, spent where it keeps the most
     singular-value energy (small layers such as a 10-class head keep a higher rank).
+    A layer whose factors would save less than ``min_saving`` of its weights stays dense: the
+    extra layer costs latency for next to no size.
 
     Example (YAML): ``{method: lowrank, energy: 0.95, layers: ["fc*"]}``
     """
@@ -48,6 +51,9 @@ class LowrankConfig(MethodConfig):
     energy: Number | None = None
     rank: int | dict[str, int] | None = None
     scope: Literal["layer", "global"] = "layer"
+    min_saving: float = Field(
+        0.1, ge=0, lt=1, description="leave a layer dense when its factors save less than this"
+    )
     layers: list[str] | None = Field(None, description="layer patterns to factorize (default: all)")
 
     @field_validator("ratio")
@@ -137,6 +143,43 @@ def _skip_reason(name: str, layer: nn.Module, inside: set[str]) -> str | None:
     return None
 
 
+def _no_gain(m: int, n: int, rank: int | None, min_saving: float) -> str | None:
+    """Why rank-``rank`` factors of an m x n weight are not worth it, or None."""
+    if rank is None:
+        return None
+    after = lr.factored_params(m, n, rank)
+    if after < (1 - min_saving) * m * n:
+        return None
+    saved = 1 - after / (m * n)
+    return (
+        f"rank {rank} needs {after} parameters vs the dense {m}x{n}={m * n} "
+        f"(saves {saved:.1%}, below min_saving {min_saving:.0%}; ranks below "
+        f"{(1 - min_saving) * m * n / (m + n):.1f} pay)"
+    )
+
+
+def _global_ranks(
+    shapes: dict[str, tuple[int, int]],
+    spectra: dict[str, torch.Tensor],
+    budget: int,
+    min_saving: float,
+    skipped: dict[str, str],
+) -> dict[str, int]:
+    """Allocate one budget; layers that would barely shrink stay dense and their dense size
+    is taken out of the budget before the others are allocated again."""
+    shapes = dict(shapes)
+    while shapes:
+        ranks = lr.allocate_ranks(shapes, {n: spectra[n] for n in shapes}, budget)
+        dense = {n: r for n, r in ranks.items() if _no_gain(*shapes[n], r, min_saving)}
+        if not dense:
+            return ranks
+        for name, rank in dense.items():
+            skipped[name] = str(_no_gain(*shapes[name], rank, min_saving))
+            budget -= shapes[name][0] * shapes[name][1]
+            del shapes[name]
+    return {}
+
+
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -167,23 +210,21 @@ def lowrank(model: nn.Module, cfg: LowrankConfig, ctx: Context) -> nn.Module:
         else:
             skipped[name] = reason
     spectra = {n: lr.singular_values(_matrix(layer)) for n, layer in eligible.items()}
+    shapes = {n: _shape(layer) for n, layer in eligible.items()}
     if cfg.scope == "global":
-        shapes = {n: _shape(layer) for n, layer in eligible.items()}
         budget = int(float(value) * sum(m * n for m, n in shapes.values()))
-        ranks = lr.allocate_ranks(shapes, spectra, budget)
+        ranks = _global_ranks(shapes, spectra, budget, cfg.min_saving, skipped)
     else:
         ranks = {
             n: choose_rank(n, layer, rule, targets[n], spectra[n]) for n, layer in eligible.items()
         }
     for name, layer in eligible.items():
-        rank = ranks[name]
-        m, n = _shape(layer)
-        if not lr.saves_params(m, n, rank):
-            skipped[name] = (
-                f"rank {rank} needs {lr.factored_params(m, n, rank)} parameters, not fewer "
-                f"than the dense {m}x{n}={m * n} (ranks below {m * n / (m + n):.1f} pay)"
-            )
+        m, n = shapes[name]
+        reason = _no_gain(m, n, ranks.get(name), cfg.min_saving)
+        if name in skipped or reason is not None:
+            skipped.setdefault(name, reason or "")
             continue
+        rank = ranks[name]
         if isinstance(layer, nn.Linear):
             new: nn.Module = LowRankLinear.from_linear(layer, rank)
         else:

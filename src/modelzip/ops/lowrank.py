@@ -76,11 +76,6 @@ def rank_for_ratio(m: int, n: int, ratio: float) -> int:
     return max(1, min(min(m, n), math.floor(ratio * m * n / (m + n))))
 
 
-def saves_params(m: int, n: int, rank: int) -> bool:
-    """Whether rank-``rank`` factors store fewer numbers than the dense m x n matrix."""
-    return factored_params(m, n, rank) < m * n
-
-
 def conv_matrix(weight: torch.Tensor) -> torch.Tensor:
     """A conv weight (out, in, *kernel) as the (out, in * prod(kernel)) matrix it applies."""
     return weight.reshape(weight.shape[0], -1)

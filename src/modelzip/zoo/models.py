@@ -12,6 +12,9 @@ from torch import nn
 
 from modelzip.errors import ModelError, choices_text, did_you_mean
 
+#: The most weights a zoo model may have (its widths can come from a file's header).
+MAX_PARAMS = 1 << 26
+
 
 def _as_image(in_shape: tuple[int, ...]) -> tuple[nn.Module, tuple[int, int, int]]:
     """A reshaping front (or Identity) and the (C, H, W) the convolutions will see."""
@@ -41,7 +44,10 @@ class LeNet300(nn.Sequential):
         num_classes: int = 10,
         hidden: tuple[int, ...] | list[int] = (300, 100),
     ):
-        widths = [math.prod(in_shape), *_positive_widths(hidden, "hidden")]
+        widths = [math.prod(in_shape), *_positive_widths(hidden, "lenet300 hidden")]
+        size = sum(a * b for a, b in zip(widths, [*widths[1:], num_classes], strict=True))
+        if size > MAX_PARAMS:  # widths may come from a (hostile) .mzip: refuse, never allocate
+            raise ModelError(f"lenet300 with hidden={list(hidden)} would hold {size:,} weights")
         super().__init__()
         self.flatten = nn.Flatten()
         for i, (w_in, w_out) in enumerate(zip(widths[:-1], widths[1:], strict=True), 1):
@@ -51,7 +57,11 @@ class LeNet300(nn.Sequential):
 
 
 def _positive_widths(hidden: tuple[int, ...] | list[int], name: str) -> list[int]:
+    if not isinstance(hidden, list | tuple):
+        raise ModelError(f"{name} must be a list of positive integers, got {hidden!r}")
     widths = list(hidden)
+    if len(widths) > 16:
+        raise ModelError(f"{name} allows at most 16 layers, got {len(widths)}")
     if not widths or any(not isinstance(w, int) or isinstance(w, bool) or w < 1 for w in widths):
         raise ModelError(f"{name} must be a non-empty list of positive integers, got {hidden!r}")
     return widths
@@ -73,11 +83,17 @@ class LeNet5(nn.Sequential):
     def __init__(
         self, in_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10, width: float = 1.0
     ):
-        if not isinstance(width, int | float) or isinstance(width, bool) or not 0 < width <= 16:
-            raise ModelError(f"lenet5 width must be a number in (0, 16], got {width!r}")
+        if not isinstance(width, int | float) or isinstance(width, bool) or not 0 < width <= 4:
+            raise ModelError(f"lenet5 width must be a number in (0, 4], got {width!r}")
         c1, c2, f1 = _scaled(width, 20), _scaled(width, 50), _scaled(width, 500)
         front, (c, h, w) = _as_image(tuple(in_shape))
         pad = 0 if min(h, w) >= 28 else 2
+        h2 = ((h + 2 * pad - 4) // 2 + 2 * pad - 4) // 2
+        w2 = ((w + 2 * pad - 4) // 2 + 2 * pad - 4) // 2
+        if h2 < 1 or w2 < 1:
+            raise ModelError(f"lenet5: input {in_shape} is too small for two 5x5 convs")
+        if (c * c1 * 25 + c2 * h2 * w2 * f1) > MAX_PARAMS:  # shapes may come from a file
+            raise ModelError(f"lenet5 for input {in_shape} would hold too many weights")
         super().__init__()
         self.reshape = front
         self.conv1 = nn.Conv2d(c, c1, 5, padding=pad)
@@ -86,10 +102,6 @@ class LeNet5(nn.Sequential):
         self.conv2 = nn.Conv2d(c1, c2, 5, padding=pad)
         self.relu2 = nn.ReLU()
         self.pool2 = nn.MaxPool2d(2)
-        h2 = ((h + 2 * pad - 4) // 2 + 2 * pad - 4) // 2
-        w2 = ((w + 2 * pad - 4) // 2 + 2 * pad - 4) // 2
-        if h2 < 1 or w2 < 1:
-            raise ModelError(f"lenet5: input {in_shape} is too small for two 5x5 convs")
         self.flatten = nn.Flatten()
         self.fc1 = nn.Linear(c2 * h2 * w2, f1)
         self.relu3 = nn.ReLU()
