@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -214,6 +215,7 @@ def compress(
     if source_of(model) is None:
         raise ModelError("the model has no recorded source; load it with modelzip.load_model")
     original = pipeline.frozen_copy(model)  # the teacher, and the reference for embeddings
+    model = copy.deepcopy(model)  # the caller's model stays as it was
     baseline = _evaluate(
         model,
         data,

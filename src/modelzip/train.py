@@ -60,6 +60,11 @@ class Trainer:
         if epochs == 0:
             return float("nan")
         torch.manual_seed(self.seed)
+        # Same seed, same batch order: a loader's shuffle generator would otherwise carry its
+        # state from one training to the next.
+        gen = getattr(loader, "generator", None)
+        if isinstance(gen, torch.Generator):
+            gen.manual_seed(self.seed)
         trainable = [
             p for p in (params if params is not None else model.parameters()) if p.requires_grad
         ]

@@ -97,6 +97,8 @@ def build(spec: Any) -> nn.Module:
     if not isinstance(spec, dict) or not isinstance(spec.get("args"), dict):
         raise FormatError(f"bad module spec {spec!r}")
     name = spec.get("type")
+    if not isinstance(name, str):
+        raise FormatError(f"bad module spec: type must be a class name, got {name!r}")
     if name not in _BUILDABLE and name not in _TORCH_BY_NAME:
         # Replacement modules register when their method's package is imported: a process
         # that only loads a file has not imported them yet.

