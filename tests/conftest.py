@@ -6,11 +6,9 @@ import os
 
 import pytest
 import torch
+from support import fresh
 
 import modelzip as mz
-from modelzip.context import Context
-from modelzip.source import ModelSource
-from modelzip.train import Trainer
 
 # Tiny models on a shared 2-core machine: one thread avoids oversubscription stalls.
 torch.set_num_threads(1)
@@ -40,14 +38,3 @@ def lenet300(digits, lenet300_digits_state):
     model = fresh("lenet300", digits)
     model.load_state_dict(lenet300_digits_state)
     return model.eval()
-
-
-def fresh(name: str, data) -> torch.nn.Module:
-    """An untrained zoo model for ``data`` (seeded), recorded so it can be saved to .mzip."""
-    torch.manual_seed(0)
-    kw = {"in_shape": list(data.sample_shape), "num_classes": data.num_classes}
-    return ModelSource("zoo", name, kw).build().eval()
-
-
-def make_ctx(data, seed: int = 0) -> Context:
-    return Context(data=data, trainer=Trainer(progress=False, seed=seed), seed=seed)

@@ -23,20 +23,6 @@ from modelzip.train import Trainer
 from modelzip.zoo.models import LeNet5, LeNet300, zoo_model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # torch's intra-op threads spin against each other on a small shared machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return mz.load_data("digits")
-
-
 @pytest.fixture(scope="module")
 def teacher(digits):
     torch.manual_seed(0)

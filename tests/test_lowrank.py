@@ -22,21 +22,6 @@ from modelzip.source import ModelSource
 from modelzip.train import Trainer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # On a small shared machine torch's intra-op threads spin against each other; one thread
-    # makes these tests an order of magnitude faster. Restored for other test modules.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return mz.load_data("digits")
-
-
 def _zoo(name: str, data, **kwargs) -> nn.Module:
     kw = {"in_shape": list(data.sample_shape), "num_classes": data.num_classes, **kwargs}
     return ModelSource("zoo", name, kw).build()

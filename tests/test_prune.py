@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from prune_support import fresh, load_digits, make_ctx
+from support import fresh, make_ctx
 
 import modelzip as mz
 from modelzip.errors import ConfigError
@@ -13,12 +13,6 @@ from modelzip.methods.prune import PruneConfig, prune
 from modelzip.nn.constraints import original
 from modelzip.ops import pruning
 from modelzip.recipe import Recipe
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_digits()
-
 
 LAYERS = ("fc1", "fc2", "fc3")
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import prune_support  # noqa: F401  (one torch thread: tiny models on shared cores)
-
 from modelzip.cli import main
 
 

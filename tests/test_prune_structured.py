@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from prune_support import fresh, load_digits, make_ctx
+from support import fresh, make_ctx
 from torch import nn
 
 import modelzip as mz
@@ -14,12 +14,6 @@ from modelzip.errors import UnsupportedError
 from modelzip.graph import channel_groups
 from modelzip.methods.prune import PruneConfig, prune
 from modelzip.source import ModelSource
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_digits()
-
 
 RESNETS = Path(__file__).parent / "prune_models.py"
 

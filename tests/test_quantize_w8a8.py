@@ -20,20 +20,6 @@ from modelzip.registry import get_method
 from modelzip.train import Trainer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models on a shared CPU: extra threads only oversubscribe (10-100x slower steps).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return mz.load_data("digits")
-
-
 @pytest.fixture(scope="module")
 def lenet5(digits):
     return mz.load_model("zoo:lenet5", data=digits)
