@@ -17,6 +17,7 @@ allocates; violations raise ``FormatError``.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import numpy as np
@@ -65,6 +66,8 @@ CODERS = {
 GAP_CAP = 1024
 #: Sparse codecs are tried only when at least this fraction of elements are zero.
 SPARSE_MIN_ZEROS = 0.3
+#: The column-context mask coder decodes row by row: used on matrices up to this many rows.
+COLUMN_MAX_ROWS = 8192
 #: Huffman decodes in a Python loop: it is tried on streams up to this length only.
 HUFFMAN_MAX_SYMBOLS = 2_000_000
 
@@ -136,6 +139,10 @@ class Codec:
     def decode(self, data: memoryview, dtype: torch.dtype, n: int) -> torch.Tensor:
         """A flat tensor of ``n`` elements (the container reshapes it)."""
         raise NotImplementedError
+
+    def decode_shaped(self, data: memoryview, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
+        """Decode a tensor of ``shape`` (flat); codecs that need the shape override this."""
+        return self.decode(data, dtype, math.prod(shape))
 
     def streams(self, t: torch.Tensor) -> list[np.ndarray]:
         """The integer symbol streams this codec entropy-codes for ``t`` (for entropy bounds)."""
@@ -369,6 +376,56 @@ class SparseHuffman(_Sparse):
 
 class SparseAns(_Sparse):
     name, family = "sparse-ans", "ans"
+
+
+class ColumnContext(Codec):
+    """Sparse integer matrices: the nonzero mask coded with a per-column adaptive model
+    (context = the input feature), then the nonzero codes with block-adaptive ANS."""
+
+    name, family = "sparse-ans-col", "ans"
+
+    def applies_to(self, t: torch.Tensor) -> bool:
+        return (
+            _is_int(t)
+            and t.dim() >= 2
+            and t.shape[0] <= COLUMN_MAX_ROWS
+            and _Sparse.applies_to(self, t)  # type: ignore[arg-type]
+        )
+
+    def encode(self, t: torch.Tensor) -> bytes:
+        flat = t.detach().cpu().reshape(t.shape[0], -1)
+        nz = (flat != 0).numpy()
+        v = _ints(flat[torch.from_numpy(nz)])
+        lo = int(v.min()) if v.size else 0
+        mask = entropy.column_mask_encode(nz)
+        return section(mask) + varint(zigzag(lo)) + entropy.ans_encode(v - lo)
+
+    def decode(self, data: memoryview, dtype: torch.dtype, n: int) -> torch.Tensor:
+        raise FormatError(f"{self.name} needs the tensor shape: use decode_shaped")
+
+    def decode_shaped(self, data: memoryview, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
+        if dtype.is_floating_point or len(shape) < 2:
+            raise FormatError(f"{self.name} stores integer matrices, not {dtype} {shape}")
+        rows = shape[0]
+        cols = math.prod(shape[1:])
+        if rows > COLUMN_MAX_ROWS:
+            raise FormatError(f"{self.name}: {rows} rows exceed {COLUMN_MAX_ROWS}")
+        r = Reader(data, f"{self.name} payload")
+        mask = entropy.column_mask_decode(r.section(), rows, cols).ravel()
+        k = int(mask.sum())
+        lo = unzigzag(r.varint())
+        vals = _to_dtype(entropy.ans_decode(r.take(r.remaining()), k) + lo, dtype)
+        if k and not bool(_nonzero(vals).all()):
+            raise FormatError("sparse values: a stored entry is zero (corrupted mask)")
+        out = torch.zeros(rows * cols, dtype=dtype)
+        out[torch.from_numpy(mask)] = vals
+        return out
+
+    def streams(self, t: torch.Tensor) -> list[np.ndarray]:
+        flat = t.detach().cpu().reshape(-1)
+        nz = (flat != 0).numpy()
+        v = _ints(flat[torch.from_numpy(nz)])
+        return [nz.astype(np.int64), v - (v.min() if v.size else 0)]
 
 
 class Bitmask(Codec):

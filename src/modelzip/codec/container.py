@@ -251,7 +251,9 @@ def decode_fields(
                 )
             codec = get_codec(frec["codec"])
             try:
-                flat = codec.decode(parts[f"{name}/{fname}"], DTYPES[frec["dtype"]], n)
+                flat = codec.decode_shaped(
+                    parts[f"{name}/{fname}"], DTYPES[frec["dtype"]], frec["shape"]
+                )
             except FormatError as exc:
                 raise FormatError(f"{name}/{fname}: {exc}") from None
             except Exception as exc:  # a codec bug must still not crash the caller
