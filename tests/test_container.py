@@ -136,6 +136,13 @@ def test_absurd_lengths_and_architecture(packed) -> None:
     obj2["arch"]["fc1"]["args"]["in_features"] = 10**9
     with pytest.raises(FormatError, match="too large"):
         container.from_bytes(_join(obj2, payloads))
+    obj4, _ = _split(blob)
+    obj4["source"]["kwargs"]["in_shape"] = [10**6, 10**6]
+    with pytest.raises(FormatError, match="too large"):
+        container.from_bytes(_join(obj4, payloads))
+    obj4["source"] = {"kind": "zoo", "ref": "no-such-model", "kwargs": {}}
+    with pytest.raises(FormatError, match="cannot build"):
+        container.from_bytes(_join(obj4, payloads))
     obj3, _ = _split(blob)
     obj3["t"][0][3][0][1] = "zip-bomb"
     with pytest.raises(FormatError, match="unknown codec"):

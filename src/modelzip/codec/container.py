@@ -351,7 +351,7 @@ def from_bytes(data: bytes, *, name: str = "<bytes>") -> tuple[nn.Module, dict[s
         raise FormatError(f"{name}: {exc}") from None
     try:
         model = source.build()
-    except (KeyError, TypeError, ValueError) as exc:
+    except (ModelError, KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise FormatError(f"{name}: cannot build the recorded model source: {exc}") from None
     apply_architecture(model, header["architecture"])
     try:
