@@ -27,7 +27,7 @@ from modelzip.eval.evaluate import check_fits
 from modelzip.eval.evaluate import evaluate as _evaluate
 from modelzip.eval.size import torch_save_bytes
 from modelzip.recipe import Recipe
-from modelzip.source import ModelSource, source_of
+from modelzip.source import PRETRAINED_ZOO, ModelSource, source_of
 from modelzip.train import Trainer
 from modelzip.zoo.data import DataBundle
 from modelzip.zoo.data import load_data as _load_data
@@ -68,7 +68,9 @@ def load_model(
         return spec
     if spec.endswith(".mzip"):
         return load(spec)
-    if spec.startswith("zoo:"):
+    if spec in ("zoo:" + n for n in PRETRAINED_ZOO):
+        source = ModelSource("zoo", spec[4:], {})
+    elif spec.startswith("zoo:"):
         if data is None:
             raise ModelError(f"{spec} needs data to size its input and classes")
         source = ModelSource(
@@ -77,19 +79,22 @@ def load_model(
     elif ":" in spec and spec.rpartition(":")[0].endswith(".py"):
         path, _, fn = spec.rpartition(":")
         source = ModelSource("factory", f"{Path(path).resolve()}:{fn}", {})
-    elif spec.endswith((".onnx",)) or Path(spec).is_dir():
+    elif Path(spec).is_dir():
+        source = ModelSource("hf", str(Path(spec).resolve()), {})
+    elif spec.endswith(".onnx"):
         raise ModelError(
-            f"{spec}: ONNX and Hugging Face directory inputs are not supported yet; "
-            "use zoo:NAME, FILE.py:FACTORY or FILE.mzip"
+            f"{spec}: ONNX input models are not supported yet; use zoo:NAME, FILE.py:FACTORY, "
+            "a Hugging Face model folder or FILE.mzip"
         )
     else:
         raise ModelError(
-            f"unknown model {spec!r}; valid: zoo:lenet300, zoo:lenet5, FILE.py:FACTORY, FILE.mzip"
+            f"unknown model {spec!r}; valid: zoo:lenet300, zoo:lenet5, zoo:minilm, "
+            "FILE.py:FACTORY, a Hugging Face model folder, FILE.mzip"
         )
-    model = source.build()
+    model = source.build(pretrained=source.pretrained and weights is None)
     if weights is not None:
         _load_weights(model, Path(weights))
-    elif source.kind == "zoo":
+    elif source.kind == "zoo" and not source.pretrained:
         if data is None:
             raise ModelError(f"{spec} needs data to train its baseline")
         _trained_baseline(model, source, data, seed, progress)
@@ -168,8 +173,22 @@ def evaluate(
         file_bytes = Path(model).stat().st_size if Path(model).is_file() else None
     model = load_model(model, data=data) if not isinstance(model, nn.Module) else model
     check_fits(model, data)
+    reference = None
+    if data.task == "embedding":
+        source = source_of(model)
+        if source is None or not source.pretrained:
+            raise ModelError(
+                "embedding tasks compare with the original pretrained model; "
+                "this model has no pretrained source"
+            )
+        reference = source.build(pretrained=True)
     return _evaluate(
-        model, data, split=split, file_bytes=file_bytes, measure_latency=measure_latency
+        model,
+        data,
+        split=split,
+        file_bytes=file_bytes,
+        measure_latency=measure_latency,
+        reference=reference,
     )
 
 
@@ -194,10 +213,17 @@ def compress(
     check_fits(model, data)
     if source_of(model) is None:
         raise ModelError("the model has no recorded source; load it with modelzip.load_model")
+    original = pipeline.frozen_copy(model)  # the teacher, and the reference for embeddings
     baseline = _evaluate(
-        model, data, file_bytes=torch_save_bytes(model), measure_latency=measure_latency
+        model,
+        data,
+        file_bytes=torch_save_bytes(model),
+        measure_latency=measure_latency,
+        reference=original,
     )
-    ctx = Context(data=data, trainer=Trainer(progress=progress, seed=seed), seed=seed)
+    ctx = Context(
+        data=data, trainer=Trainer(progress=progress, seed=seed), teacher=original, seed=seed
+    )
     torch.manual_seed(seed)
     compressed_model, stages = pipeline.run(model, recipe, ctx, on_stage=on_stage)
     info = {"recipe": recipe.to_dict(), "data": data.name, "seed": seed}
@@ -207,7 +233,13 @@ def compress(
     # Measure the model as a user gets it back from the file: honest, and the same numbers
     # a later `evaluate FILE.mzip` reports.
     deployed, _ = container.from_bytes(blob)
-    compressed = _evaluate(deployed, data, file_bytes=len(blob), measure_latency=measure_latency)
+    compressed = _evaluate(
+        deployed,
+        data,
+        file_bytes=len(blob),
+        measure_latency=measure_latency,
+        reference=original,
+    )
     return {
         "data": data.name,
         "recipe": recipe.to_dict(),

@@ -214,6 +214,34 @@ def inspect(
 
 
 @app.command()
+def export(
+    file: Annotated[str, typer.Argument(help="a .mzip file (or zoo:NAME / FILE.py:FACTORY)")],
+    onnx: Annotated[Path, typer.Option("--onnx", help="the .onnx file to write")],
+    data: Annotated[
+        str | None, typer.Option("--data", help="data whose sample fixes the input shape")
+    ] = None,
+    weights: WeightsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a model to ONNX (dynamic batch), checked against ONNX Runtime."""
+    from modelzip.export import export_onnx
+
+    if onnx.suffix != ".onnx":
+        raise typer.BadParameter(f"--onnx must end in .onnx, got {onnx}")
+    bundle = api.load_data(data) if data else None
+    model = api.load_model(file, data=bundle, weights=weights)
+    example = bundle.example(1) if bundle is not None else None
+    info = export_onnx(model, onnx, example=example)
+    if as_json:
+        _print_json(info)
+    else:
+        out.print(
+            f"wrote {onnx} ({info['bytes']:,} bytes, max |onnx - torch| = "
+            f"{info.get('max_abs_diff', float('nan')):.2e})"
+        )
+
+
+@app.command()
 def recipes(as_json: JsonOpt = False) -> None:
     """List the built-in recipes."""
     from modelzip.recipe import describe_builtin
@@ -276,9 +304,9 @@ def main(argv: list[str] | None = None) -> int:
             soft_wrap=True,
         )
         return 2
-    except clickx.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except clickx.Abort:
+    except typer.Abort:
         err.print("modelzip: aborted", markup=False)
         return 130
     return 0

@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from modelzip.errors import ConfigError
+from modelzip.train import LossFn, cross_entropy
+
 if TYPE_CHECKING:
     from modelzip.train import Trainer
     from modelzip.zoo.data import DataBundle
@@ -37,6 +40,22 @@ class Context:
     seed: int = 0
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("modelzip"))
     notes: dict[str, Any] = field(default_factory=dict)
+
+    def default_loss(self) -> LossFn:
+        """The training loss for this task: cross-entropy on labels for classifiers; for
+        embedding models, cosine distance to the original model's (the teacher's) outputs."""
+        if self.data.task != "embedding":
+            return cross_entropy
+        teacher = self.teacher
+        if teacher is None:
+            raise ConfigError("training an embedding model needs the original model as teacher")
+
+        def cosine_to_teacher(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                target = teacher(x)
+            return (1 - torch.nn.functional.cosine_similarity(model(x), target, dim=-1)).mean()
+
+        return cosine_to_teacher
 
     def generator(self, offset: int = 0) -> torch.Generator:
         """A torch generator seeded from the run's seed (offset for independent streams)."""

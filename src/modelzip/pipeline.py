@@ -49,7 +49,13 @@ def run(
         t0 = time.perf_counter()
         model = method.apply(model, cfg, ctx)
         seconds = time.perf_counter() - t0
-        metrics = evaluate(model, ctx.data, file_bytes=len(to_bytes(model)), measure_latency=False)
+        metrics = evaluate(
+            model,
+            ctx.data,
+            file_bytes=len(to_bytes(model)),
+            measure_latency=False,
+            reference=ctx.teacher,
+        )
         record = {
             "stage": i,
             "method": cfg.method,

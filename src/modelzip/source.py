@@ -19,11 +19,14 @@ from modelzip.errors import ModelError
 from modelzip.zoo.models import zoo_model
 
 ATTR = "modelzip_source"
+#: Zoo models that come with pretrained weights (sentence encoders for ``sentences``).
+PRETRAINED_ZOO = ("minilm",)
 
 
 @dataclass(frozen=True)
 class ModelSource:
-    """How to build the uncompressed architecture: ``kind`` is ``zoo`` or ``factory``."""
+    """How to build the uncompressed architecture: ``kind`` is ``zoo``, ``factory`` or
+    ``hf`` (a local Hugging Face / sentence-transformers folder)."""
 
     kind: str
     ref: str
@@ -34,16 +37,30 @@ class ModelSource:
 
     @classmethod
     def from_json(cls, obj: Any) -> ModelSource:
-        if not isinstance(obj, dict) or obj.get("kind") not in ("zoo", "factory"):
+        if not isinstance(obj, dict) or obj.get("kind") not in ("zoo", "factory", "hf"):
             raise ModelError(f"bad model source record: {obj!r}")
         kwargs = obj.get("kwargs") or {}
         if not isinstance(kwargs, dict) or not isinstance(obj.get("ref"), str):
             raise ModelError(f"bad model source record: {obj!r}")
         return cls(obj["kind"], obj["ref"], kwargs)
 
-    def build(self) -> nn.Module:
-        """Instantiate the architecture (fresh weights) and tag it with this source."""
-        if self.kind == "zoo":
+    @property
+    def pretrained(self) -> bool:
+        """Whether the source carries trained weights (no baseline training needed)."""
+        return self.kind == "hf" or (self.kind == "zoo" and self.ref in PRETRAINED_ZOO)
+
+    def build(self, *, pretrained: bool = False) -> nn.Module:
+        """Instantiate the architecture and tag it with this source.
+
+        Weights are fresh unless ``pretrained`` and the source carries trained weights.
+        """
+        if self.kind == "hf" or (self.kind == "zoo" and self.ref in PRETRAINED_ZOO):
+            from modelzip.zoo.hf import build_encoder
+            from modelzip.zoo.text import minilm_dir
+
+            folder = minilm_dir() if self.kind == "zoo" else self.ref
+            model = build_encoder(folder, pretrained=pretrained)
+        elif self.kind == "zoo":
             kw = dict(self.kwargs)
             model = zoo_model(self.ref, tuple(kw.pop("in_shape")), kw.pop("num_classes"))
         else:

@@ -27,6 +27,21 @@ def accuracy(model: nn.Module, loader: Any) -> float:
     return correct / total
 
 
+def cosine_mean(model: nn.Module, reference: nn.Module, loader: Any) -> float:
+    """Mean cosine similarity between the model's outputs and the reference model's."""
+    model.eval()
+    reference.eval()
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for x, _ in loader:
+            cos = torch.nn.functional.cosine_similarity(model(x), reference(x), dim=-1)
+            total += float(cos.sum())
+            count += len(cos)
+    if count == 0:
+        raise DataError("the evaluation split is empty")
+    return total / count
+
+
 def check_fits(model: nn.Module, data: DataBundle, model_name: str = "the model") -> None:
     """Run one real batch through the model; a shape mismatch becomes one clear line."""
     x = data.example(2)
@@ -39,6 +54,10 @@ def check_fits(model: nn.Module, data: DataBundle, model_name: str = "the model"
             f"data {data.name!r} (sample shape {tuple(data.sample_shape)}) does not fit "
             f"{model_name}: {msg}"
         ) from None
+    if data.task == "embedding":
+        if out.dim() != 2:
+            raise DataError(f"{model_name} outputs shape {tuple(out.shape)}, not (batch, dim)")
+        return
     if out.dim() != 2 or out.shape[1] < data.num_classes:
         raise DataError(
             f"{model_name} outputs shape {tuple(out.shape)} but data {data.name!r} has "
@@ -54,6 +73,7 @@ def evaluate(
     file_bytes: int | None = None,
     measure_latency: bool = True,
     batch_n: int = 256,
+    reference: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Measure what matters about a model.
 
@@ -63,6 +83,8 @@ def evaluate(
         file_bytes: size of the model's file; default is the fp32 ``torch.save`` size.
         measure_latency: skip the latency timing when False (tests, inner loops).
         batch_n: the large batch size for ``latency_ms.bN``.
+        reference: for embedding tasks, the original model whose outputs are the target;
+            ``accuracy`` is then ``cosine_mean``, the mean cosine similarity to them.
 
     Returns:
         ``accuracy``, ``params``, ``nonzero``, ``bytes``, ``bits_per_weight`` and
@@ -74,8 +96,16 @@ def evaluate(
     """
     params, nonzero = count_params(model)
     size = file_bytes if file_bytes is not None else torch_save_bytes(model)
+    if data.task == "embedding":
+        if reference is None:
+            raise DataError(
+                f"{data.name} is an embedding task: evaluation needs the reference model"
+            )
+        score = cosine_mean(model, reference, data.loader(split))
+    else:
+        score = accuracy(model, data.loader(split))
     out: dict[str, Any] = {
-        "accuracy": accuracy(model, data.loader(split)),
+        "accuracy": score,
         "split": split,
         "params": params,
         "nonzero": nonzero,
@@ -83,6 +113,8 @@ def evaluate(
         "bytes": size,
         "bits_per_weight": round(8 * size / params, 4) if params else 0.0,
     }
+    if data.task == "embedding":
+        out["cosine_mean"] = score
     if measure_latency:
         out["latency_ms"] = latency(model, data.example(64), batch_n)
     return out

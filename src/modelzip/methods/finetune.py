@@ -35,6 +35,7 @@ def finetune(model: nn.Module, cfg: FinetuneConfig, ctx: Context) -> nn.Module:
         lr=cfg.lr,
         optimizer=cfg.optimizer,
         weight_decay=cfg.weight_decay,
+        loss_fn=ctx.default_loss(),
         description="finetune",
     )
     ctx.notes["train_loss"] = round(loss, 6)

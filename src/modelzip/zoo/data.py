@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 from modelzip.errors import DataError
 
 SPLITS = ("train", "val", "test")
-BUILTIN = ("digits", "mnist5k")
+BUILTIN = ("digits", "mnist5k", "sentences")
 #: Fractions of the whole set that go to val and test (the rest is train).
 VAL_FRACTION, TEST_FRACTION = 0.1, 0.2
 SPLIT_SEED = 0
@@ -37,6 +37,9 @@ class DataBundle:
     num_classes: int
     loaders: dict[str, DataLoader]
     sizes: dict[str, int]
+    #: "classification" (y are class labels) or "embedding" (outputs are compared with the
+    #: original model's: the metric is cosine_mean, fine-tuning matches the original).
+    task: str = "classification"
 
     def loader(self, split: str) -> DataLoader:
         """The loader of one split; unknown names raise a DataError listing the splits."""
@@ -63,7 +66,8 @@ class DataBundle:
 
 
 def load_data(spec: str, *, batch_size: int = 64, seed: int = 0) -> DataBundle:
-    """Resolve a DATA spec: ``digits``, ``mnist5k``, or a path to .npz/.parquet/.csv.
+    """Resolve a DATA spec: ``digits``, ``mnist5k``, ``sentences`` (text for sentence
+    embedding models), or a path to .npz/.parquet/.csv.
 
     ``seed`` drives the training shuffle order; the split itself is fixed so that
     ``compress`` and a later ``evaluate`` see the same test set.
@@ -85,6 +89,10 @@ def load_data(spec: str, *, batch_size: int = 64, seed: int = 0) -> DataBundle:
         x, y = mnist_data()
         x = (x / 255.0).astype(np.float32).reshape(-1, 1, 28, 28)
         return _in_memory("mnist5k", x, y.astype(np.int64), batch_size, seed)
+    if spec == "sentences":
+        from modelzip.zoo.text import load_sentences
+
+        return load_sentences(batch_size=batch_size, seed=seed)
     path = Path(spec)
     suffix = path.suffix.lower()
     if suffix not in (".npz", ".parquet", ".csv"):
@@ -130,17 +138,17 @@ def split_indices(y: np.ndarray) -> dict[str, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(y))
-    strat = y if np.bincount(y).min() >= 3 else None
-    rest, test = train_test_split(
-        idx, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=strat
-    )
     val_share = VAL_FRACTION / (1 - TEST_FRACTION)
-    train, val = train_test_split(
-        rest,
-        test_size=val_share,
-        random_state=SPLIT_SEED,
-        stratify=None if strat is None else y[rest],
-    )
+    try:
+        rest, test = train_test_split(
+            idx, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=y
+        )
+        train, val = train_test_split(
+            rest, test_size=val_share, random_state=SPLIT_SEED, stratify=y[rest]
+        )
+    except ValueError:  # too few samples per class to stratify: plain shuffled split
+        rest, test = train_test_split(idx, test_size=TEST_FRACTION, random_state=SPLIT_SEED)
+        train, val = train_test_split(rest, test_size=val_share, random_state=SPLIT_SEED)
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 

@@ -69,11 +69,15 @@ class LeNet5(nn.Sequential):
 ZOO: dict[str, Callable[..., nn.Module]] = {"lenet300": LeNet300, "lenet5": LeNet5}
 
 
+#: Every zoo name (the pretrained sentence encoder is built in ``source.py``).
+ZOO_NAMES = (*ZOO, "minilm")
+
+
 def zoo_model(name: str, in_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Build a zoo model for the data's input shape and class count."""
     if name not in ZOO:
         raise ModelError(
-            f"unknown zoo model {name!r}{did_you_mean(name, ZOO)}; "
-            f"valid: {choices_text('zoo:' + k for k in ZOO)}"
+            f"unknown zoo model {name!r}{did_you_mean(name, ZOO_NAMES)}; "
+            f"valid: {choices_text('zoo:' + k for k in ZOO_NAMES)}"
         )
     return ZOO[name](in_shape=tuple(in_shape), num_classes=num_classes)

