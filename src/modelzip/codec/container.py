@@ -283,6 +283,8 @@ def decode_state(
     header: dict[str, Any], parts: dict[str, memoryview], *, file_bytes: int = 0
 ) -> dict[str, torch.Tensor]:
     """Decode every tensor record into its effective value (bit-exact)."""
+    import modelzip.methods  # noqa: F401  (every method's constraint kinds register on import)
+
     budget = max(MIN_BUDGET, EXPANSION * file_bytes)
     state: dict[str, torch.Tensor] = {}
     for name, fields in decode_fields(header, parts, budget).items():
