@@ -51,7 +51,7 @@ def _roundtrip(t: torch.Tensor, name: str) -> None:
     if not codec.applies_to(t):
         return
     data = codec.encode(t)
-    back = codec.decode(memoryview(data), t.dtype, t.numel()).reshape(t.shape)
+    back = codec.decode_shaped(memoryview(data), t.dtype, list(t.shape)).reshape(t.shape)
     assert back.dtype == t.dtype
     if t.is_floating_point():
         assert torch.equal(back.view(torch.int32), t.view(torch.int32)), name
@@ -115,4 +115,4 @@ def test_decoders_reject_short_payloads() -> None:
     for name in ("raw", "packed", "ans", "huffman"):
         data = get_codec(name).encode(t)
         with pytest.raises(FormatError):
-            get_codec(name).decode(memoryview(data[: len(data) // 2]), torch.uint8, 100)
+            get_codec(name).decode_shaped(memoryview(data[: len(data) // 2]), torch.uint8, [100])

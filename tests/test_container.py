@@ -17,9 +17,97 @@ from modelzip.codec.inspect import inspect_bytes
 from modelzip.context import Context
 from modelzip.errors import FormatError
 from modelzip.eval.size import effective_weights
+from modelzip.nn.constraints import AffineQuant, Mask, constrain
 from modelzip.pipeline import run
 from modelzip.recipe import Recipe
 from modelzip.train import Trainer
+
+
+def _compressed(lenet300):
+    constrain(lenet300.fc1, "weight", Mask(lenet300.fc1.weight.abs() > 0.05))
+    constrain(lenet300.fc1, "weight", AffineQuant(8, axis=0))
+    constrain(lenet300.fc2, "weight", AffineQuant(4, symmetric=False, axis=None))
+    return lenet300
+
+
+def test_round_trip_is_bit_exact(lenet300, digits, tmp_path):
+    model = _compressed(lenet300)
+    path = tmp_path / "m.mzip"
+    size = container.save(model, path)
+    assert size == path.stat().st_size
+    loaded, header = container.load(path)
+    with torch.no_grad():
+        for name in ("fc1.weight", "fc2.weight", "fc3.weight", "fc1.bias"):
+            mod, attr = name.split(".")
+            a = getattr(getattr(model, mod), attr)
+            b = getattr(getattr(loaded, mod), attr)
+            assert torch.equal(a, b), name
+        x = digits.example(16)
+        assert torch.equal(model(x), loaded(x))
+    assert header["tensors"]["fc1.weight"]["kind"] == "affine"
+    assert header["source"]["ref"] == "lenet300"
+
+
+def test_stored_codes_are_integers_on_the_grid(lenet300):
+    model = _compressed(lenet300)
+    blob = container.to_bytes(model)
+    header, parts = container.read_header(blob)
+    fields = container.decode_fields(header, parts, 1 << 24)
+    q = fields["fc1.weight"]["qdata"]
+    assert q.dtype == torch.int8 and q.abs().max() <= 127
+    assert (q[~(lenet300.fc1.parametrizations.weight[0].mask)] == 0).all()
+    assert fields["fc1.weight"]["scale"].shape == (300, 1)  # per output channel
+    assert fields["fc2.weight"]["qdata"].dtype == torch.uint8  # asymmetric 4-bit codes
+    # sub-byte codes are bit-packed or entropy coded, never one byte each
+    assert len(parts["fc2.weight/qdata"]) < fields["fc2.weight"]["qdata"].numel() * 0.6
+
+
+def test_truncated_and_corrupted_files_fail_clearly(lenet300, tmp_path):
+    data = container.to_bytes(_compressed(lenet300))
+    for bad in (data[:7], data[:100], data[: len(data) // 2], b"", b"\x00" * 64):
+        with pytest.raises(FormatError):
+            container.from_bytes(bad)
+    flipped = bytearray(data)
+    flipped[-10] ^= 0xFF  # inside the last payload
+    with pytest.raises(FormatError, match="checksum"):
+        container.from_bytes(bytes(flipped))
+
+
+def test_wrong_version_and_foreign_safetensors(lenet300):
+    from safetensors.torch import save
+
+    foreign = save({"w": torch.zeros(3)}, metadata={"x": "y"})
+    with pytest.raises(FormatError, match="not a .mzip"):
+        container.from_bytes(foreign)
+    data = container.to_bytes(lenet300)
+    newer = data[:4] + bytes([9]) + data[5:]
+    with pytest.raises(FormatError, match="version 9"):
+        container.from_bytes(newer)
+
+
+def test_write_is_atomic_when_interrupted(lenet300, tmp_path, monkeypatch):
+    path = tmp_path / "m.mzip"
+    container.save(lenet300, path)
+    before = path.read_bytes()
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(container.os, "fsync", boom)
+    with pytest.raises(KeyboardInterrupt):
+        container.save(_compressed(lenet300), path)
+    assert path.read_bytes() == before  # old file intact
+    assert [p.name for p in tmp_path.iterdir()] == ["m.mzip"]  # no temp left behind
+
+
+def test_masks_hold_through_finetuning(lenet300, digits):
+    mask = lenet300.fc2.weight.abs() > lenet300.fc2.weight.abs().median()
+    constrain(lenet300.fc2, "weight", Mask(mask))
+    Trainer(progress=False).fit(lenet300, digits.train, epochs=1, lr=1e-2)
+    w = lenet300.fc2.weight.detach()
+    assert (w[~mask] == 0).all() and (w[mask] != 0).float().mean() > 0.99
+    ctx = Context(data=digits, trainer=Trainer(progress=False))
+    assert ctx.generator(1).initial_seed() != ctx.generator(2).initial_seed()
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +224,13 @@ def test_absurd_lengths_and_architecture(packed) -> None:
     obj2["arch"]["fc1"]["args"]["in_features"] = 10**9
     with pytest.raises(FormatError, match="too large"):
         container.from_bytes(_join(obj2, payloads))
+    obj4, _ = _split(blob)
+    obj4["source"]["kwargs"]["in_shape"] = [10**6, 10**6]
+    with pytest.raises(FormatError, match="too large"):
+        container.from_bytes(_join(obj4, payloads))
+    obj4["source"] = {"kind": "zoo", "ref": "no-such-model", "kwargs": {}}
+    with pytest.raises(FormatError, match="cannot build"):
+        container.from_bytes(_join(obj4, payloads))
     obj3, _ = _split(blob)
     obj3["t"][0][3][0][1] = "zip-bomb"
     with pytest.raises(FormatError, match="unknown codec"):

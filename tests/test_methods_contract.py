@@ -13,3 +13,15 @@ class TestQuantizeContract(MethodContract):
 
 class TestFinetuneContract(MethodContract):
     stage = {"method": "finetune", "epochs": 1}
+
+
+class TestClusterContract(MethodContract):
+    stage = {"method": "cluster", "bits": {"default": 4, "fc3": 6}, "init": "density"}
+
+
+class TestClusterOptimalSharedContract(MethodContract):
+    stage = {"method": "cluster", "bits": 5, "algorithm": "optimal", "shared": True}
+
+
+class TestEncodeContract(MethodContract):
+    stage = {"method": "encode", "coder": "huffman", "round_floats": "bf16"}

@@ -17,6 +17,7 @@ allocates; violations raise ``FormatError``.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import numpy as np
@@ -26,10 +27,7 @@ from modelzip.codec import entropy
 from modelzip.codec.bits import (
     Reader,
     bit_width,
-    bitmap,
     pack,
-    section,
-    unbitmap,
     unpack,
     unzigzag,
     varint,
@@ -65,6 +63,8 @@ CODERS = {
 GAP_CAP = 1024
 #: Sparse codecs are tried only when at least this fraction of elements are zero.
 SPARSE_MIN_ZEROS = 0.3
+#: The column-context mask coder decodes row by row: used on matrices up to this many rows.
+COLUMN_MAX_ROWS = 8192
 #: Huffman decodes in a Python loop: it is tried on streams up to this length only.
 HUFFMAN_MAX_SYMBOLS = 2_000_000
 
@@ -136,6 +136,10 @@ class Codec:
     def decode(self, data: memoryview, dtype: torch.dtype, n: int) -> torch.Tensor:
         """A flat tensor of ``n`` elements (the container reshapes it)."""
         raise NotImplementedError
+
+    def decode_shaped(self, data: memoryview, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
+        """Decode a tensor of ``shape`` (flat); codecs that need the shape override this."""
+        return self.decode(data, dtype, math.prod(shape))
 
     def streams(self, t: torch.Tensor) -> list[np.ndarray]:
         """The integer symbol streams this codec entropy-codes for ``t`` (for entropy bounds)."""
@@ -260,144 +264,6 @@ class Ans(_Dense):
     name, family = "ans", "ans"
 
 
-# ------------------------------------------------------------------------------- sparse
-
-
-def gaps_of(flat_nonzero: np.ndarray, cap: int) -> np.ndarray:
-    """Run lengths of zeros before each nonzero; a symbol ``cap`` is a filler that skips
-    ``cap`` zeros without an entry (Deep Compression's filler zeros)."""
-    pos = np.flatnonzero(flat_nonzero)
-    gaps = np.diff(pos, prepend=-1) - 1
-    fillers = gaps // cap
-    if not fillers.any():
-        return gaps
-    rep = fillers + 1
-    out = np.full(int(rep.sum()), cap, dtype=np.int64)
-    out[np.cumsum(rep) - 1] = gaps % cap
-    return out
-
-
-def positions_of(gaps: np.ndarray, cap: int, n: int) -> np.ndarray:
-    """Inverse of ``gaps_of``: flat positions of the entries, validated against ``n``."""
-    if gaps.size and (int(gaps.min()) < 0 or int(gaps.max()) > cap):
-        raise FormatError(f"sparse index: gap symbol outside [0, {cap}]")
-    entry = gaps != cap
-    pos = np.cumsum(gaps + entry) - 1
-    pos = pos[entry]
-    if pos.size and int(pos[-1]) >= n:
-        raise FormatError(f"sparse index: position {int(pos[-1])} beyond the {n} elements")
-    return pos
-
-
-class _Sparse(Codec):
-    """Positions of nonzeros as gaps (+ fillers), then the nonzero values."""
-
-    def applies_to(self, t: torch.Tensor) -> bool:
-        if t.numel() == 0 or t.dtype == torch.bool:
-            return False
-        zeros = t.numel() - int(_nonzero(t.reshape(-1)).sum())
-        return zeros >= SPARSE_MIN_ZEROS * t.numel()
-
-    def encode(self, t: torch.Tensor) -> bytes:
-        flat = t.detach().cpu().reshape(-1)
-        nz = _nonzero(flat).numpy()
-        cap = self._pick_cap(nz)
-        gaps = gaps_of(nz, cap)
-        head = varint(cap) + varint(gaps.size) + section(_code(self.family, gaps))
-        return head + self._values(flat[torch.from_numpy(nz)])
-
-    def _pick_cap(self, nz: np.ndarray) -> int:
-        return GAP_CAP
-
-    def _values(self, vals: torch.Tensor) -> bytes:
-        if _is_int(vals):
-            v = _ints(vals)
-            lo = int(v.min()) if v.size else 0
-            return varint(zigzag(lo)) + _code(self.family, v - lo)
-        return to_bytes(vals)
-
-    def decode(self, data: memoryview, dtype: torch.dtype, n: int) -> torch.Tensor:
-        r = Reader(data, f"{self.name} payload")
-        cap = r.varint(1 << 30)
-        if cap < 1:
-            raise FormatError("sparse index: gap cap must be >= 1")
-        m = r.varint(n + n // cap + 1)
-        pos = positions_of(_uncode(self.family, r.section(), m), cap, n)
-        k = pos.size
-        if dtype.is_floating_point:
-            vals = from_bytes(r.take(r.remaining()), dtype, k)
-        else:
-            lo = unzigzag(r.varint())
-            vals = _to_dtype(_uncode(self.family, r.take(r.remaining()), k) + lo, dtype)
-        if k and not bool(_nonzero(vals).all()):
-            raise FormatError("sparse values: a stored entry is zero (corrupted index)")
-        out = torch.zeros(n, dtype=dtype)
-        out[torch.from_numpy(pos)] = vals
-        return out
-
-    def streams(self, t: torch.Tensor) -> list[np.ndarray]:
-        if self.family == "packed":
-            return []
-        flat = t.detach().cpu().reshape(-1)
-        nz = _nonzero(flat).numpy()
-        out = [gaps_of(nz, self._pick_cap(nz))]
-        if _is_int(t):
-            v = _ints(flat[torch.from_numpy(nz)])
-            out.append(v - (v.min() if v.size else 0))
-        return out
-
-
-class SparsePacked(_Sparse):
-    """Deep Compression's format: fixed-width relative indices with filler entries."""
-
-    name, family = "sparse-packed", "packed"
-
-    def _pick_cap(self, nz: np.ndarray) -> int:
-        # Choose the gap width that minimises entries x width (fillers included).
-        best, best_cost = 1, None
-        for width in range(1, 17):
-            cap = (1 << width) - 1
-            cost = gaps_of(nz, cap).size * width
-            if best_cost is None or cost < best_cost:
-                best, best_cost = cap, cost
-        return best
-
-
-class SparseHuffman(_Sparse):
-    name, family = "sparse-huffman", "huffman"
-
-
-class SparseAns(_Sparse):
-    name, family = "sparse-ans", "ans"
-
-
-class Bitmask(Codec):
-    """One bit per element (nonzero or not), then the nonzero values (packed ints or raw)."""
-
-    name, family = "bitmask", "packed"
-
-    def applies_to(self, t: torch.Tensor) -> bool:
-        return _Sparse.applies_to(self, t)  # type: ignore[arg-type]
-
-    def encode(self, t: torch.Tensor) -> bytes:
-        flat = t.detach().cpu().reshape(-1)
-        nz = _nonzero(flat).numpy()
-        return bitmap(nz) + _Sparse._values(self, flat[torch.from_numpy(nz)])  # type: ignore[arg-type]
-
-    def decode(self, data: memoryview, dtype: torch.dtype, n: int) -> torch.Tensor:
-        r = Reader(data, "bitmask payload")
-        mask = unbitmap(r.take((n + 7) // 8), n)
-        k = int(mask.sum())
-        if dtype.is_floating_point:
-            vals = from_bytes(r.take(r.remaining()), dtype, k)
-        else:
-            lo = unzigzag(r.varint())
-            vals = _to_dtype(_uncode("packed", r.take(r.remaining()), k) + lo, dtype)
-        out = torch.zeros(n, dtype=dtype)
-        out[torch.from_numpy(mask)] = vals
-        return out
-
-
 # ------------------------------------------------------------------------------- choice
 
 
@@ -435,3 +301,7 @@ def encode_smallest(t: torch.Tensor, coder: str = "auto") -> tuple[str, bytes]:
     if best is None:
         raise FormatError(f"no codec allowed by coder {coder!r} can store a {t.dtype} tensor")
     return best
+
+
+# Sparse codecs live in their own module; importing it registers them.
+from modelzip.codec import sparse as _sparse  # noqa: E402,F401

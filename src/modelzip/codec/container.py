@@ -50,19 +50,33 @@ CODER_ATTR = "modelzip_coder"
 #: Preset deflate dictionary: words every header repeats (part of the format, never change
 #: it without bumping VERSION).
 ZDICT = (
-    b'"Flatten","args":{"start_dim":1,"end_dim":-1}},"Identity","Conv2d","BatchNorm2d",'
-    b'"LayerNorm","Embedding","padding_mode":"zeros","kernel_size":[,"stride":[1,1],'
-    b'"dilation":[1,1],"groups":1,"padding":[0,0],"in_channels":"out_channels":'
-    b'"num_features":"eps":1e-05,"momentum":0.1,"affine":true,"track_running_stats":true'
-    b'"info":{"recipe":{"name":"deep-compression","description":"stages":[{"method":"prune",'
-    b'"sparsity":"scope":"global"},{"method":"finetune","epochs":"lr":{"method":"cluster",'
-    b'"bits":{"default":"init":"linear"},{"method":"encode","coder":"ans"}]},"data":"mnist5k",'
-    b'"seed":0},"source":{"kind":"zoo","ref":"lenet300","kwargs":{"in_shape":[1,28,28],'
-    b'"num_classes":10}},"arch":{"flatten":{"type":"Flatten","args":{"start_dim":1,'
+    b'"Conv2d","args":{"in_channels":"out_channels":"kernel_size":[5,5],"stride":[1,1],'
+    b'"padding":[0,0],"dilation":[1,1],"groups":1,"bias":true,"padding_mode":"zeros"}},'
+    b'"BatchNorm2d","args":{"num_features":"eps":1e-05,"momentum":0.1,"affine":true,'
+    b'"track_running_stats":true}},"LayerNorm","args":{"normalized_shape":[],"eps":1e-05,'
+    b'"elementwise_affine":true,"Embedding","args":{"num_embeddings":"embedding_dim":'
+    b'"padding_idx":null}},"Identity","args":{}},"affine",{"bits":8,"group_size":null},'
+    b'[["qdata","i8",["scale","f32",["zero_point","i32","sparse-huffman","huffman",'
+    b'"sparse-packed","bitmask","bf16","kind":"factory","ref":"lenet5","conv1","conv2",'
+    b'"method":"quantize","bits":8,"granularity":"channel","scheme":"symmetric",'
+    b'"description":"iterative magnitude pruning with fine-tuning, 4-bit k-means weight sharing'
+    b' with trained centroids, ANS-coded sparse codes (Han et al.)","stages":[{"method":"prune",'
+    b'"sparsity":{"default":0.9,"fc3":0.5},"scope":"layer"},{"method":"finetune","epochs":3},'
+    b'{"method":"cluster","bits":4,"init":"linear","include_bias":true},{"method":"finetune",'
+    b'"epochs":2,"lr":0.0001},{"method":"encode","coder":"ans","round_floats":"fp16"}]},'
+    b'"data":"mnist5k","seed":0},"source":{"kind":"zoo","ref":"lenet300","kwargs":{"in_shape":'
+    b'[1,28,28],"num_classes":10}},"arch":{"flatten":{"type":"Flatten","args":{"start_dim":1,'
     b'"end_dim":-1}},"fc1":{"type":"Linear","args":{"in_features":784,"out_features":300,'
-    b'"bias":true}},"fc2":{"type":"Linear","args":{"in_features":"out_features":"bias":true}}'
-    b',"t":[["fc1.weight","codebook",{"zero":1},[["indices","sparse-ans","u8",[300,784]],'
-    b'["codebook","f32",[]]]],["fc1.bias","dense",{},[["values","raw","f32",[300]]]],'
+    b'"bias":true}},"fc2":{"type":"Linear","args":{"in_features":300,"out_features":100,'
+    b'"bias":true}},"fc3":{"type":"Linear","args":{"in_features":100,"out_features":10,'
+    b'"bias":true}}},"info":{"recipe":{"name":"deep-compression",'
+    b'"t":[["fc1.weight","codebook",{"zero":1},[["indices","sparse-ans-col","u8",[300,784]],'
+    b'["codebook","f16","f32",[16]]]],["fc1.bias","codebook",{"zero":0},[["indices","packed",'
+    b'"u8",[300]],["codebook","f16","f32",[16]]]],["fc2.weight","codebook",{"zero":1},'
+    b'[["indices","sparse-ans","u8",[100,300]],["codebook","f16","f32",[16]]]],["fc2.bias",'
+    b'"codebook",{"zero":0},[["indices","ans","u8",[100]],["codebook","f16","f32",[16]]]],'
+    b'["fc3.weight","dense",{},[["values","raw","f32",[10,100]]]],["fc3.bias","dense",{},'
+    b'[["values","raw","f32",[10]]]]]}'
 )
 
 
@@ -251,7 +265,9 @@ def decode_fields(
                 )
             codec = get_codec(frec["codec"])
             try:
-                flat = codec.decode(parts[f"{name}/{fname}"], DTYPES[frec["dtype"]], n)
+                flat = codec.decode_shaped(
+                    parts[f"{name}/{fname}"], DTYPES[frec["dtype"]], frec["shape"]
+                )
             except FormatError as exc:
                 raise FormatError(f"{name}/{fname}: {exc}") from None
             except Exception as exc:  # a codec bug must still not crash the caller
@@ -267,6 +283,8 @@ def decode_state(
     header: dict[str, Any], parts: dict[str, memoryview], *, file_bytes: int = 0
 ) -> dict[str, torch.Tensor]:
     """Decode every tensor record into its effective value (bit-exact)."""
+    import modelzip.methods  # noqa: F401  (every method's constraint kinds register on import)
+
     budget = max(MIN_BUDGET, EXPANSION * file_bytes)
     state: dict[str, torch.Tensor] = {}
     for name, fields in decode_fields(header, parts, budget).items():
@@ -335,7 +353,7 @@ def from_bytes(data: bytes, *, name: str = "<bytes>") -> tuple[nn.Module, dict[s
         raise FormatError(f"{name}: {exc}") from None
     try:
         model = source.build()
-    except (KeyError, TypeError, ValueError) as exc:
+    except (ModelError, KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise FormatError(f"{name}: cannot build the recorded model source: {exc}") from None
     apply_architecture(model, header["architecture"])
     try:

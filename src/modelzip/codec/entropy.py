@@ -99,7 +99,7 @@ def ans_decode(data: bytes | memoryview, n: int) -> np.ndarray:
         return np.full(n, support[0], dtype=np.int64)
     raw = r.section()
     r.done()
-    if len(raw) % 4 or not raw:
+    if len(raw) % 4:
         raise FormatError("ans stream: compressed words are not whole 32-bit words")
     words = np.frombuffer(raw, dtype="<u4").astype(np.uint32)
     try:
@@ -116,6 +116,46 @@ def ans_decode(data: bytes | memoryview, n: int) -> np.ndarray:
     if out.size and (int(out.max()) >= k or int(out.min()) < 0):
         raise FormatError("ans stream: decoded a symbol outside the alphabet")
     return support[out]
+
+
+def column_mask_encode(mask: np.ndarray) -> bytes:
+    """ANS-code a 2-D boolean mask row by row, each bit with the adaptive (KT) probability of
+    its *column* so far: columns (input features) differ widely in how many weights survive
+    pruning, which the order-0 model of a flat gap stream cannot see."""
+    import constriction
+
+    mask = np.asarray(mask, dtype=bool)
+    rows = mask.shape[0]
+    before = np.cumsum(mask, axis=0, dtype=np.float64) - mask
+    probs = (before + 0.5) / (np.arange(rows, dtype=np.float64)[:, None] + 1.0)
+    coder = constriction.stream.stack.AnsCoder()
+    coder.encode_reverse(
+        mask.astype(np.int32).ravel(),
+        constriction.stream.model.Bernoulli(perfect=False),
+        probs.ravel(),
+    )
+    return coder.get_compressed().astype("<u4").tobytes()
+
+
+def column_mask_decode(data: bytes | memoryview, rows: int, cols: int) -> np.ndarray:
+    """Inverse of ``column_mask_encode`` (one vectorized decode call per row)."""
+    import constriction
+
+    if len(data) % 4:
+        raise FormatError("mask stream: compressed words are not whole 32-bit words")
+    words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
+    out = np.empty((rows, cols), dtype=bool)
+    ones = np.zeros(cols, dtype=np.float64)
+    model = constriction.stream.model.Bernoulli(perfect=False)
+    try:
+        coder = constriction.stream.stack.AnsCoder(words)
+        for i in range(rows):
+            bits = np.asarray(coder.decode(model, (ones + 0.5) / (i + 1.0)), dtype=bool)
+            out[i] = bits
+            ones += bits
+    except (ValueError, RuntimeError, AssertionError) as exc:
+        raise FormatError(f"mask stream: cannot decode ({exc})") from None
+    return out
 
 
 # ----------------------------------------------------------------------------------- Huffman

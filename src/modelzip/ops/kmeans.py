@@ -126,8 +126,10 @@ def fit_codebook(
     x = x.detach().flatten().float()
     if x.numel() == 0:
         raise ValueError("cannot cluster an empty tensor")
-    uniq = torch.unique(x)
-    if uniq.numel() <= k:
+    # Few distinct values are kept exactly; on huge inputs a subsample rules that out cheaply.
+    few = x.numel() <= (1 << 22) or torch.unique(x[:: max(1, x.numel() >> 16)]).numel() <= k
+    uniq = torch.unique(x) if few else x[:0]
+    if few and uniq.numel() <= k:
         return uniq, torch.searchsorted(uniq, x)
     if algorithm == "quantile":
         cb, idx = quantile_bins(x, k)
