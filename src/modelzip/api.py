@@ -27,7 +27,7 @@ from modelzip.errors import ModelError
 from modelzip.eval.evaluate import check_fits
 from modelzip.eval.evaluate import evaluate as _evaluate
 from modelzip.eval.size import torch_save_bytes
-from modelzip.recipe import Recipe
+from modelzip.recipe import Recipe, builtin_recipes
 from modelzip.source import PRETRAINED_ZOO, ModelSource, source_of
 from modelzip.train import Trainer
 from modelzip.zoo.data import DataBundle
@@ -228,7 +228,7 @@ def compress(
     )
     torch.manual_seed(seed)
     compressed_model, stages = pipeline.run(model, recipe, ctx, on_stage=on_stage)
-    info = {"recipe": recipe.to_dict(), "data": data.name, "seed": seed}
+    info = {"recipe": recipe_record(recipe), "data": data.name, "seed": seed}
     blob = container.to_bytes(compressed_model, info=info)
     if out is not None:
         container.write_atomic(out, blob)
@@ -254,6 +254,13 @@ def compress(
         "out": str(out) if out is not None else None,
         "model": deployed,
     }
+
+
+def recipe_record(recipe: Recipe) -> str | dict[str, Any]:
+    """How a file records its recipe: a built-in one by name, any other one whole."""
+    if recipe.name in builtin_recipes() and Recipe.load(recipe.name) == recipe:
+        return recipe.name
+    return recipe.to_dict()
 
 
 def save(model: nn.Module, path: str | os.PathLike[str]) -> int:

@@ -13,6 +13,7 @@ temporary file renamed into place.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -47,36 +48,23 @@ MAX_HEADER = 1 << 24
 MAX_DIMS = 8
 #: Model attribute the ``encode`` stage sets to choose the coder (read here, nowhere else).
 CODER_ATTR = "modelzip_coder"
-#: Preset deflate dictionary: words every header repeats (part of the format, never change
-#: it without bumping VERSION).
+#: Preset deflate dictionary: the format's own vocabulary (keys, kinds, codecs, dtypes, layer
+#: types and their argument names), nothing about any particular model or recipe. Part of the
+#: format: never change it without bumping VERSION.
 ZDICT = (
-    b'"Conv2d","args":{"in_channels":"out_channels":"kernel_size":[5,5],"stride":[1,1],'
-    b'"padding":[0,0],"dilation":[1,1],"groups":1,"bias":true,"padding_mode":"zeros"}},'
-    b'"BatchNorm2d","args":{"num_features":"eps":1e-05,"momentum":0.1,"affine":true,'
-    b'"track_running_stats":true}},"LayerNorm","args":{"normalized_shape":[],"eps":1e-05,'
+    b'"type":"Linear","args":{"in_features":"out_features":"bias":true}},"bias":false}},'
+    b'"Conv2d","args":{"in_channels":"out_channels":"kernel_size":[3,3],"stride":[1,1],'
+    b'"padding":[0,0],"dilation":[1,1],"groups":1,"padding_mode":"zeros"}},"Conv1d",'
+    b'"BatchNorm2d","BatchNorm1d","args":{"num_features":"eps":1e-05,"momentum":0.1,'
+    b'"affine":true,"track_running_stats":true}},"LayerNorm","args":{"normalized_shape":[],'
     b'"elementwise_affine":true,"Embedding","args":{"num_embeddings":"embedding_dim":'
-    b'"padding_idx":null}},"Identity","args":{}},"affine",{"bits":8,"group_size":null},'
-    b'[["qdata","i8",["scale","f32",["zero_point","i32","sparse-huffman","huffman",'
-    b'"sparse-packed","bitmask","bf16","kind":"factory","ref":"lenet5","conv1","conv2",'
-    b'"method":"quantize","bits":8,"granularity":"channel","scheme":"symmetric",'
-    b'"description":"iterative magnitude pruning with fine-tuning, 4-bit k-means weight sharing'
-    b' with trained centroids, ANS-coded sparse codes (Han et al.)","stages":[{"method":"prune",'
-    b'"sparsity":{"default":0.9,"fc3":0.5},"scope":"layer"},{"method":"finetune","epochs":3},'
-    b'{"method":"cluster","bits":4,"init":"linear","include_bias":true},{"method":"finetune",'
-    b'"epochs":2,"lr":0.0001},{"method":"encode","coder":"ans","round_floats":"fp16"}]},'
-    b'"data":"mnist5k","seed":0},"source":{"kind":"zoo","ref":"lenet300","kwargs":{"in_shape":'
-    b'[1,28,28],"num_classes":10}},"arch":{"flatten":{"type":"Flatten","args":{"start_dim":1,'
-    b'"end_dim":-1}},"fc1":{"type":"Linear","args":{"in_features":784,"out_features":300,'
-    b'"bias":true}},"fc2":{"type":"Linear","args":{"in_features":300,"out_features":100,'
-    b'"bias":true}},"fc3":{"type":"Linear","args":{"in_features":100,"out_features":10,'
-    b'"bias":true}}},"info":{"recipe":{"name":"deep-compression",'
-    b'"t":[["fc1.weight","codebook",{"zero":1},[["indices","sparse-ans-col","u8",[300,784]],'
-    b'["codebook","f16","f32",[16]]]],["fc1.bias","codebook",{"zero":0},[["indices","packed",'
-    b'"u8",[300]],["codebook","f16","f32",[16]]]],["fc2.weight","codebook",{"zero":1},'
-    b'[["indices","sparse-ans","u8",[100,300]],["codebook","f16","f32",[16]]]],["fc2.bias",'
-    b'"codebook",{"zero":0},[["indices","ans","u8",[100]],["codebook","f16","f32",[16]]]],'
-    b'["fc3.weight","dense",{},[["values","raw","f32",[10,100]]]],["fc3.bias","dense",{},'
-    b'[["values","raw","f32",[10]]]]]}'
+    b'"padding_idx":null}},"Flatten","args":{"start_dim":1,"end_dim":-1}},"Identity",'
+    b'"source":{"kind":"zoo","factory","hf","ref":"kwargs":{"in_shape":[1,28,28],'
+    b'"num_classes":10}},"arch":{},"info":{"recipe":"data":"seed":0},'
+    b'"t":[[".weight",".bias","dense",{},[["values","raw","f32",[]]]],"affine",{"bits":8,'
+    b'"group_size":null},[["qdata","i8","u8","i32",["scale","f32",["zero_point",'
+    b'"codebook",{"zero":1},[["indices","sparse-ans-col","sparse-ans","sparse-huffman",'
+    b'"sparse-packed","bitmask","packed","huffman","ans","f16","bf16",["codebook","f32",'
 )
 
 
@@ -105,7 +93,7 @@ def to_bytes(model: nn.Module, *, info: dict[str, Any] | None = None) -> bytes:
         records.append([name, enc.kind, enc.meta or {}, fields])
     header = {
         "source": source.to_json(),
-        "arch": architecture(model),
+        "arch": changed_architecture(model, source),
         "info": info or {},
         "t": records,
     }
@@ -117,6 +105,18 @@ def to_bytes(model: nn.Module, *, info: dict[str, Any] | None = None) -> bytes:
     )
     fixed = FIXED.pack(MAGIC, VERSION, 0, len(head), crc32(head + table))
     return b"".join([fixed, head, table, *payloads])
+
+
+@functools.lru_cache(maxsize=8)
+def _source_architecture(source_json: str) -> dict[str, Any]:
+    return architecture(ModelSource.from_json(json.loads(source_json)).build())
+
+
+def changed_architecture(model: nn.Module, source: ModelSource) -> dict[str, Any]:
+    """Specs of the modules that differ from what the source builds (smaller layers after
+    surgery, replacement modules): all the loader needs on top of the source."""
+    base = _source_architecture(json.dumps(source.to_json(), sort_keys=True))
+    return {name: spec for name, spec in architecture(model).items() if base.get(name) != spec}
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
