@@ -221,7 +221,10 @@ def test_absurd_lengths_and_architecture(packed) -> None:
     with pytest.raises(FormatError):
         container.from_bytes(bytes(bad[:-5]))
     obj2, _ = _split(blob)
-    obj2["arch"]["fc1"]["args"]["in_features"] = 10**9
+    obj2["arch"]["fc1"] = {
+        "type": "Linear",
+        "args": {"in_features": 10**9, "out_features": 300, "bias": True},
+    }
     with pytest.raises(FormatError, match="too large"):
         container.from_bytes(_join(obj2, payloads))
     obj4, _ = _split(blob)
