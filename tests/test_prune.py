@@ -207,13 +207,3 @@ def test_builtin_pruning_recipes_load():
     for name in ("prune-gradual", "prune-channels"):
         stages = Recipe.load(name).stages
         assert stages[0].method == "prune" and stages[-1].method == "finetune"
-
-
-def test_readme_pruning_recipe_is_valid():
-    import re
-    from pathlib import Path
-
-    text = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
-    block = re.search(r"```yaml\n(.*?)```", text[text.index("### Pruning") :], re.S).group(1)
-    stages = Recipe.from_yaml(block).stages
-    assert [s.pattern for s in stages] == ["unstructured", "2:4", "channel"]
