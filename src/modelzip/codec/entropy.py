@@ -83,20 +83,31 @@ def ans_encode(symbols: np.ndarray) -> bytes:
     return head + section(words)
 
 
+def _open_stream(
+    data: bytes | memoryview, n: int, what: str
+) -> tuple[Reader, np.ndarray, np.ndarray | None]:
+    """Start decoding a coded stream: (reader, symbol support, the result when the stream is
+    trivial: empty, or one symbol repeated, which need no coded bits)."""
+    if n == 0:
+        if len(data):
+            raise FormatError(f"{what}: data present for an empty stream")
+        return Reader(data, what), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    r = Reader(data, what)
+    support = _read_support(r)
+    if support.size == 1:
+        r.done()
+        return r, support, np.full(n, support[0], dtype=np.int64)
+    return r, support, None
+
+
 def ans_decode(data: bytes | memoryview, n: int) -> np.ndarray:
     """Inverse of ``ans_encode`` for a stream of ``n`` symbols."""
     import constriction
 
-    if n == 0:
-        if len(data):
-            raise FormatError("ans stream: data present for an empty stream")
-        return np.zeros(0, dtype=np.int64)
-    r = Reader(data, "ans stream")
-    support = _read_support(r)
+    r, support, trivial = _open_stream(data, n, "ans stream")
+    if trivial is not None:
+        return trivial
     k = support.size
-    if k == 1:
-        r.done()
-        return np.full(n, support[0], dtype=np.int64)
     raw = r.section()
     r.done()
     if len(raw) % 4:
@@ -217,16 +228,10 @@ def huffman_encode(symbols: np.ndarray) -> bytes:
 
 
 def huffman_decode(data: bytes | memoryview, n: int) -> np.ndarray:
-    if n == 0:
-        if len(data):
-            raise FormatError("huffman stream: data present for an empty stream")
-        return np.zeros(0, dtype=np.int64)
-    r = Reader(data, "huffman stream")
-    support = _read_support(r)
+    r, support, trivial = _open_stream(data, n, "huffman stream")
+    if trivial is not None:
+        return trivial
     k = support.size
-    if k == 1:
-        r.done()
-        return np.full(n, support[0], dtype=np.int64)
     lengths = unpack(r.take((k * 5 + 7) // 8), 5, k) + 1
     if (np.sum(2.0 ** -lengths.astype(np.float64))) > 1.0 + 1e-12:
         raise FormatError("huffman stream: code lengths violate the Kraft inequality")
