@@ -29,7 +29,7 @@ import zstandard
 from torch import nn
 
 import modelzip as mz
-from modelzip import pipeline
+from modelzip import api, pipeline
 from modelzip.codec import container
 from modelzip.codec.inspect import inspect_bytes
 from modelzip.context import Context
@@ -56,7 +56,7 @@ def deep_compression(seed: int, data) -> dict:
     ctx = Context(data=data, trainer=Trainer(progress=False, seed=seed), seed=seed)
     torch.manual_seed(seed)
     model, _ = pipeline.run(model, recipe, ctx)
-    info = {"recipe": recipe.to_dict(), "data": data.name, "seed": seed}  # as api.compress
+    info = {"recipe": api.recipe_record(recipe), "data": data.name, "seed": seed}  # as compress
     blobs = {}
     for coder in CODERS:
         setattr(model, container.CODER_ATTR, coder)

@@ -306,3 +306,17 @@ def test_cli_inspect_json(packed, tmp_path) -> None:
     from modelzip.cli import main
 
     assert main(["inspect", str(bad)]) == 2
+
+
+def test_pruned_weights_are_positive_zeros_and_coded_sparse(lenet300):
+    from modelzip.codec.inspect import inspect_bytes
+    from modelzip.nn.constraints import Mask, constrain
+
+    w = lenet300.fc1.weight.detach()
+    constrain(lenet300.fc1, "weight", Mask(w.abs() > w.abs().quantile(0.9)))
+    pruned = lenet300.fc1.weight.detach()
+    assert not torch.signbit(pruned[pruned == 0]).any()  # no -0.0 from negative weights
+    info = inspect_bytes(container.to_bytes(lenet300))
+    fc1 = next(t for t in info["tensors"] if t["name"] == "fc1.weight")
+    # 10% of 19,200 fp32 values + an index: far below the 76,800 raw bytes
+    assert fc1["bytes"] < 0.15 * w.numel() * 4

@@ -76,7 +76,9 @@ class Mask(Constraint):
         self.register_buffer("mask", mask.to(torch.bool))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.mask
+        # where(), not x * mask: a negative weight times 0 is -0.0, which bit-exact codecs
+        # must keep as a nonzero bit pattern; pruned weights are +0.0.
+        return torch.where(self.mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
     def encode(self, x: torch.Tensor) -> Encoded:
         # The zeros carry the mask; codecs exploit them (sparse formats).
