@@ -39,6 +39,12 @@ def export_onnx(
     Returns the file size and, when checked, the max abs difference between ONNX Runtime and
     PyTorch on the example input.
     """
+    try:
+        import onnx  # noqa: F401  (torch's exporter needs it)
+    except ImportError:
+        raise UnsupportedError(
+            "ONNX export needs the onnx package: pip install 'modelzip[onnx]'"
+        ) from None
     model = model.eval()
     x = example if example is not None else example_input(model)
     buf = io.BytesIO()
