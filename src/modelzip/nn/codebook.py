@@ -43,6 +43,7 @@ class Codebook(Constraint):
     """
 
     kind = "codebook"
+    indices: torch.Tensor
 
     def __init__(
         self, indices: torch.Tensor, codebook: torch.Tensor, *, zero_slot: bool = False

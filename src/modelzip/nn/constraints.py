@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -70,6 +70,7 @@ class Mask(Constraint):
     """Pruning mask: pruned weights are exactly zero whatever the optimizer does."""
 
     kind = "masked"
+    mask: torch.Tensor
 
     def __init__(self, mask: torch.Tensor):
         super().__init__()
@@ -176,13 +177,18 @@ def constraints_of(module: nn.Module, name: str) -> list[nn.Module]:
     """The parametrizations on ``module.<name>``, innermost first ([] when unconstrained)."""
     if not parametrize.is_parametrized(module, name):
         return []
-    return list(module.parametrizations[name])
+    return list(_plist(module, name))
+
+
+def _plist(module: nn.Module, name: str) -> parametrize.ParametrizationList:
+    # ``parametrizations`` is added at runtime by parametrize; the stubs cannot know its type.
+    return cast(parametrize.ParametrizationList, cast(nn.ModuleDict, module.parametrizations)[name])
 
 
 def original(module: nn.Module, name: str) -> torch.Tensor:
     """The unconstrained tensor under any parametrizations."""
     if parametrize.is_parametrized(module, name):
-        return module.parametrizations[name].original
+        return _plist(module, name).original
     return getattr(module, name)
 
 
@@ -233,7 +239,7 @@ def remove_constraints(model: nn.Module) -> nn.Module:
     """Bake every constraint into its tensor (constrained values become plain parameters)."""
     for module in list(model.modules()):
         if parametrize.is_parametrized(module):
-            for name in list(module.parametrizations.keys()):
+            for name in list(cast(nn.ModuleDict, module.parametrizations).keys()):
                 parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     return model
 

@@ -9,6 +9,8 @@ trainer optimizes them. Both are transient: ``quant.convert`` turns them into in
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
@@ -46,6 +48,11 @@ class ActQuant(nn.Module):
     is a parameter trained by LSQ and the zero point stays where calibration put it.
     """
 
+    lo: torch.Tensor
+    hi: torch.Tensor
+    zero_point: torch.Tensor
+    scale: nn.Parameter | None
+
     def __init__(
         self, lo: float, hi: float, *, bits: int = 8, learned: bool = False, momentum: float = 0.01
     ):
@@ -60,15 +67,15 @@ class ActQuant(nn.Module):
     def qparams(self) -> tuple[float, int]:
         """The (scale, zero point) the integer layer will use."""
         if self.learned:
-            return float(self.scale.detach().abs().clamp_min(affine.MIN_SCALE)), int(
-                self.zero_point
-            )
+            step = cast(nn.Parameter, self.scale)  # set whenever ``learned``
+            return float(step.detach().abs().clamp_min(affine.MIN_SCALE)), int(self.zero_point)
         scale, zp = affine.qparams_from_range(self.lo, self.hi, self.bits, symmetric=False)
         return float(scale), int(zp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.learned:
-            return affine.lsq_fake_quantize(x, self.scale, self.zero_point, self.bits, False)
+            step = cast(nn.Parameter, self.scale)
+            return affine.lsq_fake_quantize(x, step, self.zero_point, self.bits, False)
         if self.training:
             with torch.no_grad():
                 m = self.momentum
@@ -83,7 +90,7 @@ def attach_input_quant(layer: nn.Module, quant: ActQuant) -> RemovableHandle:
     layer.add_module("input_quant", quant)
 
     def hook(module: nn.Module, args: tuple) -> tuple:
-        return (module.input_quant(args[0]), *args[1:])
+        return (cast(ActQuant, module.input_quant)(args[0]), *args[1:])
 
     return layer.register_forward_pre_hook(hook)
 
@@ -91,6 +98,6 @@ def attach_input_quant(layer: nn.Module, quant: ActQuant) -> RemovableHandle:
 def detach_input_quant(layer: nn.Module, handle: RemovableHandle) -> ActQuant:
     """Undo ``attach_input_quant``; returns the quantizer (for its final qparams)."""
     handle.remove()
-    quant = layer.input_quant
+    quant = cast(ActQuant, layer.input_quant)
     del layer.input_quant
     return quant

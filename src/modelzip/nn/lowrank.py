@@ -8,7 +8,7 @@ surgery still rebuilds.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -89,7 +89,7 @@ class LowRankConv2d(Buildable):
             padding=padding,
             dilation=dilation,
             bias=False,
-            padding_mode=padding_mode,
+            padding_mode=padding_mode,  # type: ignore[arg-type]  # a str; Conv2d validates it
         )
         self.second = nn.Conv2d(rank, out_channels, 1, bias=bias)
 
@@ -99,14 +99,15 @@ class LowRankConv2d(Buildable):
         if layer.groups != 1:
             raise ValueError("grouped convolutions are not factorized")
         w = layer.weight.detach()
+        # The stubs type a Conv2d's sizes as tuple[int, ...]; they are pairs.
         out = cls(
             layer.in_channels,
             layer.out_channels,
-            layer.kernel_size,
+            cast("tuple[int, int]", layer.kernel_size),
             rank,
-            stride=layer.stride,
-            padding=layer.padding,
-            dilation=layer.dilation,
+            stride=cast("tuple[int, int]", layer.stride),
+            padding=cast("str | tuple[int, int]", layer.padding),
+            dilation=cast("tuple[int, int]", layer.dilation),
             bias=layer.bias is not None,
             padding_mode=layer.padding_mode,
         )
@@ -115,7 +116,7 @@ class LowRankConv2d(Buildable):
             out.first.weight.copy_(b.reshape(rank, *w.shape[1:]))
             out.second.weight.copy_(a.reshape(w.shape[0], rank, 1, 1))
             if layer.bias is not None:
-                out.second.bias.copy_(layer.bias.detach())
+                cast(torch.Tensor, out.second.bias).copy_(layer.bias.detach())
         return out
 
     @property

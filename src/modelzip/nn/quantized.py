@@ -40,6 +40,16 @@ _DEPRECATION = r"torch\.quantize_per_tensor, torch\.quantize_per_channel"
 class _QuantBase(Buildable):
     """Buffers and packing shared by the integer layers."""
 
+    qweight: torch.Tensor
+    w_scale: torch.Tensor
+    w_zero_point: torch.Tensor
+    bias: torch.Tensor | None
+    in_scale: torch.Tensor
+    in_zero_point: torch.Tensor
+    out_scale: torch.Tensor
+    out_zero_point: torch.Tensor
+    out_float: bool
+
     def _init_buffers(self, out_ch: int, w_shape: tuple[int, ...], bias: bool) -> None:
         # Specs come from files: refuse nonsense sizes before allocating anything.
         if (

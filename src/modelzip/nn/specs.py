@@ -30,7 +30,7 @@ class Buildable(nn.Module):
         raise NotImplementedError
 
 
-def _conv(m: nn.Module) -> dict[str, Any]:
+def _conv(m: nn.Conv1d | nn.Conv2d) -> dict[str, Any]:
     return {
         "in_channels": m.in_channels,
         "out_channels": m.out_channels,
@@ -44,7 +44,7 @@ def _conv(m: nn.Module) -> dict[str, Any]:
     }
 
 
-def _bn(m: nn.Module) -> dict[str, Any]:
+def _bn(m: nn.BatchNorm1d | nn.BatchNorm2d) -> dict[str, Any]:
     return {
         "num_features": m.num_features,
         "eps": m.eps,
