@@ -21,7 +21,7 @@ import math
 import operator
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -339,7 +339,7 @@ def _producer(
             an.block(ref, f"{_op_name(node)} does not read them as input features")
         else:
             an.group(ref).consumers.append((name, ref.repeat))
-    channels = m.out_channels if is_conv else m.out_features
+    channels = cast(int, m.out_channels if is_conv else m.out_features)
     sid = an.new(channels, name)
     owner[name] = sid
     out = _Ref(sid, 1 if is_conv else max(len(_shape(node) or (0, 0)) - 1, 1))

@@ -8,6 +8,8 @@ constraints that hold other state are refused.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -20,7 +22,8 @@ from modelzip.nn.constraints import Mask
 def _slice(module: nn.Module, layer: str, name: str, dim: int, idx: torch.Tensor) -> None:
     """Keep entries ``idx`` along ``dim`` of ``module.<name>`` (parameter or buffer)."""
     if parametrize.is_parametrized(module, name):
-        plist = module.parametrizations[name]
+        plists = cast(nn.ModuleDict, module.parametrizations)  # added by parametrize
+        plist = cast(parametrize.ParametrizationList, plists[name])
         for p in plist:
             if isinstance(p, Mask):
                 p.mask = p.mask.index_select(dim, idx)
@@ -61,12 +64,12 @@ def remove_channels(model: nn.Module, group: Group, keep: torch.Tensor) -> None:
         if isinstance(m, nn.Linear):
             m.out_features = n
         else:
-            m.out_channels = n
+            cast("nn.Conv1d | nn.Conv2d", m).out_channels = n
     for name in group.norms:
         m = model.get_submodule(name)
         for t in ("weight", "bias", "running_mean", "running_var"):
             _slice(m, name, t, 0, keep)
-        m.num_features = n
+        cast("nn.BatchNorm1d | nn.BatchNorm2d", m).num_features = n
     for name, repeat in group.consumers:
         m = model.get_submodule(name)
         # After a flatten, channel c became features c*repeat ... c*repeat + repeat - 1.
@@ -75,5 +78,5 @@ def remove_channels(model: nn.Module, group: Group, keep: torch.Tensor) -> None:
         if isinstance(m, nn.Linear):
             m.in_features = int(idx.numel())
         else:
-            m.in_channels = n
+            cast("nn.Conv1d | nn.Conv2d", m).in_channels = n
     group.channels = n

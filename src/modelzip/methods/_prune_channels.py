@@ -7,7 +7,7 @@ and the least important are cut from every member, so the model holds smaller te
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -52,7 +52,7 @@ def prune_channels(
 
 
 def _width(layer: nn.Module) -> int:
-    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+    return layer.out_features if isinstance(layer, nn.Linear) else cast(int, layer.out_channels)
 
 
 def _one_round(

@@ -7,6 +7,7 @@ run, and masks attached to (or updated on) the modules.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,7 @@ from modelzip.ops import pruning
 def effective_weight(layer: nn.Module) -> torch.Tensor:
     """The weight as the layer computes with it (earlier masks and grids applied)."""
     with torch.no_grad():
-        return layer.weight.detach()
+        return cast(torch.Tensor, layer.weight).detach()
 
 
 def calibration_grads(

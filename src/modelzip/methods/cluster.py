@@ -15,7 +15,7 @@ Example (YAML)::
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -86,7 +86,7 @@ def _groups(cfg: ClusterConfig, layers: dict[str, nn.Module]) -> list[list[str]]
 
 def _cluster_group(
     members: list[tuple[str, nn.Module, str]], bits: int, cfg: ClusterConfig, gen: torch.Generator
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, Any]]:
     """Fit one codebook on the nonzero values of ``members`` and attach it to each."""
     values = [getattr(mod, attr).detach() for _, mod, attr in members]
     for (name, _, attr), v in zip(members, values, strict=True):
@@ -130,7 +130,7 @@ def cluster(model: nn.Module, cfg: ClusterConfig, ctx: Context) -> nn.Module:
     bits = per_layer(cfg.bits, layers, "bits")
     layers = {n: m for n, m in layers.items() if n in bits}
     gen = ctx.generator(offset=17)
-    report: dict[str, dict[str, float]] = {}
+    report: dict[str, dict[str, Any]] = {}
     for group in _groups(cfg, layers):
         group_bits = {bits[n] for n in group}
         if len(group_bits) > 1:

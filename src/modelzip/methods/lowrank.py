@@ -16,7 +16,7 @@ Example (YAML)::
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 from pydantic import Field, field_validator, model_validator
@@ -107,13 +107,14 @@ def _values(v: Any) -> list[Any]:
 
 
 def _shape(layer: nn.Module) -> tuple[int, int]:
-    w = layer.weight
+    w = cast(torch.Tensor, layer.weight)
     return w.shape[0], w[0].numel()
 
 
 def _matrix(layer: nn.Module) -> torch.Tensor:
     """The weight as the layer computes it (constraints applied), as a 2-D matrix."""
-    return layer.weight.detach().reshape(layer.weight.shape[0], -1)
+    w = cast(torch.Tensor, layer.weight)
+    return w.detach().reshape(w.shape[0], -1)
 
 
 def choose_rank(
@@ -228,7 +229,7 @@ def lowrank(model: nn.Module, cfg: LowrankConfig, ctx: Context) -> nn.Module:
         if isinstance(layer, nn.Linear):
             new: nn.Module = LowRankLinear.from_linear(layer, rank)
         else:
-            new = LowRankConv2d.from_conv(layer, rank)
+            new = LowRankConv2d.from_conv(cast(nn.Conv2d, layer), rank)  # Linear or Conv2d
         done[name] = {
             "shape": [m, n],
             "rank": rank,
@@ -237,7 +238,7 @@ def lowrank(model: nn.Module, cfg: LowrankConfig, ctx: Context) -> nn.Module:
             "params_after": lr.factored_params(m, n, rank),
             "energy_kept": round(lr.energy_kept(spectra[name], rank), 6),
         }
-        _set_module(model, name, new.to(layer.weight.device))
+        _set_module(model, name, new.to(cast(torch.Tensor, layer.weight).device))
     ctx.notes["rule"] = {rule: value}
     ctx.notes["layers"] = done
     ctx.notes["skipped"] = skipped

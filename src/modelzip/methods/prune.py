@@ -27,8 +27,9 @@ Example (YAML)::
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
@@ -227,7 +228,9 @@ def prune_once(
     """One pruning pass: score, build keep-masks by the config's rule, attach them."""
     if cfg.threshold is not None:
         with_masks = {
-            n: pruning.threshold_keep(m.weight.detach(), cfg.threshold.rule, cfg.threshold.quality)
+            n: pruning.threshold_keep(
+                _weight(m).detach(), cfg.threshold.rule, cfg.threshold.quality
+            )
             for n, m in layers.items()
         }
     else:
@@ -261,7 +264,7 @@ def _gradual(
     every = max(1, int(0.75 * steps) // updates)
     end = every * updates  # the last update lands exactly on the final sparsity
     for layer in layers.values():  # masks exist before the optimizer sees the parameters
-        set_mask(layer, layer.weight.detach() == layer.weight.detach())
+        set_mask(layer, _weight(layer).detach() == _weight(layer).detach())
     history: list[dict[str, Any]] = []
 
     def at(step: int) -> dict[str, float]:
@@ -296,7 +299,7 @@ def _nm_capable(layers: dict[str, nn.Module], m: int, ctx: Context) -> dict[str,
     """Layers whose input dimension splits into groups of M; the others are reported."""
     ok, skipped = {}, {}
     for name, layer in layers.items():
-        cin = layer.weight.shape[1]
+        cin = _weight(layer).shape[1]
         if cin % m:
             skipped[name] = f"input dimension {cin} is not a multiple of M={m}"
         else:
@@ -311,6 +314,11 @@ def _nm_capable(layers: dict[str, nn.Module], m: int, ctx: Context) -> dict[str,
 
 def _mean(sparsity: dict[str, float], layers: dict[str, nn.Module]) -> float:
     """Size-weighted mean sparsity of the layers."""
-    sizes = {n: layers[n].weight.numel() for n in sparsity}
+    sizes = {n: _weight(layers[n]).numel() for n in sparsity}
     total = sum(sizes.values())
     return round(sum(sparsity[n] * sizes[n] for n in sparsity) / max(total, 1), 6)
+
+
+def _weight(layer: nn.Module) -> torch.Tensor:
+    # A selected layer's weight; the stubs type module attributes as Tensor | Module.
+    return cast(torch.Tensor, layer.weight)

@@ -9,8 +9,9 @@ layers are converted exactly as static PTQ converts them (``quantize`` with ``ac
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, cast
 
+import torch
 from pydantic import Field, field_validator
 from torch import nn
 
@@ -60,18 +61,20 @@ def qat(model: nn.Module, cfg: QATConfig, ctx: Context) -> nn.Module:
     bits = per_layer(cfg.bits, layers, "bits")
     chosen = {n: layers[n] for n in bits}
     for name, layer in chosen.items():
-        check_finite(name, layer.weight.detach())
+        check_finite(name, cast(torch.Tensor, layer.weight).detach())
     batches = calibrate.calibration_batches(ctx, cfg.calibration_batches)
     axis = 0 if cfg.granularity == "channel" else None
     report: dict[str, dict] = {}
     for name, b in bits.items():
         layer = chosen[name]
-        w = layer.weight.detach().clone()
+        w = cast(torch.Tensor, layer.weight).detach().clone()
         q = LearnedAffineQuant(b, w, axis=axis) if cfg.lsq else AffineQuant(b, axis=axis)
         constrain(layer, "weight", q)
         report[name] = {
             "bits": b,
-            "sqnr_db_before_training": round(affine.sqnr_db(w, layer.weight.detach()), 2),
+            "sqnr_db_before_training": round(
+                affine.sqnr_db(w, cast(torch.Tensor, layer.weight).detach()), 2
+            ),
         }
     skipped = {n: r for n, m in chosen.items() if (r := convert.why_not_convertible(m))}
     todo = {n: m for n, m in chosen.items() if n not in skipped}

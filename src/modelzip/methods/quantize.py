@@ -19,7 +19,7 @@ stage notes say which and why.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -135,7 +135,7 @@ def weight_constraint(name: str, w: torch.Tensor, bits: int, cfg: QuantizeConfig
         )
     group = None
     if cfg.granularity == "group":
-        group = cfg.group_size
+        group = cast(int, cfg.group_size)  # the config's validator requires it here
         per_channel = w[0].numel() if w.dim() > 1 else w.numel()
         if per_channel % group:
             raise ConfigError(
@@ -152,16 +152,16 @@ def quantize_weights(
     """Constrain each layer's weight to its grid; returns (float weights, error report)."""
     grids = {}
     for name, b in bits.items():  # check every layer before changing any
-        w = layers[name].weight.detach()
+        w = cast(torch.Tensor, layers[name].weight).detach()
         check_finite(name, w)
         grids[name] = weight_constraint(name, w, b, cfg)
     before: dict[str, torch.Tensor] = {}
     report: dict[str, dict[str, Any]] = {}
     for name, b in bits.items():
         layer = layers[name]
-        w = layer.weight.detach().clone()
+        w = cast(torch.Tensor, layer.weight).detach().clone()
         constrain(layer, "weight", grids[name])
-        w_hat = layer.weight.detach()
+        w_hat = cast(torch.Tensor, layer.weight).detach()
         before[name] = w
         report[name] = {
             "bits": b,

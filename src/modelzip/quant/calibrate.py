@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -94,7 +95,7 @@ def observe(
         s.hist = observers.new_histogram(s.in_lo, s.in_hi)
 
     def fill(name: str, _m: nn.Module, x: torch.Tensor, _y: torch.Tensor) -> None:
-        observers.add(stats[name].hist, x)
+        observers.add(cast(observers.Histogram, stats[name].hist), x)  # set by the first pass
 
     with _hooks(layers, fill):
         _run(model, batches)
@@ -105,7 +106,8 @@ def input_qparams(
     stats: LayerStats, observer: str, bits: int = 8, percentile: float = 99.99
 ) -> tuple[float, int, tuple[float, float]]:
     """(scale, zero point, chosen range) of a layer's uint8 input."""
-    lo, hi = observers.choose_range(stats.hist, observer, bits, percentile=percentile)
+    hist = cast(observers.Histogram, stats.hist)  # filled by calibration
+    lo, hi = observers.choose_range(hist, observer, bits, percentile=percentile)
     scale, zp = affine.qparams_from_range(torch.tensor(lo), torch.tensor(hi), bits, symmetric=False)
     return float(scale), int(zp), (lo, hi)
 
@@ -150,7 +152,7 @@ def correct_biases(
         if name in in_qparams:
             s, zp = in_qparams[name]
             xq = affine.fake_quantize(x, torch.tensor(s), torch.tensor(float(zp)), bits, False)
-        err = _layer_op(m, xq, m.weight) - _layer_op(m, x, float_weights[name])
+        err = _layer_op(m, xq, cast(torch.Tensor, m.weight)) - _layer_op(m, x, float_weights[name])
         dims = [d for d in range(err.dim()) if d != 1]
         sums[name] = sums.get(name, 0) + err.sum(dim=dims).double()
         counts[name] += err.numel() // err.shape[1]
@@ -165,7 +167,7 @@ def correct_biases(
             delta = (sums[name] / max(counts[name], 1)).float()
             if m.bias is None:
                 m.bias = nn.Parameter(torch.zeros_like(delta))
-            m.bias.sub_(delta)
+            cast(torch.Tensor, m.bias).sub_(delta)
             report[name] = float(delta.abs().mean())
     return report
 

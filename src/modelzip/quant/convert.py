@@ -11,6 +11,9 @@ layer's input grid, which also applies the ReLU for free when that grid starts a
 
 from __future__ import annotations
 
+from typing import cast
+
+import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -55,30 +58,35 @@ def to_integer(
     reason = why_not_convertible(layer)
     if reason is not None:
         raise ValueError(reason)
-    plist = layer.parametrizations["weight"]
+    # Checked above: a parametrized weight whose outermost constraint is an AffineQuant.
+    plists = cast(nn.ModuleDict, layer.parametrizations)
+    plist = cast(parametrize.ParametrizationList, plists["weight"])
     x = plist.original
     for p in list(plist)[:-1]:
         x = p(x)
-    codes, scale, zp = plist[-1].codes(x)
-    if not plist[-1].signed:  # unsigned codes (asymmetric default): shift into int8
+    q = cast(AffineQuant, plist[-1])
+    codes, scale, zp = q.codes(x)
+    if not q.signed:  # unsigned codes (asymmetric default): shift into int8
         codes, zp = codes.int() - 128, zp - 128
     bias = layer.bias is not None
     if isinstance(layer, nn.Linear):
         new: _QuantBase = QuantLinear(layer.in_features, layer.out_features, bias=bias)
     else:
+        conv = cast(nn.Conv2d, layer)
+        # The stubs type a Conv2d's sizes as tuple[int, ...] (padding also str, refused above).
         new = QuantConv2d(
-            layer.in_channels,
-            layer.out_channels,
-            layer.kernel_size,
-            stride=layer.stride,
-            padding=layer.padding,
-            dilation=layer.dilation,
-            groups=layer.groups,
+            conv.in_channels,
+            conv.out_channels,
+            cast("tuple[int, int]", conv.kernel_size),
+            stride=cast("tuple[int, int]", conv.stride),
+            padding=cast("tuple[int, int]", conv.padding),
+            dilation=cast("tuple[int, int]", conv.dilation),
+            groups=conv.groups,
             bias=bias,
         )
     new.set_weight(codes, scale, zp)
     if bias:
-        new.bias.copy_(layer.bias.detach())
+        cast(torch.Tensor, new.bias).copy_(cast(torch.Tensor, layer.bias).detach())
     new.set_qparams(in_qparams, out_qparams)
     return new
 

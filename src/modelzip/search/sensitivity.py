@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
+import torch
 from torch import nn
 
 from modelzip.context import Context
@@ -88,7 +89,7 @@ def sensitivity(
         drops = [round(base - a, 6) for a in accs]
         ok = [s for s, d in zip(sparsities, drops, strict=True) if d <= max_drop]
         out_layers[name] = {
-            "params": layer.weight.numel(),
+            "params": cast(torch.Tensor, layer.weight).numel(),
             "accuracy": accs,
             "drop": drops,
             "max_sparsity": max(ok) if ok else 0.0,
