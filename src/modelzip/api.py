@@ -36,7 +36,10 @@ from modelzip.zoo.data import load_data as _load_data
 log = logging.getLogger("modelzip")
 
 #: How zoo baselines are trained when no weights are given.
-BASELINE_TRAINING = {"lenet300": {"epochs": 20, "lr": 1e-3}, "lenet5": {"epochs": 12, "lr": 1e-3}}
+BASELINE_TRAINING: dict[str, dict[str, Any]] = {
+    "lenet300": {"epochs": 20, "lr": 1e-3},
+    "lenet5": {"epochs": 12, "lr": 1e-3},
+}
 CACHE_VERSION = 1
 
 
@@ -144,7 +147,7 @@ def _trained_baseline(
     torch.manual_seed(seed)
     for m in model.modules():  # deterministic init per seed
         if hasattr(m, "reset_parameters"):
-            m.reset_parameters()
+            m.reset_parameters()  # type: ignore[operator]  # stubs: Tensor | Module
     Trainer(progress=progress, seed=seed).fit(
         model, data.train, epochs=cfg["epochs"], lr=cfg["lr"], description=f"baseline {source.ref}"
     )

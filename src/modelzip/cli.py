@@ -18,7 +18,7 @@ from modelzip.errors import ModelzipError
 try:  # typer >= 0.20 vendors its own click
     from typer._click import exceptions as clickx
 except ImportError:  # pragma: no cover - older typer uses click itself
-    from click import exceptions as clickx
+    from click import exceptions as clickx  # type: ignore[no-redef]
 
 app = typer.Typer(
     name="modelzip",

@@ -54,7 +54,7 @@ def export_onnx(
             torch.onnx.export(
                 model,
                 (x,),
-                buf,
+                buf,  # type: ignore[arg-type]  # a file object is accepted too
                 dynamo=False,
                 opset_version=opset,
                 input_names=["input"],

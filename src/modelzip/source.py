@@ -59,7 +59,7 @@ class ModelSource:
             from modelzip.zoo.text import minilm_dir
 
             folder = minilm_dir() if self.kind == "zoo" else self.ref
-            model = build_encoder(folder, pretrained=pretrained)
+            model: nn.Module = build_encoder(folder, pretrained=pretrained)
         elif self.kind == "zoo":
             kw = dict(self.kwargs)
             # Remaining kwargs are the zoo model's width options (e.g. a distillation student).

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -72,7 +73,7 @@ class Trainer:
             return float("nan")
         opt = make_optimizer(optimizer, trainable, lr, weight_decay)
         model.to(self.device).train()
-        steps_per_epoch = len(loader) if hasattr(loader, "__len__") else None
+        steps_per_epoch = len(cast(Sized, loader)) if hasattr(loader, "__len__") else None
         step, last = 0, float("nan")
         with self._progress() as bar:
             task = bar.add_task(description, total=(steps_per_epoch or 0) * epochs or None)

@@ -32,7 +32,7 @@ from modelzip.codec.codecs import DTYPES, dtype_name, encode_smallest, get_codec
 from modelzip.errors import FormatError, ModelError
 from modelzip.nn import constraints
 from modelzip.nn.specs import apply_architecture, architecture
-from modelzip.source import ModelSource, source_of
+from modelzip.source import ATTR, ModelSource, source_of
 
 FORMAT = "modelzip"
 MAGIC = b"MZIP"
@@ -362,5 +362,5 @@ def from_bytes(data: bytes, *, name: str = "<bytes>") -> tuple[nn.Module, dict[s
         first = str(exc).strip().splitlines()
         detail = " ".join(line.strip() for line in first[:3])
         raise FormatError(f"{name}: stored tensors do not fit the architecture: {detail}") from None
-    model.modelzip_source = source
+    setattr(model, ATTR, source)  # model.modelzip_source
     return model.eval(), header

@@ -178,7 +178,9 @@ def huffman_lengths(counts: np.ndarray, max_len: int = MAX_HUFFMAN_LEN) -> np.nd
     if counts.size == 1:
         return np.ones(1, dtype=np.int64)
     while True:
-        heap = [(int(c), i, (i,)) for i, c in enumerate(counts)]
+        heap: list[tuple[int, int, tuple[int, ...]]] = [
+            (int(c), i, (i,)) for i, c in enumerate(counts)
+        ]
         heapq.heapify(heap)
         lengths = np.zeros(counts.size, dtype=np.int64)
         tie = counts.size

@@ -33,6 +33,8 @@ def inspect_bytes(data: bytes, name: str = "<bytes>") -> dict[str, Any]:
     state = decode_state(header, parts, file_bytes=len(data))
     rows = []
     for tname, rec in header["tensors"].items():
+        stream_bits: float
+        dense_bits: float
         nbytes = stream_bits = dense_bits = code = 0
         codecs = []
         for fname, frec in rec["fields"].items():

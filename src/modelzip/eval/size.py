@@ -55,6 +55,6 @@ def torch_save_bytes(model: nn.Module) -> int:
     for name, buf in model.named_buffers():
         if ".parametrizations." not in name:
             state.setdefault(name, buf)
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    return buf.tell()
+    out = io.BytesIO()
+    torch.save(state, out)
+    return out.tell()
