@@ -57,6 +57,13 @@ class Context:
 
         return cosine_to_teacher
 
+    def fit(self, model: nn.Module, *, loss_fn: LossFn | None = None, **options: Any) -> float:
+        """Train ``model`` on the train split with the task's loss (``default_loss``) unless
+        ``loss_fn`` is given; ``options`` go to ``Trainer.fit`` (epochs, lr, on_step, ...)."""
+        return self.trainer.fit(
+            model, self.data.train, loss_fn=loss_fn or self.default_loss(), **options
+        )
+
     def generator(self, offset: int = 0) -> torch.Generator:
         """A torch generator seeded from the run's seed (offset for independent streams)."""
         return torch.Generator().manual_seed(self.seed * 1_000_003 + offset)

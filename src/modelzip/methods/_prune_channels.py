@@ -35,9 +35,8 @@ def prune_channels(
         step = {n: pruning.iterative_sparsity(r, rounds, s) for n, s in targets.items()}
         _one_round(model, targets, step, before, cfg, ctx, stream=r)
         if cfg.schedule == "iterative":
-            loss = ctx.trainer.fit(
+            loss = ctx.fit(
                 model,
-                ctx.data.train,
                 epochs=cfg.epochs,
                 lr=cfg.lr,
                 description=f"channel prune round {r}/{rounds}",

@@ -235,9 +235,8 @@ def distill(model: nn.Module, cfg: DistillConfig, ctx: Context) -> nn.Module:
             return loss
 
         params = [*student.parameters(), *adapters.parameters()]
-        train_loss = ctx.trainer.fit(
+        train_loss = ctx.fit(
             student,
-            ctx.data.train,
             epochs=cfg.epochs,
             lr=cfg.lr,
             optimizer=cfg.optimizer,

@@ -28,14 +28,12 @@ class FinetuneConfig(MethodConfig):
 @register(FinetuneConfig)
 def finetune(model: nn.Module, cfg: FinetuneConfig, ctx: Context) -> nn.Module:
     """Fine-tune on the train split (masks, quantization grids and codebooks are kept)."""
-    loss = ctx.trainer.fit(
+    loss = ctx.fit(
         model,
-        ctx.data.train,
         epochs=cfg.epochs,
         lr=cfg.lr,
         optimizer=cfg.optimizer,
         weight_decay=cfg.weight_decay,
-        loss_fn=ctx.default_loss(),
         description="finetune",
     )
     ctx.notes["train_loss"] = round(loss, 6)

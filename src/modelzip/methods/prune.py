@@ -191,9 +191,8 @@ def prune(model: nn.Module, cfg: PruneConfig, ctx: Context) -> nn.Module:
         for r in range(1, rounds + 1):
             step = {n: pruning.iterative_sparsity(r, rounds, s) for n, s in targets.items()}
             prune_once(model, layers, step, cfg, ctx, stream=r)
-            loss = ctx.trainer.fit(
+            loss = ctx.fit(
                 model,
-                ctx.data.train,
                 epochs=cfg.epochs,
                 lr=cfg.lr,
                 description=f"prune round {r}/{rounds}",
@@ -282,9 +281,8 @@ def _gradual(
 
     if cfg.initial_sparsity > 0:
         prune_once(model, layers, at(0), cfg, ctx)
-    loss = ctx.trainer.fit(
+    loss = ctx.fit(
         model,
-        ctx.data.train,
         epochs=cfg.epochs,
         lr=cfg.lr,
         on_step=on_step,

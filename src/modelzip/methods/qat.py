@@ -89,9 +89,8 @@ def qat(model: nn.Module, cfg: QATConfig, ctx: Context) -> nn.Module:
             stats[name], act.observer, act.bits, act.percentile
         )
         handles[name] = attach_input_quant(layer, ActQuant(lo, hi, bits=act.bits, learned=cfg.lsq))
-    loss = ctx.trainer.fit(
+    loss = ctx.fit(
         model,
-        ctx.data.train,
         epochs=cfg.epochs,
         lr=cfg.lr,
         optimizer=cfg.optimizer,
