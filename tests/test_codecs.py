@@ -112,7 +112,53 @@ def test_sparse_ans_beats_packing_on_pruned_codes() -> None:
 
 def test_decoders_reject_short_payloads() -> None:
     t = torch.arange(100, dtype=torch.uint8)
-    for name in ("raw", "packed", "ans", "huffman"):
+    for name in ("raw", "packed", "ans", "huffman", "zstd"):
         data = get_codec(name).encode(t)
         with pytest.raises(FormatError):
             get_codec(name).decode_shaped(memoryview(data[: len(data) // 2]), torch.uint8, [100])
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.array([-(2**63), 2**63 - 1, 0, 5]),  # 64-bit lanes, full int64 range
+        np.arange(-40000, 40000, 7),  # 32-bit lanes
+        np.arange(0, 60000, 3),  # 16-bit lanes
+        np.array([1, 0, 1, 1, 0]),  # 1-bit lanes
+        np.array([3, 0, 2, 1, 3, 3, 0]),  # 2-bit lanes, odd count
+    ],
+)
+def test_zstd_lanes_round_trip_every_width(values: np.ndarray) -> None:
+    t = torch.from_numpy(values).to(torch.int64)
+    for name in ("zstd", "sparse-zstd"):
+        _roundtrip(t, name)
+
+
+def test_zstd_frames_are_checked_before_decompressing() -> None:
+    from modelzip.codec import zstd
+
+    codec = get_codec("zstd")
+    good = codec.encode(torch.arange(200, dtype=torch.uint8) % 16)
+    head = good[:2]
+    assert head == b"\x00\x04"  # varint zigzag(min 0), 4-bit lanes
+    bomb = head + zstd.compress(bytes(50_000_000))  # a tiny frame that declares 50 MB
+    with pytest.raises(FormatError, match="declares 50000000 bytes, expected 100"):
+        codec.decode_shaped(memoryview(bomb), torch.uint8, [200])
+    with pytest.raises(FormatError, match="unexpected bytes after the frame"):
+        codec.decode_shaped(memoryview(good + b"junk"), torch.uint8, [200])
+    with pytest.raises(FormatError):
+        codec.decode_shaped(memoryview(good[:-3]), torch.uint8, [200])
+    with pytest.raises(FormatError, match="bad lane width"):
+        codec.decode_shaped(memoryview(b"\x00\x03" + good[2:]), torch.uint8, [200])
+
+
+def test_zstd_is_fast_and_near_entropy_on_weight_codes() -> None:
+    """On skewed 4-bit codes the memory-speed codec stays within 2% of ANS."""
+    rng = np.random.default_rng(3)
+    p = np.exp(-0.5 * ((np.arange(16) - 7.5) / 3) ** 2)
+    v = torch.from_numpy(rng.choice(16, 200_000, p=p / p.sum()).astype(np.uint8))
+    z = len(get_codec("zstd").encode(v))
+    a = len(get_codec("ans").encode(v))
+    assert z <= 1.02 * a
+    assert z <= 1.02 * empirical_entropy_bits(v.numpy()) / 8 + 64
+    assert get_codec("zstd").decode_ns(v) == 0.0 < get_codec("ans").decode_ns(v)

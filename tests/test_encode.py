@@ -1,9 +1,12 @@
 """The encode stage, the deep-compression recipe, and coder choices that decode alike."""
 
+import math
+
 import torch
 
 import modelzip as mz
 from modelzip.codec import container
+from modelzip.codec.codecs import Option, choose
 from modelzip.context import Context
 from modelzip.recipe import Recipe, builtin_recipes
 from modelzip.registry import get_method
@@ -28,19 +31,41 @@ def test_coders_change_bytes_not_weights() -> None:
     ):
         m = get_method(stage.pop("method"))
         model = m.apply(model, m.config.parse(stage), ctx)
-    sizes, states = {}, {}
-    for coder in ("ans", "huffman", "packed", "raw", "auto"):
+    sizes, states, codecs = {}, {}, {}
+    choices = {c: {"coder": c} for c in ("ans", "huffman", "zstd", "packed", "raw", "auto")}
+    choices["smallest"] = {"coder": "auto", "decode_budget_ms": None}
+    for label, cfg in choices.items():
         enc = get_method("encode")
-        model = enc.apply(model, enc.config.parse({"coder": coder}), ctx)
+        model = enc.apply(model, enc.config.parse(cfg), ctx)
         blob = container.to_bytes(model)
-        sizes[coder] = len(blob)
-        states[coder] = container.from_bytes(blob)[0].state_dict()
+        sizes[label] = len(blob)
+        states[label] = container.from_bytes(blob)[0].state_dict()
+        header, _ = container.read_header(blob)
+        codecs[label] = {
+            f["codec"] for t in header["tensors"].values() for f in t["fields"].values()
+        }
     assert sizes["ans"] < sizes["packed"] < sizes["raw"]
+    assert sizes["zstd"] < sizes["packed"]
     assert sizes["ans"] <= sizes["huffman"]
-    assert sizes["auto"] <= min(sizes.values())
+    assert sizes["smallest"] <= min(sizes.values())
+    # the default decodes at memory speed: no symbol-by-symbol coder, yet close to the smallest
+    assert not any("ans" in c or "huffman" in c for c in codecs["auto"])
+    assert (
+        sizes["auto"] <= min(sizes["zstd"], sizes["packed"]) and sizes["auto"] < 1.05 * sizes["ans"]
+    )
     for coder, state in states.items():
         for k, v in state.items():
             assert torch.equal(v, states["raw"][k]), (coder, k)
+
+
+def test_decode_budget_goes_where_slow_coders_save_most() -> None:
+    fast = [Option("zstd", bytes(100), 0.0), Option("zstd", bytes(100), 0.0)]
+    slow = [Option("ans", bytes(90), 1e6), Option("ans", bytes(50), 1e6)]  # 10 vs 50 B saved
+    options = list(zip(fast, slow, strict=True))
+    assert [o.codec for o in choose(options, 0.0)] == ["zstd", "zstd"]
+    assert [o.codec for o in choose(options, 1.5e6)] == ["zstd", "ans"]
+    assert [o.codec for o in choose(options, math.inf)] == ["ans", "ans"]
+    assert choose([(fast[0], None)], math.inf) == [fast[0]]
 
 
 def test_round_floats_is_explicit_and_stored_in_16_bits() -> None:
@@ -49,8 +74,9 @@ def test_round_floats_is_explicit_and_stored_in_16_bits() -> None:
     ctx = Context(data=data, trainer=Trainer(progress=False))
     enc = get_method("encode")
     model = enc.apply(model, enc.config.parse({"round_floats": "fp16"}), ctx)
-    header, _ = container.read_header(container.to_bytes(model))
-    assert header["tensors"]["fc1.weight"]["fields"]["values"]["codec"] == "f16"
+    n = model.fc1.weight.numel()
+    _, parts = container.read_header(container.to_bytes(model))
+    assert len(parts["fc1.weight/values"]) <= 2 * n  # 16 bits or fewer per value
     plain = mz.load_model("zoo:lenet300", data=data)
-    header, _ = container.read_header(container.to_bytes(plain))
-    assert header["tensors"]["fc1.weight"]["fields"]["values"]["codec"] == "raw"
+    _, parts = container.read_header(container.to_bytes(plain))
+    assert len(parts["fc1.weight/values"]) > 3 * n  # fp32 weights: no silent rounding

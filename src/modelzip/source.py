@@ -6,9 +6,11 @@ arguments, all JSON. It is attached to the model as ``model.modelzip_source``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,11 +51,18 @@ class ModelSource:
         """Whether the source carries trained weights (no baseline training needed)."""
         return self.kind == "hf" or (self.kind == "zoo" and self.ref in PRETRAINED_ZOO)
 
-    def build(self, *, pretrained: bool = False) -> nn.Module:
+    def build(self, *, pretrained: bool = False, empty: bool = False) -> nn.Module:
         """Instantiate the architecture and tag it with this source.
 
-        Weights are fresh unless ``pretrained`` and the source carries trained weights.
+        Weights are fresh unless ``pretrained`` and the source carries trained weights. With
+        ``empty``, parameters live on the meta device (no memory, no random initialisation,
+        which costs more than decoding a whole .mzip for a transformer); the caller must then
+        assign every one (``load_state_dict(..., assign=True)``). Buffers stay real, so
+        derived buffers that no state_dict holds (position ids) keep their values.
         """
+        if empty:
+            with parameters_on_meta():
+                return self.build(pretrained=pretrained)
         if self.kind == "hf" or (self.kind == "zoo" and self.ref in PRETRAINED_ZOO):
             from modelzip.zoo.hf import build_encoder
             from modelzip.zoo.text import minilm_dir
@@ -68,6 +77,25 @@ class ModelSource:
             model = _call_factory(self.ref, self.kwargs)
         setattr(model, ATTR, self)
         return model
+
+
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Every parameter registered inside the block moves to the meta device as it is created,
+    so constructors' initialisers run on meta tensors, for free."""
+    original = nn.Module.register_parameter
+
+    def register(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        original(module, name, param)
+        if param is not None and param.device.type != "meta":
+            kind = type(param)
+            module._parameters[name] = kind(param.to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = register  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original  # type: ignore[method-assign]
 
 
 def source_of(model: nn.Module) -> ModelSource | None:

@@ -18,7 +18,7 @@ allocates; violations raise ``FormatError``.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -53,7 +53,8 @@ DTYPES: dict[str, torch.dtype] = {
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 #: Coder choices of the ``encode`` stage -> codec families allowed.
 CODERS = {
-    "auto": ("raw", "packed", "huffman", "ans"),
+    "auto": ("raw", "packed", "zstd", "huffman", "ans"),
+    "zstd": ("raw", "packed", "zstd"),
     "ans": ("raw", "packed", "ans"),
     "huffman": ("raw", "packed", "huffman"),
     "packed": ("raw", "packed"),
@@ -67,6 +68,14 @@ SPARSE_MIN_ZEROS = 0.3
 COLUMN_MAX_ROWS = 8192
 #: Huffman decodes in a Python loop: it is tried on streams up to this length only.
 HUFFMAN_MAX_SYMBOLS = 2_000_000
+#: Estimated decode time, ns per coded symbol, of the coders that decode symbol by symbol
+#: (measured on the project's 2-core CI machine; ``benchmarks/mzip_coding.py``). Every other
+#: codec decodes at memory speed (about 1-2 ns an element) and is not budgeted.
+SLOW_NS = {"ans": 27.0, "huffman": 200.0, "mask-bit": 50.0, "mask-row": 7000.0}
+#: Default for ``coder: auto``: how much estimated decode time the slow coders may add to
+#: loading one file (they go where they save the most bytes per nanosecond). 0: files decode
+#: at memory speed; zstd over byte-aligned codes is within a few percent of ANS.
+DECODE_BUDGET_MS = 0.0
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -144,6 +153,11 @@ class Codec:
     def streams(self, t: torch.Tensor) -> list[np.ndarray]:
         """The integer symbol streams this codec entropy-codes for ``t`` (for entropy bounds)."""
         return []
+
+    def decode_ns(self, t: torch.Tensor) -> float:
+        """Estimated decode time of ``t`` when it decodes symbol by symbol; 0 for codecs that
+        decode at memory speed."""
+        return 0.0
 
 
 class Raw(Codec):
@@ -237,19 +251,34 @@ class _Dense(Codec):
             raise FormatError(f"{self.name} codec stores integer tensors, not {dtype}")
         r = Reader(data, f"{self.name} payload")
         lo = unzigzag(r.varint())
-        return _to_dtype(_uncode(self.family, r.take(r.remaining()), n) + lo, dtype)
+        return _to_dtype(_uncode(self.family, r.take(r.remaining()), n), dtype, lo)
 
     def streams(self, t: torch.Tensor) -> list[np.ndarray]:
         v = _ints(t)
         return [v - v.min()] if self.family != "packed" else []
 
+    def decode_ns(self, t: torch.Tensor) -> float:
+        return SLOW_NS.get(self.family, 0.0) * t.numel()
 
-def _to_dtype(v: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-    info = torch.iinfo(dtype) if dtype != torch.bool else None
-    lo, hi = (0, 1) if info is None else (info.min, info.max)
-    if v.size and (int(v.min()) < lo or int(v.max()) > hi):
+
+def _to_dtype(v: np.ndarray, dtype: torch.dtype, lo: int = 0) -> torch.Tensor:
+    """The values ``v + lo`` as ``dtype``; refused when any does not fit. The range is checked
+    on min/max first, so narrow decoded arrays convert without an int64 detour (the addition
+    then wraps modulo 2^bits, which is exact for results inside the range)."""
+    if dtype == torch.bool:
+        lim_lo, lim_hi = 0, 1
+    else:
+        info = torch.iinfo(dtype)
+        lim_lo, lim_hi = info.min, info.max
+    if v.size and (int(v.min()) + lo < lim_lo or int(v.max()) + lo > lim_hi):
         raise FormatError(f"decoded values do not fit {dtype}")
-    return torch.from_numpy(v).to(dtype)
+    if dtype == torch.bool:
+        return torch.from_numpy(v.astype(np.int64) + lo != 0)
+    target = torch.empty(0, dtype=dtype).numpy().dtype
+    out = v.astype(target)
+    if lo:
+        out += np.asarray((lo - lim_lo) % (lim_hi - lim_lo + 1) + lim_lo, dtype=target)
+    return torch.from_numpy(out)
 
 
 class Packed(_Dense):
@@ -287,21 +316,57 @@ def candidates(coder: str = "auto") -> list[str]:
     return [n for n, c in sorted(_CODECS.items()) if c.family in fams]
 
 
-def encode_smallest(t: torch.Tensor, coder: str = "auto") -> tuple[str, bytes]:
-    """Encode with every applicable allowed codec and keep the smallest output."""
+class Option(NamedTuple):
+    """One codec's encoding of a tensor and its estimated decode time."""
+
+    codec: str
+    data: bytes
+    decode_ns: float
+
+
+def encode_options(t: torch.Tensor, coder: str = "auto") -> tuple[Option, Option | None]:
+    """Encode with every applicable allowed codec: (the smallest output among codecs that
+    decode at memory speed, the smallest among slow ones when it is smaller still)."""
     t = t.detach().cpu()
-    best: tuple[str, bytes] | None = None
+    fast: Option | None = None
+    slow: Option | None = None
     for name in candidates(coder):
         codec = get_codec(name)
         if not codec.applies_to(t):
             continue
         data = codec.encode(t)
-        if best is None or len(data) < len(best[1]):
-            best = (name, data)
-    if best is None:
+        cost = codec.decode_ns(t)
+        if cost == 0.0 and (fast is None or len(data) < len(fast.data)):
+            fast = Option(name, data, 0.0)
+        elif cost > 0.0 and (slow is None or len(data) < len(slow.data)):
+            slow = Option(name, data, cost)
+    if fast is None:
         raise FormatError(f"no codec allowed by coder {coder!r} can store a {t.dtype} tensor")
-    return best
+    return fast, (slow if slow is not None and len(slow.data) < len(fast.data) else None)
 
 
-# Sparse codecs live in their own module; importing it registers them.
+def choose(options: list[tuple[Option, Option | None]], budget_ns: float) -> list[Option]:
+    """Per tensor, the slow (smaller) encoding where it saves the most bytes per estimated
+    decode nanosecond, until the slow ones together reach ``budget_ns``; the fast one elsewhere.
+    Deterministic: ties keep tensor order."""
+    picked = [fast for fast, _ in options]
+    slow_ones = [(i, fast, slow) for i, (fast, slow) in enumerate(options) if slow is not None]
+    slow_ones.sort(key=lambda x: -(len(x[1].data) - len(x[2].data)) / x[2].decode_ns)
+    spent = 0.0
+    for i, _, slow in slow_ones:
+        if spent + slow.decode_ns <= budget_ns:
+            picked[i] = slow
+            spent += slow.decode_ns
+    return picked
+
+
+def encode_smallest(t: torch.Tensor, coder: str = "auto") -> tuple[str, bytes]:
+    """Encode with every applicable allowed codec and keep the smallest output."""
+    fast, slow = encode_options(t, coder)
+    best = slow or fast
+    return best.codec, best.data
+
+
+# Sparse and zstd codecs live in their own modules; importing them registers them.
 from modelzip.codec import sparse as _sparse  # noqa: E402,F401
+from modelzip.codec import zstd as _zstd  # noqa: E402,F401

@@ -20,15 +20,24 @@ import os
 import struct
 import tempfile
 import zlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 import modelzip.nn.codebook  # noqa: F401  (registers the "codebook" kind for decoding)
 from modelzip.codec.bits import Reader, varint
-from modelzip.codec.codecs import DTYPES, dtype_name, encode_smallest, get_codec
+from modelzip.codec.codecs import (
+    DECODE_BUDGET_MS,
+    DTYPES,
+    choose,
+    dtype_name,
+    encode_options,
+    get_codec,
+)
 from modelzip.errors import FormatError, ModelError
 from modelzip.nn import constraints
 from modelzip.nn.specs import apply_architecture, architecture
@@ -46,8 +55,10 @@ MIN_BUDGET, EXPANSION = 1 << 24, 4096
 #: The JSON header may not inflate past this many bytes.
 MAX_HEADER = 1 << 24
 MAX_DIMS = 8
-#: Model attribute the ``encode`` stage sets to choose the coder (read here, nowhere else).
+#: Model attributes the ``encode`` stage sets to choose the coder and, for ``auto``, the
+#: decode-time budget of the slow entropy coders in ms (read here, nowhere else).
 CODER_ATTR = "modelzip_coder"
+BUDGET_ATTR = "modelzip_decode_budget_ms"
 #: Preset deflate dictionary: the format's own vocabulary (keys, kinds, codecs, dtypes, layer
 #: types and their argument names), nothing about any particular model or recipe. Part of the
 #: format: never change it without bumping VERSION.
@@ -68,6 +79,10 @@ ZDICT = (
 )
 
 
+T = TypeVar("T")
+R = TypeVar("R")
+
+
 def crc32(data: bytes | memoryview) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
 
@@ -81,16 +96,23 @@ def to_bytes(model: nn.Module, *, info: dict[str, Any] | None = None) -> bytes:
             "modelzip.load_model so the file can rebuild its architecture"
         )
     coder = getattr(model, CODER_ATTR, "auto")
+    budget_ms = getattr(model, BUDGET_ATTR, DECODE_BUDGET_MS) if coder == "auto" else None
     records: list[list[Any]] = []
-    payloads: list[bytes] = []
+    options = []
     for name, enc in constraints.iter_state(model):
         fields = []
         for field_name, t in enc.fields.items():
             t = t.detach().cpu()
-            codec_name, data = encode_smallest(t, coder)
-            fields.append([field_name, codec_name, dtype_name(t.dtype), list(t.shape)])
-            payloads.append(data)
+            options.append(encode_options(t, coder))
+            fields.append([field_name, "", dtype_name(t.dtype), list(t.shape)])
         records.append([name, enc.kind, enc.meta or {}, fields])
+    picked = iter(choose(options, math.inf if budget_ms is None else budget_ms * 1e6))
+    payloads: list[bytes] = []
+    for rec in records:
+        for field in rec[3]:
+            option = next(picked)
+            field[1] = option.codec
+            payloads.append(option.data)
     header = {
         "source": source.to_json(),
         "arch": changed_architecture(model, source),
@@ -248,35 +270,68 @@ def read_header(data: bytes) -> tuple[dict[str, Any], dict[str, memoryview]]:
     return header, parts
 
 
-def decode_fields(
-    header: dict[str, Any], parts: dict[str, memoryview], budget: int
-) -> dict[str, dict[str, torch.Tensor]]:
-    """Decode every field payload (tensor -> field -> tensor) within an element budget."""
-    out: dict[str, dict[str, torch.Tensor]] = {}
+def _check_elements(header: dict[str, Any], budget: int) -> None:
+    """Refuse, before decoding anything, files whose fields declare more elements together
+    than ``budget``."""
     for name, rec in header["tensors"].items():
-        fields = {}
         for fname, frec in rec["fields"].items():
-            n = math.prod(frec["shape"])
-            budget -= n
+            budget -= math.prod(frec["shape"])
             if budget < 0:
                 raise FormatError(
                     f"{name}/{fname}: the file declares more elements than its size allows "
                     "(hostile shapes?)"
                 )
-            codec = get_codec(frec["codec"])
-            try:
-                flat = codec.decode_shaped(
-                    parts[f"{name}/{fname}"], DTYPES[frec["dtype"]], frec["shape"]
-                )
-            except FormatError as exc:
-                raise FormatError(f"{name}/{fname}: {exc}") from None
-            except Exception as exc:  # a codec bug must still not crash the caller
-                raise FormatError(f"cannot decode {name}/{fname}: {exc}") from None
-            if flat.numel() != n:
-                raise FormatError(f"{name}/{fname}: decoded {flat.numel()} of {n} elements")
-            fields[fname] = flat.reshape(frec["shape"])
-        out[name] = fields
-    return out
+
+
+def _decode_record(
+    name: str, rec: dict[str, Any], parts: dict[str, memoryview]
+) -> dict[str, torch.Tensor]:
+    fields = {}
+    for fname, frec in rec["fields"].items():
+        n = math.prod(frec["shape"])
+        codec = get_codec(frec["codec"])
+        try:
+            flat = codec.decode_shaped(
+                parts[f"{name}/{fname}"], DTYPES[frec["dtype"]], frec["shape"]
+            )
+        except FormatError as exc:
+            raise FormatError(f"{name}/{fname}: {exc}") from None
+        except Exception as exc:  # a codec bug must still not crash the caller
+            raise FormatError(f"cannot decode {name}/{fname}: {exc}") from None
+        if flat.numel() != n:
+            raise FormatError(f"{name}/{fname}: decoded {flat.numel()} of {n} elements")
+        fields[fname] = flat.reshape(frec["shape"])
+    return fields
+
+
+def _value(name: str, rec: dict[str, Any], fields: dict[str, torch.Tensor]) -> torch.Tensor:
+    enc = constraints.Encoded(rec["kind"], fields, rec["meta"])
+    try:
+        return constraints.decode(enc)
+    except FormatError as exc:
+        raise FormatError(f"{name}: {exc}") from None
+    except Exception as exc:
+        raise FormatError(f"{name}: fields of kind {rec['kind']!r} do not fit: {exc}") from None
+
+
+def _map(fn: Callable[[T], R], items: list[T]) -> list[R]:
+    """``fn`` over ``items`` on as many threads as torch may use: zstd, numpy and torch release
+    the GIL while they decode, so tensors decode side by side."""
+    workers = min(torch.get_num_threads(), len(items))
+    if workers <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(workers, thread_name_prefix="mzip-decode") as pool:
+        return list(pool.map(fn, items))
+
+
+def decode_fields(
+    header: dict[str, Any], parts: dict[str, memoryview], budget: int
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Decode every field payload (tensor -> field -> tensor) within an element budget."""
+    _check_elements(header, budget)
+    items = list(header["tensors"].items())
+    decoded = _map(lambda item: _decode_record(item[0], item[1], parts), items)
+    return {name: fields for (name, _), fields in zip(items, decoded, strict=True)}
 
 
 def decode_state(
@@ -285,18 +340,10 @@ def decode_state(
     """Decode every tensor record into its effective value (bit-exact)."""
     import modelzip.methods  # noqa: F401  (every method's constraint kinds register on import)
 
-    budget = max(MIN_BUDGET, EXPANSION * file_bytes)
-    state: dict[str, torch.Tensor] = {}
-    for name, fields in decode_fields(header, parts, budget).items():
-        rec = header["tensors"][name]
-        enc = constraints.Encoded(rec["kind"], fields, rec["meta"])
-        try:
-            state[name] = constraints.decode(enc)
-        except FormatError as exc:
-            raise FormatError(f"{name}: {exc}") from None
-        except Exception as exc:
-            raise FormatError(f"{name}: fields of kind {rec['kind']!r} do not fit: {exc}") from None
-    return state
+    _check_elements(header, max(MIN_BUDGET, EXPANSION * file_bytes))
+    items = list(header["tensors"].items())
+    values = _map(lambda it: _value(it[0], it[1], _decode_record(it[0], it[1], parts)), items)
+    return {name: value for (name, _), value in zip(items, values, strict=True)}
 
 
 def _positive_ints(obj: Any) -> list[int]:
@@ -334,6 +381,14 @@ def check_build_size(header: dict[str, Any], budget: int) -> None:
                 )
 
 
+def _tied_parameters(model: nn.Module) -> list[list[str]]:
+    """Names of parameters that are one object (tied weights), grouped."""
+    groups: dict[int, list[str]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(n)
+    return [names for names in groups.values() if len(names) > 1]
+
+
 def load(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
     """Read a .mzip file back into a model (eval mode) and its header."""
     path = Path(path)
@@ -352,15 +407,24 @@ def from_bytes(data: bytes, *, name: str = "<bytes>") -> tuple[nn.Module, dict[s
     except ModelError as exc:
         raise FormatError(f"{name}: {exc}") from None
     try:
-        model = source.build()
+        model = source.build(empty=True)  # every parameter comes from the file: skip init
     except (ModelError, KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise FormatError(f"{name}: cannot build the recorded model source: {exc}") from None
     apply_architecture(model, header["architecture"])
+    tied = _tied_parameters(model)
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         detail = " ".join(line.strip() for line in first[:3])
         raise FormatError(f"{name}: stored tensors do not fit the architecture: {detail}") from None
+    for names in tied:  # assigning broke the sharing the constructor set up: restore it
+        shared = model.get_parameter(names[0])
+        for other in names[1:]:
+            owner, _, attr = other.rpartition(".")
+            setattr(model.get_submodule(owner), attr, shared)
+    left = [n for n, p in model.named_parameters() if p.is_meta]
+    if left:
+        raise FormatError(f"{name}: the file holds no values for parameters {left[:3]}")
     setattr(model, ATTR, source)  # model.modelzip_source
     return model.eval(), header
