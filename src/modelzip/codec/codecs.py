@@ -154,6 +154,14 @@ class Codec:
         """The integer symbol streams this codec entropy-codes for ``t`` (for entropy bounds)."""
         return []
 
+    def decode_gather(
+        self, data: memoryview, dtype: torch.dtype, shape: list[int], table: torch.Tensor
+    ) -> torch.Tensor | None:
+        """``table[codes]`` (flat) for a payload of integer codes, gathered while decoding
+        without materialising the codes; None when this codec has no such path (the caller
+        then decodes the codes and gathers). Codes outside the table are a FormatError."""
+        return None
+
     def decode_ns(self, t: torch.Tensor) -> float:
         """Estimated decode time of ``t`` when it decodes symbol by symbol; 0 for codecs that
         decode at memory speed."""

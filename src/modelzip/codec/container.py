@@ -304,8 +304,29 @@ def _decode_record(
     return fields
 
 
-def _value(name: str, rec: dict[str, Any], fields: dict[str, torch.Tensor]) -> torch.Tensor:
-    enc = constraints.Encoded(rec["kind"], fields, rec["meta"])
+def _value(name: str, rec: dict[str, Any], parts: dict[str, memoryview]) -> torch.Tensor:
+    """Decode one tensor record into its effective value."""
+    cls = constraints.kind_class(rec["kind"])
+    gather = cls.gather_field if cls is not None else None
+    if gather is not None and gather in rec["fields"]:
+        # Decode the table fields, then let the codes' codec gather straight into values.
+        rest = {f: r for f, r in rec["fields"].items() if f != gather}
+        fields = _decode_record(name, {"fields": rest}, parts)
+        frec = rec["fields"][gather]
+        try:
+            table = cls.gather_table(fields, rec["meta"])  # type: ignore[union-attr]
+            out = get_codec(frec["codec"]).decode_gather(
+                parts[f"{name}/{gather}"], DTYPES[frec["dtype"]], frec["shape"], table
+            )
+        except FormatError as exc:
+            raise FormatError(f"{name}/{gather}: {exc}") from None
+        except Exception as exc:
+            raise FormatError(f"cannot decode {name}/{gather}: {exc}") from None
+        if out is not None:
+            if out.numel() != math.prod(frec["shape"]):
+                raise FormatError(f"{name}/{gather}: decoded {out.numel()} values")
+            return out.reshape(frec["shape"])
+    enc = constraints.Encoded(rec["kind"], _decode_record(name, rec, parts), rec["meta"])
     try:
         return constraints.decode(enc)
     except FormatError as exc:
@@ -342,7 +363,7 @@ def decode_state(
 
     _check_elements(header, max(MIN_BUDGET, EXPANSION * file_bytes))
     items = list(header["tensors"].items())
-    values = _map(lambda it: _value(it[0], it[1], _decode_record(it[0], it[1], parts)), items)
+    values = _map(lambda item: _value(item[0], item[1], parts), items)
     return {name: value for (name, _), value in zip(items, values, strict=True)}
 
 

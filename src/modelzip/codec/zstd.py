@@ -17,6 +17,8 @@ it allocates, and refuses trailing bytes after the frame.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import zstandard
@@ -151,6 +153,41 @@ class Zstd(Codec):
     def decode(self, data: memoryview, dtype: torch.dtype, n: int) -> torch.Tensor:
         r = Reader(data, f"{self.name} payload")
         return decode_values(r, dtype, n, f"{self.name} payload")
+
+    def decode_gather(
+        self, data: memoryview, dtype: torch.dtype, shape: list[int], table: torch.Tensor
+    ) -> torch.Tensor | None:
+        """2- and 4-bit codes: each stored byte indexes a 256-row table of the 4 or 2 values it
+        encodes, so one gather yields several weights straight from the decompressed bytes."""
+        if dtype.is_floating_point or dtype == torch.bool or table.dtype != torch.float32:
+            return None
+        what = f"{self.name} payload"
+        r = Reader(data, what)
+        lo = unzigzag(r.varint())
+        lane = r.take(1)[0]
+        if lane not in (2, 4) or lo < 0:
+            return None  # the plain path decodes (and checks) every other layout
+        n = math.prod(shape)
+        raw = decompress(r.take(r.remaining()), (n * lane + 7) // 8, what)
+        d = np.frombuffer(raw, dtype=np.uint8)
+        per, mask = 8 // lane, (1 << lane) - 1
+        top = 0
+        for j in range(per):
+            top = max(top, int(((d >> np.uint8(j * lane)) & np.uint8(mask)).max(initial=0)))
+        if lo + top >= table.numel() or lo + top > torch.iinfo(dtype).max:
+            raise FormatError(
+                f"gather index out of range: codes span [{lo}, {lo + top}] but the table has "
+                f"{table.numel()} entries"
+            )
+        values = np.zeros(mask + 1, dtype=np.float32)
+        avail = min(mask + 1, table.numel() - lo)
+        values[:avail] = table.detach().numpy()[lo : lo + avail]
+        byte = np.arange(256)
+        rows = np.stack([values[(byte >> (j * lane)) & mask] for j in range(per)], axis=1)
+        item = np.int64 if per == 2 else np.complex128  # a row of 2 / 4 float32 as one item
+        out = np.empty(d.size * per, dtype=np.float32)
+        np.take(rows.view(item).reshape(256), d, out=out.view(item), mode="clip")
+        return torch.from_numpy(out[:n])
 
     def streams(self, t: torch.Tensor) -> list[np.ndarray]:
         if not _is_int(t):

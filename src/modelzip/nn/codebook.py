@@ -109,17 +109,26 @@ class Codebook(Constraint):
             {"zero": int(self.zero_slot)},
         )
 
+    gather_field = "indices"
+
     @classmethod
-    def decode(cls, fields: dict[str, torch.Tensor], meta: dict[str, Any]) -> torch.Tensor:
-        idx, cb = fields.get("indices"), fields.get("codebook")
-        if idx is None or cb is None:
+    def gather_table(cls, fields: dict[str, torch.Tensor], meta: dict[str, Any]) -> torch.Tensor:
+        cb = fields.get("codebook")
+        if cb is None:
             raise FormatError("codebook tensor needs fields 'indices' and 'codebook'")
-        if idx.is_floating_point() or idx.dtype == torch.bool:
-            raise FormatError(f"codebook indices must be integers, got {idx.dtype}")
         if cb.dim() != 1 or not cb.is_floating_point():
             raise FormatError("codebook must be a 1-D float tensor")
         zero = bool(meta.get("zero", 0)) if isinstance(meta, dict) else False
-        table = torch.cat([cb.new_zeros(1), cb]) if zero else cb
+        return torch.cat([cb.new_zeros(1), cb]) if zero else cb
+
+    @classmethod
+    def decode(cls, fields: dict[str, torch.Tensor], meta: dict[str, Any]) -> torch.Tensor:
+        idx = fields.get("indices")
+        if idx is None:
+            raise FormatError("codebook tensor needs fields 'indices' and 'codebook'")
+        if idx.is_floating_point() or idx.dtype == torch.bool:
+            raise FormatError(f"codebook indices must be integers, got {idx.dtype}")
+        table = cls.gather_table(fields, meta)
         if idx.numel():
             lo, hi = int(idx.min()), int(idx.max())
             if lo < 0 or hi >= table.numel():

@@ -37,6 +37,10 @@ class Constraint(nn.Module):
     """Base parametrization. Subclasses set ``kind`` and implement forward/encode/decode."""
 
     kind: ClassVar[str] = ""
+    #: A field of integer codes that index a table built from the other fields (by
+    #: ``gather_table``): a codec that can gather while it decodes then skips materialising
+    #: the codes (a codebook's indices).
+    gather_field: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -51,6 +55,16 @@ class Constraint(nn.Module):
     def decode(cls, fields: dict[str, torch.Tensor], meta: dict[str, Any]) -> torch.Tensor:
         """Rebuild the constrained value exactly from ``encode``'s output."""
         raise NotImplementedError
+
+    @classmethod
+    def gather_table(cls, fields: dict[str, torch.Tensor], meta: dict[str, Any]) -> torch.Tensor:
+        """The table ``gather_field`` indexes, from the other fields (value = table[codes])."""
+        raise NotImplementedError
+
+
+def kind_class(kind: str) -> type[Constraint] | None:
+    """The constraint class of a stored kind (None for ``dense`` and unknown kinds)."""
+    return _CONSTRAINTS.get(kind)
 
 
 def decode(enc: Encoded) -> torch.Tensor:
