@@ -380,3 +380,40 @@ def test_threaded_decode_is_identical_and_reports_errors(packed) -> None:
     want, got = effective_weights(model), effective_weights(back)
     for k in want:
         assert torch.equal(want[k].view(torch.int32), got[k].view(torch.int32)), k
+
+
+NEEDS_VALUES_FACTORY = """
+import torch
+from torch import nn
+
+
+class Derived(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+        # constructors that read parameter values cannot run on the meta device
+        self.register_buffer("wmax", self.lin.weight.detach().abs().max().clone(), persistent=False)
+        self.limit = float(self.lin.bias.detach().abs().max())
+
+    def forward(self, x):
+        return self.lin(x) + self.wmax * 0
+
+
+def make():
+    return Derived()
+"""
+
+
+@pytest.mark.parametrize("reads_item", [True, False])
+def test_models_whose_constructor_reads_parameters_still_load(tmp_path, reads_item) -> None:
+    """A constructor that reads parameter values fails on meta (``float``) or leaves a meta
+    buffer behind: the loader then builds with real initialisation instead."""
+    text = NEEDS_VALUES_FACTORY
+    if not reads_item:
+        text = text.replace("        self.limit = float(self.lin.bias.detach().abs().max())\n", "")
+    (tmp_path / "derived.py").write_text(text)
+    model = mz.load_model(f"{tmp_path / 'derived.py'}:make")
+    back, _ = container.from_bytes(container.to_bytes(model))
+    assert not any(t.is_meta for t in [*back.parameters(), *back.buffers()])
+    assert torch.equal(back.lin.weight, model.lin.weight)
+    assert back(torch.ones(2, 4)).shape == (2, 3)

@@ -418,6 +418,43 @@ def load(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
     return from_bytes(path.read_bytes(), name=str(path))
 
 
+class _NeedsRealInit(Exception):
+    """The architecture cannot be built with parameters on the meta device."""
+
+
+def _assemble(
+    source: ModelSource, arch: dict[str, Any], state: dict[str, torch.Tensor], *, empty: bool
+) -> nn.Module:
+    """Build the architecture and assign the decoded tensors. ``empty`` skips parameter
+    initialisation (parameters on meta); a constructor that needs real values (an init meta
+    tensors cannot run, a buffer computed from a parameter) raises ``_NeedsRealInit``."""
+    try:
+        model = source.build(empty=empty)
+    except (ModelError, KeyError, TypeError, ValueError, RuntimeError, NotImplementedError) as exc:
+        if empty:
+            raise _NeedsRealInit from None
+        raise FormatError(f"cannot build the recorded model source: {exc}") from None
+    apply_architecture(model, arch)
+    tied = _tied_parameters(model)
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise FormatError(f"stored tensors do not fit the architecture: {detail}") from None
+    for names in tied:  # assigning broke the sharing the constructor set up: restore it
+        shared = model.get_parameter(names[0])
+        for other in names[1:]:
+            owner, _, attr = other.rpartition(".")
+            setattr(model.get_submodule(owner), attr, shared)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left and empty:
+        raise _NeedsRealInit
+    if left:
+        raise FormatError(f"the file holds no values for {left[:3]}")
+    return model
+
+
 def from_bytes(data: bytes, *, name: str = "<bytes>") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model from .mzip bytes."""
     header, parts = read_header(data)
@@ -428,24 +465,10 @@ def from_bytes(data: bytes, *, name: str = "<bytes>") -> tuple[nn.Module, dict[s
     except ModelError as exc:
         raise FormatError(f"{name}: {exc}") from None
     try:
-        model = source.build(empty=True)  # every parameter comes from the file: skip init
-    except (ModelError, KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise FormatError(f"{name}: cannot build the recorded model source: {exc}") from None
-    apply_architecture(model, header["architecture"])
-    tied = _tied_parameters(model)
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[:3])
-        raise FormatError(f"{name}: stored tensors do not fit the architecture: {detail}") from None
-    for names in tied:  # assigning broke the sharing the constructor set up: restore it
-        shared = model.get_parameter(names[0])
-        for other in names[1:]:
-            owner, _, attr = other.rpartition(".")
-            setattr(model.get_submodule(owner), attr, shared)
-    left = [n for n, p in model.named_parameters() if p.is_meta]
-    if left:
-        raise FormatError(f"{name}: the file holds no values for parameters {left[:3]}")
+        model = _assemble(source, header["architecture"], state, empty=True)
+    except _NeedsRealInit:
+        model = _assemble(source, header["architecture"], state, empty=False)
+    except FormatError as exc:
+        raise FormatError(f"{name}: {exc}") from None
     setattr(model, ATTR, source)  # model.modelzip_source
     return model.eval(), header
