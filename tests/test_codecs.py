@@ -204,3 +204,57 @@ def mz_model():
     import modelzip as mz
 
     return mz.load_model("zoo:lenet300", data=mz.load_data("digits"))
+
+
+INT64 = torch.iinfo(torch.int64)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_full_int64_range_round_trips_with_every_codec(sparse: bool) -> None:
+    """Differences from the minimum can exceed int64: every codec stays exact (or declines)."""
+    if sparse:
+        t = torch.zeros(2000, dtype=torch.int64)
+        t[[5, 1999]] = torch.tensor([INT64.min, INT64.max])
+    else:
+        t = torch.tensor([INT64.min, 0, INT64.max, -1])
+    for name in candidates("auto"):
+        _roundtrip(t, name)
+    for coder in ("auto", "zstd", "packed", "ans", "huffman"):
+        name, data = encode_smallest(t, coder)
+        back = get_codec(name).decode_shaped(memoryview(data), t.dtype, list(t.shape))
+        assert torch.equal(back, t), (coder, name)
+
+
+def test_zstd_frames_with_oversized_windows_are_refused() -> None:
+    import struct
+
+    size = 1000
+    header = bytes([0b10000000, (28 - 10) << 3]) + struct.pack("<I", size)  # 256 MiB window
+    block = (1 | (size << 3)).to_bytes(3, "little") + bytes([7])  # one RLE block
+    payload = b"\x00\x08" + header + block
+    with pytest.raises(FormatError, match="window"):
+        get_codec("zstd").decode_shaped(memoryview(payload), torch.uint8, [size])
+
+
+def test_gather_agrees_with_the_plain_path_on_padding_and_empty_tensors() -> None:
+    from modelzip.codec import zstd
+    from modelzip.codec.bits import varint
+    from modelzip.nn.codebook import Codebook
+
+    codec = get_codec("zstd")
+    table = torch.tensor([0.5, -1.0, 2.0, 4.0])
+    padded = memoryview(varint(0) + bytes([4]) + zstd.compress(bytes([0x21, 0xF3])))  # + pad 15
+    plain = Codebook.decode(
+        {"indices": codec.decode_shaped(padded, torch.uint8, [3]), "codebook": table}, {}
+    )
+    assert torch.equal(codec.decode_gather(padded, torch.uint8, [3], table), plain)
+    empty = memoryview(varint(40) + bytes([2]) + zstd.compress(b""))
+    assert codec.decode_gather(empty, torch.uint8, [0], table) is None  # plain path decides
+
+
+def test_sparse_fillers_may_not_run_past_the_end() -> None:
+    from modelzip.codec.sparse import positions_of
+
+    assert positions_of(np.array([3, 0]), 255, 5).tolist() == [3, 4]
+    with pytest.raises(FormatError, match="past the"):
+        positions_of(np.array([255] * 5), 255, 1000)

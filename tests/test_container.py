@@ -404,16 +404,96 @@ def make():
 """
 
 
-@pytest.mark.parametrize("reads_item", [True, False])
-def test_models_whose_constructor_reads_parameters_still_load(tmp_path, reads_item) -> None:
+@pytest.mark.parametrize("how", ["item", "buffer", "attribute"])
+def test_models_whose_constructor_reads_parameters_still_load(tmp_path, how) -> None:
     """A constructor that reads parameter values fails on meta (``float``) or leaves a meta
-    buffer behind: the loader then builds with real initialisation instead."""
+    buffer or tensor attribute behind: the loader then builds with real initialisation."""
     text = NEEDS_VALUES_FACTORY
-    if not reads_item:
+    if how != "item":
         text = text.replace("        self.limit = float(self.lin.bias.detach().abs().max())\n", "")
+    if how == "attribute":
+        text = text.replace(
+            '        self.register_buffer("wmax", self.lin.weight.detach().abs().max().clone(), '
+            "persistent=False)\n",
+            "        self.wmax = self.lin.weight.detach().abs().max().clone()\n",
+        )
+        assert "self.wmax = " in text
     (tmp_path / "derived.py").write_text(text)
     model = mz.load_model(f"{tmp_path / 'derived.py'}:make")
     back, _ = container.from_bytes(container.to_bytes(model))
     assert not any(t.is_meta for t in [*back.parameters(), *back.buffers()])
     assert torch.equal(back.lin.weight, model.lin.weight)
     assert back(torch.ones(2, 4)).shape == (2, 3)
+
+
+def test_meta_builds_stay_in_their_thread_and_nest() -> None:
+    """Building on meta patches parameter registration for the building thread only, and
+    overlapping builds restore the original however they interleave."""
+    import threading
+
+    from torch import nn
+
+    from modelzip.source import parameters_on_meta
+
+    a, b = parameters_on_meta(), parameters_on_meta()
+    a.__enter__()
+    b.__enter__()
+    seen = []
+    worker = threading.Thread(target=lambda: seen.append(nn.Linear(2, 2).weight.device.type))
+    worker.start()
+    worker.join()
+    assert nn.Linear(2, 2).weight.is_meta and seen == ["cpu"]
+    a.__exit__(None, None, None)
+    b.__exit__(None, None, None)
+    assert nn.Linear(2, 2).weight.device.type == "cpu"
+
+
+SHARED_FACTORY = """
+import torch
+from torch import nn
+
+
+class Shared(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 3), nn.Linear(3, 3)
+        w = nn.Parameter(torch.randn(3, 3))
+        self.a.weight = w  # one Parameter object registered twice
+        self.b.weight = w
+        table = torch.arange(3.0)
+        self.a.register_buffer("table", table)  # one buffer shared by two modules
+        self.b.register_buffer("table", table)
+
+    def forward(self, x):
+        return self.b(self.a(x)) + self.a.table
+
+
+def make():
+    return Shared()
+"""
+
+
+def test_shared_parameters_and_buffers_stay_shared(tmp_path) -> None:
+    (tmp_path / "shared.py").write_text(SHARED_FACTORY)
+    model = mz.load_model(f"{tmp_path / 'shared.py'}:make")
+    back, _ = container.from_bytes(container.to_bytes(model))
+    assert back.a.weight is back.b.weight and back.a.table is back.b.table
+    assert len(list(back.parameters())) == len(list(model.parameters()))
+    x = torch.ones(2, 3)
+    assert torch.equal(back(x), model(x))
+
+
+def test_stored_dtypes_are_cast_to_the_architecture(lenet300) -> None:
+    """A file that declares another dtype than the layer's loads as the layer's dtype (as
+    copying into the built model would), so kernels never see a foreign dtype."""
+    obj, payloads = _split(container.to_bytes(lenet300))
+    names = [f"{r[0]}/{f[0]}" for r in obj["t"] for f in r[3]]
+    i = names.index("fc3.bias/values")
+    rec = next(r for r in obj["t"] if r[0] == "fc3.bias")
+    from modelzip.codec.codecs import get_codec
+
+    payloads[i] = get_codec("raw").encode(lenet300.fc3.bias.detach().double())
+    rec[3][0][1:3] = ["raw", "f64"]
+    back, _ = container.from_bytes(_join(obj, payloads))
+    assert back.fc3.bias.dtype == torch.float32
+    assert torch.equal(back.fc3.bias, lenet300.fc3.bias)

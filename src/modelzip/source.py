@@ -10,6 +10,7 @@ import contextlib
 import importlib.util
 import inspect
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -79,23 +80,45 @@ class ModelSource:
         return model
 
 
+_REGISTER_PARAMETER = nn.Module.register_parameter
+_meta_builds = threading.local()  # per thread: {id(original): (original, meta twin)} or None
+_patch_lock = threading.Lock()
+_patch_users = 0
+
+
+def _register_parameter(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+    """``nn.Module.register_parameter`` that, in a thread inside ``parameters_on_meta``, swaps
+    the new parameter for a meta twin (one twin per parameter object, so ties survive)."""
+    _REGISTER_PARAMETER(module, name, param)
+    twins = getattr(_meta_builds, "twins", None)
+    if twins is None or param is None or param.device.type == "meta":
+        return
+    if id(param) not in twins:
+        twin = type(param)(param.to("meta"), requires_grad=param.requires_grad)
+        twins[id(param)] = (param, twin)  # the original stays referenced: its id is not reused
+    module._parameters[name] = twins[id(param)][1]
+
+
 @contextlib.contextmanager
 def parameters_on_meta() -> Iterator[None]:
-    """Every parameter registered inside the block moves to the meta device as it is created,
-    so constructors' initialisers run on meta tensors, for free."""
-    original = nn.Module.register_parameter
-
-    def register(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        original(module, name, param)
-        if param is not None and param.device.type != "meta":
-            kind = type(param)
-            module._parameters[name] = kind(param.to("meta"), requires_grad=param.requires_grad)
-
-    nn.Module.register_parameter = register  # type: ignore[method-assign,assignment]
+    """Parameters registered by this thread inside the block move to the meta device as they
+    are created, so constructors' initialisers run on meta tensors, for free. Other threads
+    are unaffected; blocks may nest and overlap across threads."""
+    global _patch_users
+    with _patch_lock:
+        if _patch_users == 0:
+            nn.Module.register_parameter = _register_parameter  # type: ignore[method-assign,assignment]
+        _patch_users += 1
+    outer = getattr(_meta_builds, "twins", None)
+    _meta_builds.twins = outer if outer is not None else {}
     try:
         yield
     finally:
-        nn.Module.register_parameter = original  # type: ignore[method-assign]
+        _meta_builds.twins = outer
+        with _patch_lock:
+            _patch_users -= 1
+            if _patch_users == 0 and nn.Module.register_parameter is _register_parameter:
+                nn.Module.register_parameter = _REGISTER_PARAMETER  # type: ignore[method-assign]
 
 
 def source_of(model: nn.Module) -> ModelSource | None:

@@ -153,7 +153,7 @@ def pack(values: np.ndarray, width: int) -> bytes:
 
 def unpack(data: bytes | memoryview, width: int, n: int) -> np.ndarray:
     """Inverse of ``pack``; checks the byte count first. Byte-aligned widths come back in
-    ``uint8``, others in ``int64``."""
+    ``uint8``, others in ``uint64``."""
     need = (n * width + 7) // 8
     if len(data) != need:
         raise FormatError(
@@ -165,9 +165,9 @@ def unpack(data: bytes | memoryview, width: int, n: int) -> np.ndarray:
         return from_lanes(data, width, n)
     bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")[: n * width]
     b = bits.reshape(n, width)
-    out = np.zeros(n, dtype=np.int64)
+    out = np.zeros(n, dtype=np.uint64)
     for i in range(width):
-        out |= b[:, i].astype(np.int64) << i
+        out |= b[:, i].astype(np.uint64) << np.uint64(i)
     return out
 
 

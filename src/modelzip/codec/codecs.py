@@ -111,6 +111,13 @@ def _ints(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().reshape(-1).to(torch.int64).numpy()
 
 
+def offsets(v: np.ndarray) -> tuple[int, np.ndarray]:
+    """(minimum, values - minimum) with the differences exact in uint64: an int64 tensor can
+    span more than int64 itself holds."""
+    lo = int(v.min()) if v.size else 0
+    return lo, v.astype(np.uint64) - np.uint64(lo % (1 << 64))
+
+
 def _is_int(t: torch.Tensor) -> bool:
     return not t.is_floating_point() and not t.is_complex()
 
@@ -233,7 +240,9 @@ def _uncode(kind: str, data: memoryview, n: int) -> np.ndarray:
 
 
 def _fits_alphabet(kind: str, symbols: np.ndarray) -> bool:
-    if kind == "packed":
+    """Whether a symbol coder of family ``kind`` can code ``symbols`` (ANS and Huffman have a
+    bounded alphabet; Huffman decodes in Python, so its streams are bounded too)."""
+    if kind not in ("ans", "huffman"):
         return True
     if kind == "huffman" and symbols.size > HUFFMAN_MAX_SYMBOLS:
         return False
@@ -247,12 +256,12 @@ class _Dense(Codec):
         if not _is_int(t) or t.numel() == 0:
             return False
         v = _ints(t)
-        return _fits_alphabet(self.family, v - v.min())
+        return _fits_alphabet(self.family, offsets(v)[1])
 
     def encode(self, t: torch.Tensor) -> bytes:
         v = _ints(t)
-        lo = int(v.min())
-        return varint(zigzag(lo)) + _code(self.family, v - lo)
+        lo, off = offsets(v)
+        return varint(zigzag(lo)) + _code(self.family, off)
 
     def decode(self, data: memoryview, dtype: torch.dtype, n: int) -> torch.Tensor:
         if dtype.is_floating_point:
@@ -263,7 +272,7 @@ class _Dense(Codec):
 
     def streams(self, t: torch.Tensor) -> list[np.ndarray]:
         v = _ints(t)
-        return [v - v.min()] if self.family != "packed" else []
+        return [offsets(v)[1]] if self.family != "packed" else []
 
     def decode_ns(self, t: torch.Tensor) -> float:
         return SLOW_NS.get(self.family, 0.0) * t.numel()
@@ -359,7 +368,7 @@ def choose(options: list[tuple[Option, Option | None]], budget_ns: float) -> lis
     Deterministic: ties keep tensor order."""
     picked = [fast for fast, _ in options]
     slow_ones = [(i, fast, slow) for i, (fast, slow) in enumerate(options) if slow is not None]
-    slow_ones.sort(key=lambda x: -(len(x[1].data) - len(x[2].data)) / x[2].decode_ns)
+    slow_ones.sort(key=lambda x: -(len(x[1].data) - len(x[2].data)) / max(x[2].decode_ns, 1e-9))
     spent = 0.0
     for i, _, slow in slow_ones:
         if spent + slow.decode_ns <= budget_ns:

@@ -402,11 +402,13 @@ def check_build_size(header: dict[str, Any], budget: int) -> None:
                 )
 
 
-def _tied_parameters(model: nn.Module) -> list[list[str]]:
-    """Names of parameters that are one object (tied weights), grouped."""
+def _shared_tensors(model: nn.Module) -> list[list[str]]:
+    """Names of parameters (tied weights) and of buffers that are one tensor object, grouped."""
     groups: dict[int, list[str]] = {}
     for n, p in model.named_parameters(remove_duplicate=False):
         groups.setdefault(id(p), []).append(n)
+    for n, b in model.named_buffers(remove_duplicate=False):
+        groups.setdefault(id(b), []).append(n)
     return [names for names in groups.values() if len(names) > 1]
 
 
@@ -427,7 +429,7 @@ def _assemble(
 ) -> nn.Module:
     """Build the architecture and assign the decoded tensors. ``empty`` skips parameter
     initialisation (parameters on meta); a constructor that needs real values (an init meta
-    tensors cannot run, a buffer computed from a parameter) raises ``_NeedsRealInit``."""
+    tensors cannot run, a tensor computed from a parameter) raises ``_NeedsRealInit``."""
     try:
         model = source.build(empty=empty)
     except (ModelError, KeyError, TypeError, ValueError, RuntimeError, NotImplementedError) as exc:
@@ -435,19 +437,33 @@ def _assemble(
             raise _NeedsRealInit from None
         raise FormatError(f"cannot build the recorded model source: {exc}") from None
     apply_architecture(model, arch)
-    tied = _tied_parameters(model)
+    shared = _shared_tensors(model)
+    # Assigning installs the stored tensors as they are: give each the dtype the architecture
+    # declares, as copying into the built tensors would.
+    declared = {n: t.dtype for n, t in [*model.named_parameters(), *model.named_buffers()]}
+    state = {
+        k: v.to(declared[k]) if k in declared and v.dtype != declared[k] else v
+        for k, v in state.items()
+    }
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         detail = " ".join(line.strip() for line in first[:3])
         raise FormatError(f"stored tensors do not fit the architecture: {detail}") from None
-    for names in tied:  # assigning broke the sharing the constructor set up: restore it
-        shared = model.get_parameter(names[0])
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for names in shared:  # assigning split what the constructor shared: share it again
+        keep = params[names[0]] if names[0] in params else model.get_buffer(names[0])
         for other in names[1:]:
             owner, _, attr = other.rpartition(".")
-            setattr(model.get_submodule(owner), attr, shared)
+            setattr(model.get_submodule(owner), attr, keep)
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    left += [
+        f"{m}.{a}"
+        for m, mod in model.named_modules()
+        for a, v in vars(mod).items()
+        if isinstance(v, torch.Tensor) and v.is_meta
+    ]
     if left and empty:
         raise _NeedsRealInit
     if left:
@@ -465,9 +481,10 @@ def from_bytes(data: bytes, *, name: str = "<bytes>") -> tuple[nn.Module, dict[s
     except ModelError as exc:
         raise FormatError(f"{name}: {exc}") from None
     try:
-        model = _assemble(source, header["architecture"], state, empty=True)
-    except _NeedsRealInit:
-        model = _assemble(source, header["architecture"], state, empty=False)
+        try:
+            model = _assemble(source, header["architecture"], state, empty=True)
+        except _NeedsRealInit:
+            model = _assemble(source, header["architecture"], state, empty=False)
     except FormatError as exc:
         raise FormatError(f"{name}: {exc}") from None
     setattr(model, ATTR, source)  # model.modelzip_source

@@ -17,12 +17,14 @@ from modelzip.codec.codecs import (
     SPARSE_MIN_ZEROS,
     Codec,
     _code,
+    _fits_alphabet,
     _ints,
     _is_int,
     _nonzero,
     _to_dtype,
     _uncode,
     from_bytes,
+    offsets,
     to_bytes,
 )
 from modelzip.errors import FormatError
@@ -48,10 +50,10 @@ def positions_of(gaps: np.ndarray, cap: int, n: int) -> np.ndarray:
     if gaps.size and (int(gaps.min()) < 0 or int(gaps.max()) > cap):
         raise FormatError(f"sparse index: gap symbol outside [0, {cap}]")
     entry = gaps != cap
-    pos = np.cumsum(gaps + entry) - 1
-    pos = pos[entry]
-    if pos.size and int(pos[-1]) >= n:
-        raise FormatError(f"sparse index: position {int(pos[-1])} beyond the {n} elements")
+    ends = np.cumsum(gaps + entry)  # elements consumed after each symbol (fillers included)
+    if ends.size and int(ends[-1]) > n:
+        raise FormatError(f"sparse index: gaps run {int(ends[-1])} elements, past the {n}")
+    pos = (ends - 1)[entry]
     return pos
 
 
@@ -61,8 +63,12 @@ class _Sparse(Codec):
     def applies_to(self, t: torch.Tensor) -> bool:
         if t.numel() == 0 or t.dtype == torch.bool:
             return False
-        zeros = t.numel() - int(_nonzero(t.reshape(-1)).sum())
-        return zeros >= SPARSE_MIN_ZEROS * t.numel()
+        flat = t.reshape(-1)
+        nz = _nonzero(flat)
+        if t.numel() - int(nz.sum()) < SPARSE_MIN_ZEROS * t.numel():
+            return False
+        # integer values go through the family's symbol coder: their range must fit it
+        return not _is_int(t) or _fits_alphabet(self.family, offsets(_ints(flat[nz]))[1])
 
     def encode(self, t: torch.Tensor) -> bytes:
         flat = t.detach().cpu().reshape(-1)
@@ -78,8 +84,8 @@ class _Sparse(Codec):
     def _values(self, vals: torch.Tensor) -> bytes:
         if _is_int(vals):
             v = _ints(vals)
-            lo = int(v.min()) if v.size else 0
-            return varint(zigzag(lo)) + _code(self.family, v - lo)
+            lo, off = offsets(v)
+            return varint(zigzag(lo)) + _code(self.family, off)
         return to_bytes(vals)
 
     def decode(self, data: memoryview, dtype: torch.dtype, n: int) -> torch.Tensor:
@@ -114,7 +120,7 @@ class _Sparse(Codec):
         out = [gaps_of(nz, self._pick_cap(nz))]
         if _is_int(t):
             v = _ints(flat[torch.from_numpy(nz)])
-            out.append(v - (v.min() if v.size else 0))
+            out.append(offsets(v)[1])
         return out
 
 
@@ -153,16 +159,16 @@ class ColumnContext(Codec):
             _is_int(t)
             and t.dim() >= 2
             and t.shape[0] <= COLUMN_MAX_ROWS
-            and _Sparse.applies_to(self, t)  # type: ignore[arg-type]
+            and SparseAns.applies_to(self, t)  # type: ignore[arg-type]
         )
 
     def encode(self, t: torch.Tensor) -> bytes:
         flat = t.detach().cpu().reshape(t.shape[0], -1)
         nz = (flat != 0).numpy()
         v = _ints(flat[torch.from_numpy(nz)])
-        lo = int(v.min()) if v.size else 0
+        lo, off = offsets(v)
         mask = entropy.column_mask_encode(nz)
-        return section(mask) + varint(zigzag(lo)) + entropy.ans_encode(v - lo)
+        return section(mask) + varint(zigzag(lo)) + entropy.ans_encode(off)
 
     def decode(self, data: memoryview, dtype: torch.dtype, n: int) -> torch.Tensor:
         raise FormatError(f"{self.name} needs the tensor shape: use decode_shaped")
@@ -189,7 +195,7 @@ class ColumnContext(Codec):
         flat = t.detach().cpu().reshape(-1)
         nz = (flat != 0).numpy()
         v = _ints(flat[torch.from_numpy(nz)])
-        return [nz.astype(np.int64), v - (v.min() if v.size else 0)]
+        return [nz.astype(np.int64), offsets(v)[1]]
 
     def decode_ns(self, t: torch.Tensor) -> float:
         rows = SLOW_NS["mask-row"] * t.shape[0]  # one library call per row

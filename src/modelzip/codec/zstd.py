@@ -41,6 +41,7 @@ from modelzip.codec.codecs import (
     _nonzero,
     _to_dtype,
     from_bytes,
+    offsets,
     to_bytes,
 )
 from modelzip.codec.sparse import _Sparse, gaps_of, positions_of
@@ -67,12 +68,14 @@ def compress(raw: bytes) -> bytes:
 def decompress(data: bytes | memoryview, expected: int, what: str) -> bytes:
     """The ``expected`` bytes a frame holds; any other declared size is refused unallocated."""
     try:
-        size = zstandard.get_frame_parameters(data, format=_FORMAT).content_size
+        frame = zstandard.get_frame_parameters(data, format=_FORMAT)
     except zstandard.ZstdError as exc:
         raise FormatError(f"{what}: not a zstd frame ({exc})") from None
-    if size != expected:
-        raise FormatError(f"{what}: frame declares {size} bytes, expected {expected}")
-    decompressor = zstandard.ZstdDecompressor(format=_FORMAT, max_window_size=MAX_WINDOW)
+    if frame.content_size != expected:
+        raise FormatError(f"{what}: frame declares {frame.content_size} bytes, expected {expected}")
+    if frame.window_size > MAX_WINDOW:
+        raise FormatError(f"{what}: frame window {frame.window_size} exceeds {MAX_WINDOW}")
+    decompressor = zstandard.ZstdDecompressor(format=_FORMAT)
     try:
         out = decompressor.decompress(data, allow_extra_data=False)
     except zstandard.ZstdError as exc:
@@ -105,9 +108,9 @@ def encode_values(t: torch.Tensor) -> bytes:
     planes of the values (narrowed to 16 bits where that is exact)."""
     if _is_int(t):
         v = _ints(t)
-        lo = int(v.min()) if v.size else 0
-        lane = lane_of(int(v.max()) - lo if v.size else 0)
-        return varint(zigzag(lo)) + bytes([lane]) + compress(to_lanes(v - lo, lane))
+        lo, off = offsets(v)
+        lane = lane_of(int(off.max()) if off.size else 0)
+        return varint(zigzag(lo)) + bytes([lane]) + compress(to_lanes(off, lane))
     form = _narrowest_exact(t)
     held = t if form == 0 else t.to(_FLOAT_FORMS[form])
     raw = np.frombuffer(to_bytes(held), dtype=np.uint8)
@@ -161,17 +164,20 @@ class Zstd(Codec):
         r = Reader(data, what)
         lo = unzigzag(r.varint())
         lane = r.take(1)[0]
-        if lane not in (2, 4) or lo < 0:
-            return None  # the plain path decodes (and checks) every other layout
         n = math.prod(shape)
+        if lane not in (2, 4) or lo < 0 or n == 0:
+            return None  # the plain path decodes (and checks) every other layout
         raw = decompress(r.take(r.remaining()), (n * lane + 7) // 8, what)
         d = np.frombuffer(raw, dtype=np.uint8)
         per, mask = 8 // lane, (1 << lane) - 1
         top = mask  # no code can exceed the lane; scan only if the table is shorter than that
         if lo + mask >= min(table.numel(), torch.iinfo(dtype).max + 1):
+            whole, rest = divmod(n, per)  # the last byte's unused lanes are padding: skip them
             top = 0
             for j in range(per):
-                top = max(top, int(((d >> np.uint8(j * lane)) & np.uint8(mask)).max(initial=0)))
+                top = max(top, int(((d[:whole] >> np.uint8(j * lane)) & mask).max(initial=0)))
+            for j in range(rest):
+                top = max(top, (int(d[whole]) >> (j * lane)) & mask)
         if lo + top >= table.numel() or lo + top > torch.iinfo(dtype).max:
             raise FormatError(
                 f"gather index out of range: codes span [{lo}, {lo + top}] but the table has "
@@ -191,7 +197,7 @@ class Zstd(Codec):
         if not _is_int(t):
             return []
         v = _ints(t)
-        return [v - v.min()]
+        return [offsets(v)[1]]
 
 
 class SparseZstd(Codec):
@@ -234,5 +240,5 @@ class SparseZstd(Codec):
         out = [gaps_of(nz, GAP_BYTE_CAP)]
         if _is_int(t):
             v = _ints(flat[torch.from_numpy(nz)])
-            out.append(v - (v.min() if v.size else 0))
+            out.append(offsets(v)[1])
         return out
