@@ -283,6 +283,14 @@ def _check_elements(header: dict[str, Any], budget: int) -> None:
                 )
 
 
+def _decode_error(where: str, exc: Exception) -> FormatError:
+    """A decoding failure as one FormatError naming the field; a codec bug that raised
+    something else must still not crash the caller."""
+    if isinstance(exc, FormatError):
+        return FormatError(f"{where}: {exc}")
+    return FormatError(f"cannot decode {where}: {exc}")
+
+
 def _decode_record(
     name: str, rec: dict[str, Any], parts: dict[str, memoryview]
 ) -> dict[str, torch.Tensor]:
@@ -294,10 +302,8 @@ def _decode_record(
             flat = codec.decode_shaped(
                 parts[f"{name}/{fname}"], DTYPES[frec["dtype"]], frec["shape"]
             )
-        except FormatError as exc:
-            raise FormatError(f"{name}/{fname}: {exc}") from None
-        except Exception as exc:  # a codec bug must still not crash the caller
-            raise FormatError(f"cannot decode {name}/{fname}: {exc}") from None
+        except Exception as exc:
+            raise _decode_error(f"{name}/{fname}", exc) from None
         if flat.numel() != n:
             raise FormatError(f"{name}/{fname}: decoded {flat.numel()} of {n} elements")
         fields[fname] = flat.reshape(frec["shape"])
@@ -318,10 +324,8 @@ def _value(name: str, rec: dict[str, Any], parts: dict[str, memoryview]) -> torc
             out = get_codec(frec["codec"]).decode_gather(
                 parts[f"{name}/{gather}"], DTYPES[frec["dtype"]], frec["shape"], table
             )
-        except FormatError as exc:
-            raise FormatError(f"{name}/{gather}: {exc}") from None
         except Exception as exc:
-            raise FormatError(f"cannot decode {name}/{gather}: {exc}") from None
+            raise _decode_error(f"{name}/{gather}", exc) from None
         if out is not None:
             if out.numel() != math.prod(frec["shape"]):
                 raise FormatError(f"{name}/{gather}: decoded {out.numel()} values")

@@ -57,6 +57,17 @@ def positions_of(gaps: np.ndarray, cap: int, n: int) -> np.ndarray:
     return pos
 
 
+def sparse_streams(t: torch.Tensor, cap: int) -> list[np.ndarray]:
+    """The symbol streams a gap-coded sparse codec entropy-codes: gaps (fillers at ``cap``),
+    then the nonzero integer values offset by their minimum."""
+    flat = t.detach().cpu().reshape(-1)
+    nz = _nonzero(flat).numpy()
+    out = [gaps_of(nz, cap)]
+    if _is_int(t):
+        out.append(offsets(_ints(flat[torch.from_numpy(nz)]))[1])
+    return out
+
+
 class _Sparse(Codec):
     """Positions of nonzeros as gaps (+ fillers), then the nonzero values."""
 
@@ -113,15 +124,7 @@ class _Sparse(Codec):
         return SLOW_NS.get(self.family, 0.0) * (3.6 * nnz + t.numel() / GAP_CAP)
 
     def streams(self, t: torch.Tensor) -> list[np.ndarray]:
-        if self.family == "packed":
-            return []
-        flat = t.detach().cpu().reshape(-1)
-        nz = _nonzero(flat).numpy()
-        out = [gaps_of(nz, self._pick_cap(nz))]
-        if _is_int(t):
-            v = _ints(flat[torch.from_numpy(nz)])
-            out.append(offsets(v)[1])
-        return out
+        return [] if self.family == "packed" else sparse_streams(t, GAP_CAP)
 
 
 class SparsePacked(_Sparse):

@@ -44,7 +44,7 @@ from modelzip.codec.codecs import (
     offsets,
     to_bytes,
 )
-from modelzip.codec.sparse import _Sparse, gaps_of, positions_of
+from modelzip.codec.sparse import _Sparse, gaps_of, positions_of, sparse_streams
 from modelzip.errors import FormatError
 
 _FORMAT = zstandard.FORMAT_ZSTD1_MAGICLESS
@@ -235,10 +235,4 @@ class SparseZstd(Codec):
         return out
 
     def streams(self, t: torch.Tensor) -> list[np.ndarray]:
-        flat = t.detach().cpu().reshape(-1)
-        nz = _nonzero(flat).numpy()
-        out = [gaps_of(nz, GAP_BYTE_CAP)]
-        if _is_int(t):
-            v = _ints(flat[torch.from_numpy(nz)])
-            out.append(offsets(v)[1])
-        return out
+        return sparse_streams(t, GAP_BYTE_CAP)
