@@ -11,9 +11,10 @@ already-quantized layers before it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -71,20 +72,12 @@ def input_matrix(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The (samples x inputs) matrix ``layer``'s 2-D weight view multiplies."""
     if isinstance(layer, nn.Linear):
         return x.reshape(-1, x.shape[-1])
+    conv = cast(nn.Conv2d, layer)  # Conv1d and Conv2d: explicit int tuples (why_no_hessian)
+    k, s = tuple(conv.kernel_size), tuple(conv.stride)
+    p, d = tuple(cast(tuple[int, ...], conv.padding)), tuple(conv.dilation)
     if isinstance(layer, nn.Conv1d):
         x = x.unsqueeze(2)
-        k, s, p, d = (
-            (1, *layer.kernel_size),
-            (1, *layer.stride),
-            (0, *layer.padding),
-            (
-                1,
-                *layer.dilation,
-            ),
-        )
-    else:
-        assert isinstance(layer, nn.Conv2d)
-        k, s, p, d = layer.kernel_size, layer.stride, layer.padding, layer.dilation
+        k, s, p, d = (1, *k), (1, *s), (0, *p), (1, *d)
     cols = F.unfold(x, k, dilation=d, padding=p, stride=s)  # (N, C*kh*kw, L)
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
@@ -96,10 +89,8 @@ class _Stop(Exception):
 def _run(model: nn.Module, batches: list[torch.Tensor]) -> None:
     with torch.no_grad():
         for x in batches:
-            try:
+            with contextlib.suppress(_Stop):
                 model(x)
-            except _Stop:
-                pass
 
 
 def _hooked(

@@ -69,6 +69,9 @@ class GPTQConfig(MethodConfig):
     clip_search: bool = Field(True, description="search a shrunk range per group (MSE)")
     awq: bool = Field(False, description="search AWQ per-input-channel scales first")
     average_bits: float | None = Field(None, ge=2, le=8, description="mixed-precision budget")
+    edge_bits: int | None = Field(
+        None, description="bits for the first and last Linear/Conv layer to run (by role)"
+    )
     bits_choices: list[int] = Field(default_factory=lambda: [2, 3, 4, 5, 6, 8])
     calibration_batches: int = Field(8, ge=1, le=100_000)
     layers: list[str] | None = Field(None, description="layer patterns (default: all)")
@@ -79,6 +82,13 @@ class GPTQConfig(MethodConfig):
         for b in v.values() if isinstance(v, dict) else [v]:
             if isinstance(b, bool) or b not in ops.LOWBIT_BITS:
                 raise ValueError(f"bits must be one of {list(ops.LOWBIT_BITS)}, got {b!r}")
+        return v
+
+    @field_validator("edge_bits")
+    @classmethod
+    def _valid_edge(cls, v: int | None) -> int | None:
+        if v is not None and v not in ops.LOWBIT_BITS:
+            raise ValueError(f"edge_bits must be one of {list(ops.LOWBIT_BITS)}, got {v!r}")
         return v
 
     @field_validator("bits_choices")
@@ -212,6 +222,11 @@ def gptq(model: nn.Module, cfg: GPTQConfig, ctx: Context) -> nn.Module:
             cfg.group_size,
         )
         ctx.notes["average_bits"] = spent
+    if cfg.edge_bits is not None:
+        edges = [n for n in order if calib.why_no_hessian(layers[n]) is None]
+        for name in {edges[0], edges[-1]} if edges else set():
+            bits[name] = cfg.edge_bits
+        ctx.notes["edge_layers"] = sorted({edges[0], edges[-1]}) if edges else []
     notes: dict[str, dict[str, Any]] = {}
     pending: list[str] = []
     for name, layer in layers.items():  # rounding-only layers first, in model order

@@ -153,8 +153,9 @@ def hessian(x: torch.Tensor) -> torch.Tensor:
 
 def output_error(x: torch.Tensor, w: torch.Tensor, w_hat: torch.Tensor) -> float:
     """Mean squared output error ``||x w^T - x w_hat^T||^2 / n`` on inputs ``x``."""
-    x = x.reshape(-1, x.shape[-1]).double()
-    return float((x @ (w.double() - w_hat.double()).T).pow(2).sum() / max(x.shape[0], 1))
+    x = x.detach().reshape(-1, x.shape[-1]).double()
+    d = w.detach().double() - w_hat.detach().double()
+    return float((x @ d.T).pow(2).sum() / max(x.shape[0], 1))
 
 
 def weighted_error(h: torch.Tensor, w: torch.Tensor, w_hat: torch.Tensor) -> float:
