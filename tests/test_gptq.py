@@ -208,3 +208,17 @@ def test_gptq_recipes_fit_user_cnns(factory, digits):
 
 def notes_layers(model, notes):
     return [model.get_submodule(n) for n in notes["layers"]]
+
+
+@pytest.mark.parametrize("recipe", ["gptq-4bit", "gptq-3bit"])
+def test_gptq_recipes_keep_lenet300_accuracy(recipe, lenet300, digits):
+    from modelzip.eval.evaluate import accuracy
+
+    base = accuracy(lenet300, digits.test)
+    cfg = Recipe.load(recipe).stages[0]
+    ctx = Context(data=digits, trainer=Trainer(progress=False))
+    model = get_method("gptq").apply(copy.deepcopy(lenet300), cfg, ctx)
+    assert ctx.notes["edge_layers"] == ["fc1", "fc3"]
+    assert ctx.notes["layers"]["fc2"]["bits"] == int(recipe[5])
+    back, _ = mzip.from_bytes(mzip.to_bytes(model))
+    assert accuracy(back, digits.test) >= base - 0.03

@@ -15,7 +15,7 @@ Example (YAML)::
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 from pydantic import Field, field_validator, model_validator
@@ -138,7 +138,7 @@ def _cluster_group(
 
 def _cluster_rows(name: str, mod: nn.Module, bits: int, cfg: ClusterConfig) -> dict[str, Any]:
     """A k-means codebook per output row (or per group along it), fixed after fitting."""
-    w = mod.weight.detach()
+    w = cast(torch.Tensor, mod.weight).detach()
     if not torch.isfinite(w).all():
         raise UnsupportedError(f"{name}.weight holds NaN or inf values: cannot cluster it")
     flat = w.reshape(w.shape[0], -1)
@@ -151,7 +151,7 @@ def _cluster_rows(name: str, mod: nn.Module, bits: int, cfg: ClusterConfig) -> d
         "per": cfg.per,
         "group_size": g,
         "codebooks": int(cb.shape[0]),
-        "sqnr_db": round(affine.sqnr_db(w, mod.weight.detach()), 2),
+        "sqnr_db": round(affine.sqnr_db(w, cast(torch.Tensor, mod.weight).detach()), 2),
     }
 
 

@@ -37,7 +37,7 @@ from torch import nn
 
 from modelzip.config import MethodConfig
 from modelzip.context import Context
-from modelzip.errors import ModelError, UnsupportedError
+from modelzip.errors import DataError, ModelError, UnsupportedError
 from modelzip.methods import _gptq_calib as calib
 from modelzip.methods._gptq_budget import allocate_bits
 from modelzip.nn.constraints import constrain, constraints_of
@@ -74,6 +74,9 @@ class GPTQConfig(MethodConfig):
     )
     bits_choices: list[int] = Field(default_factory=lambda: [2, 3, 4, 5, 6, 8])
     calibration_batches: int = Field(8, ge=1, le=100_000)
+    calibration_split: Literal["val", "train"] = Field(
+        "val", description="split the calibration batches come from (never test)"
+    )
     layers: list[str] | None = Field(None, description="layer patterns (default: all)")
 
     @field_validator("bits")
@@ -189,6 +192,22 @@ def quantize_layer(
     return note
 
 
+def _calibration(ctx: Context, cfg: GPTQConfig) -> list[torch.Tensor]:
+    if cfg.calibration_split == "val":
+        return calibration_batches(ctx, cfg.calibration_batches)
+    data = getattr(ctx, "data", None)
+    if data is None or "train" not in getattr(data, "loaders", {}):
+        raise DataError("calibration_split 'train' needs data with a train split (--data)")
+    out = []
+    for x, _ in data.train:
+        out.append(x)
+        if len(out) >= cfg.calibration_batches:
+            break
+    if not out:
+        raise DataError(f"calibration needs data: the train split of {data.name!r} is empty")
+    return out
+
+
 def _check_layers(layers: dict[str, nn.Module]) -> None:
     for name, layer in layers.items():
         found = constraints_of(layer, "weight")
@@ -211,7 +230,7 @@ def gptq(model: nn.Module, cfg: GPTQConfig, ctx: Context) -> nn.Module:
     layers = {n: m for n, m in layers.items() if n in bits}
     _check_layers(layers)
     needs_data = cfg.algorithm == "gptq" or cfg.awq or cfg.average_bits is not None
-    batches = calibration_batches(ctx, cfg.calibration_batches) if needs_data else []
+    batches = _calibration(ctx, cfg) if needs_data else []
     order, diag = calib.call_order(model, layers, batches) if batches else ([], {})
     if cfg.average_bits is not None:
         bits, spent = allocate_bits(
