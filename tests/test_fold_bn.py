@@ -12,6 +12,7 @@ from modelzip.codec import container
 from modelzip.graph.fold import fold_batchnorm
 from modelzip.methods.fold_bn import FoldBNConfig, fold_bn
 from modelzip.methods.prune import PruneConfig, prune
+from modelzip.methods.quantize import QuantizeConfig, quantize
 from modelzip.pipeline import run
 from modelzip.recipe import Recipe
 
@@ -88,6 +89,15 @@ def test_fold_keeps_a_pruning_mask(digits):
     assert int((model.stem.weight == 0).sum()) == zeros
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref, rtol=0, atol=1e-5)
+
+
+def test_quantize_folds_first_unless_disabled(digits):
+    ctx = make_ctx(digits)
+    model = quantize(trained_like("depthwise_cnn"), QuantizeConfig(bits=8), ctx)
+    assert "stem_bn" in ctx.notes["fold_bn"]["folded"]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    kept = quantize(trained_like("depthwise_cnn"), QuantizeConfig(bits=8, fold_bn=False), ctx)
+    assert isinstance(kept.stem_bn, nn.BatchNorm2d)
 
 
 def test_fold_bn_is_a_recipe_stage(digits):

@@ -81,6 +81,7 @@ class QuantizeConfig(MethodConfig):
     calibration_batches: int = Field(8, ge=1, le=100_000)
     bias_correction: bool = False
     layers: list[str] | None = Field(None, description="layer patterns to quantize (default: all)")
+    fold_bn: bool = Field(True, description="fold BatchNorm into the layer before it first")
 
     @field_validator("bits")
     @classmethod
@@ -240,6 +241,10 @@ def static_activations(
 @register(QuantizeConfig)
 def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> nn.Module:
     """Uniform weight quantization (tensor/channel/group); W8A8 integer layers with activations."""
+    if cfg.fold_bn:
+        from modelzip.methods.fold_bn import fold_into
+
+        ctx.notes["fold_bn"] = fold_into(model, ctx)
     layers = select(model, cfg.layers, types=WEIGHT_LAYERS if cfg.layers is None else QUANTIZABLE)
     bits = per_layer(cfg.bits, layers, "bits")
     chosen = {n: layers[n] for n in bits}
