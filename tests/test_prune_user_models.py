@@ -205,3 +205,37 @@ def test_fixture_prunes_finetunes_and_round_trips(name, digits, tmp_path):
     loaded = mz.load(out)
     again = mz.evaluate(loaded, data, measure_latency=False)
     assert again["accuracy"] == res["compressed"]["accuracy"] == res["stages"][-1]["accuracy"]
+
+
+class Chunked(nn.Module):
+    """A conv's channels split in two halves, each to its own branch, then concatenated."""
+
+    def __init__(self, fixed_split: bool = False) -> None:
+        super().__init__()
+        self.fixed_split = fixed_split
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.left = nn.Conv2d(4, 4, 1)
+        self.right = nn.Conv2d(4, 4, 1)
+        self.head = nn.Linear(8 * 64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv(x))
+        a, b = y.split(4, dim=1) if self.fixed_split else y.chunk(2, dim=1)
+        return self.head(torch.cat([self.left(a), self.right(b)], 1).flatten(1))
+
+
+def test_chunk_maps_channel_ranges_and_keeps_halves_equal(digits):
+    torch.manual_seed(0)
+    model = Chunked().eval()
+    zero_out(model.conv, [0, 1, 4, 5])  # two of each half
+    x = digits.example(16)
+    with torch.no_grad():
+        ref = model(x)
+    groups = channel_groups(model, x[:2])
+    assert groups["conv"].sections == [(0, 4), (4, 8)]
+    prune(model, PruneConfig(pattern="channel", sparsity=0.5, layers=["conv"]), make_ctx(digits))
+    assert model.left.in_channels == 2 and model.right.in_channels == 2
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref, rtol=0, atol=1e-5)
+    with pytest.raises(UnsupportedError, match=r"conv: split\(\) cuts them into fixed sizes"):
+        prune(Chunked(True), PruneConfig(pattern="channel", layers=["conv"]), make_ctx(digits))

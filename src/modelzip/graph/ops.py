@@ -95,6 +95,14 @@ def handle(an: _Analysis, node: Node) -> None:
     elif name == "chunk" and first is not None and x is not None:
         _chunk(an, node, first, x)
         return
+    elif name in ("split", "split_with_sizes", "tensor_split", "unbind") and first is not None:
+        d = int(_arg(node, 2 if name != "unbind" else 1, "dim", 0)) % max(y.dim(), 1)
+        if name != "unbind" and x is not None and d != first.dim:
+            for i in range(len(node.outputs)):
+                an.out(node, first, i)
+            return
+        an.spaces.block(first, f"{node.name} cuts them into fixed sizes (chunk() can follow)")
+        return
     elif name in ("matmul", "bmm") and len(node.inputs) == 2:
         _matmul(an, node)
         return
