@@ -8,7 +8,7 @@ from support import make_ctx
 from torch import nn
 
 import modelzip as mz
-from modelzip.codec import container
+from modelzip import mzip
 from modelzip.errors import UnsupportedError
 from modelzip.graph import channel_groups, fold_batchnorm
 from modelzip.methods.prune import PruneConfig, prune
@@ -157,7 +157,7 @@ def test_attention_heads_are_removed_whole(tmp_path):
         model, PruneConfig(pattern="channel", sparsity=0.5, layers=["re:.*intermediate.dense"]), ctx
     )
     assert model.encoder.encoder.layer[0].output.dense.in_features == 32
-    loaded, _ = container.from_bytes(container.to_bytes(model))
+    loaded, _ = mzip.from_bytes(mzip.to_bytes(model))
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
 
@@ -202,7 +202,7 @@ def test_fixture_prunes_finetunes_and_round_trips(name, digits, tmp_path):
     assert res["compressed"]["params"] < 0.6 * res["baseline"]["params"]
     floor = 0.85 if name == "tabular_mlp" else 0.5  # chance: 0.63 (tabular), 0.1 (digits)
     assert res["compressed"]["accuracy"] >= floor
-    loaded = mz.load(out)
+    loaded = mz.load(out, model=getattr(um, name))  # the caller's architecture
     again = mz.evaluate(loaded, data, measure_latency=False)
     assert again["accuracy"] == res["compressed"]["accuracy"] == res["stages"][-1]["accuracy"]
 
