@@ -36,6 +36,7 @@ from torch import nn
 import modelzip as mz
 from modelzip.context import Context
 from modelzip.eval.latency import median_ms
+from modelzip.graph import fold_batchnorm
 from modelzip.recipe import Recipe
 from modelzip.testing import user_models as um
 from modelzip.train import Trainer
@@ -77,10 +78,10 @@ def latency(base: nn.Module, small: nn.Module, x: torch.Tensor) -> dict[str, dic
 
 
 def stages(epochs: int, extra: dict[str, Any] | None = None) -> Recipe:
+    """Prune half the channels, fine-tune (BatchNorm kept), then fold BatchNorm."""
     prune = {"method": "prune", "pattern": "channel", "sparsity": 0.5, **(extra or {})}
-    return Recipe.from_dict(
-        {"stages": [prune, {"method": "finetune", "epochs": epochs, "lr": 1e-3}]}
-    )
+    finetune = {"method": "finetune", "epochs": epochs, "lr": 1e-3}
+    return Recipe.from_dict({"stages": [prune, finetune, {"method": "fold_bn"}]})
 
 
 def run_one(label: str, model: nn.Module, data: Any, recipe: Recipe) -> dict[str, Any]:
@@ -89,6 +90,7 @@ def run_one(label: str, model: nn.Module, data: Any, recipe: Recipe) -> dict[str
     r = mz.compress(model, data, recipe, measure_latency=False)
     small = r["model"].eval()
     x = data.example(64)
+    fold_batchnorm(base, x[:2])  # the unpruned model timed with BatchNorm folded too
     lat = latency(base, small, x)
     m_base, m_small = macs(base, x), macs(small, x)
     speed = {k: v["unpruned"] / v["pruned"] for k, v in lat.items()}
@@ -127,31 +129,45 @@ def main() -> None:
     torch.set_num_threads(1)  # shared 2-core machine: one thread, no oversubscription
     quick = "--quick" in sys.argv
     t0 = time.time()
-    rows = []
-    mnist = mz.load_data("mnist5k")
-    rows.append(run_one("LeNet-5 (zoo)", mz.load_model("zoo:lenet5", data=mnist), mnist, stages(6)))
+    rows: list[dict[str, Any]] = []
+    only = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--only=")), None)
+    if only:  # rerun some models, keep the other rows of the last run
+        saved = json.loads((OUT / "structured.json").read_text(encoding="utf-8"))["rows"]
+        rows = [r for r in saved if r["model"] not in only]
+
+    def wanted(label: str) -> bool:
+        return only is None or label in only
+
+    if wanted("LeNet-5 (zoo)"):
+        mnist = mz.load_data("mnist5k")
+        lenet = mz.load_model("zoo:lenet5", data=mnist)
+        rows.append(run_one("LeNet-5 (zoo)", lenet, mnist, stages(6)))
     digits = mz.load_data("digits")  # the fixtures' 8x8 images (mnist5k's 28x28 is ~12x the work)
     for name in ("residual_cnn", "concat_net", "depthwise_cnn"):
-        model = trained(f"{FIXTURES}:{name}", digits, 15)
-        rows.append(run_one(name, model, digits, stages(8)))
-    with tempfile.TemporaryDirectory() as tmp:
-        table = mz.load_data(str(um.write_tabular_npz(Path(tmp) / "cancer.npz")))
-        rows.append(
-            run_one("tabular_mlp", trained(f"{FIXTURES}:tabular_mlp", table, 30), table, stages(20))
-        )
-    if not quick:
+        if wanted(name):
+            model = trained(f"{FIXTURES}:{name}", digits, 15)
+            rows.append(run_one(name, model, digits, stages(8)))
+    if wanted("tabular_mlp"):
+        with tempfile.TemporaryDirectory() as tmp:
+            table = mz.load_data(str(um.write_tabular_npz(Path(tmp) / "cancer.npz")))
+            model = trained(f"{FIXTURES}:tabular_mlp", table, 30)
+            rows.append(run_one("tabular_mlp", model, table, stages(20)))
+    if not quick and wanted("MiniLM-L6 (heads + MLP)"):
         text = mz.load_data("sentences")
         minilm = mz.load_model("zoo:minilm")
         heads_mlp = {
             "layers": ["re:.*attention\\.self\\.(query|key|value)", "re:.*intermediate\\.dense"]
         }
         rows.append(run_one("MiniLM-L6 (heads + MLP)", minilm, text, stages(2, heads_mlp)))
+    order = ["LeNet-5 (zoo)", "residual_cnn", "concat_net", "depthwise_cnn", "tabular_mlp"]
+    rows.sort(key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpu": cpu(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "seconds": round(time.time() - t0),
+        "rerun": only or [],
     }
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "structured.json").write_text(
@@ -174,16 +190,20 @@ def cpu() -> str:
 
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    rerun = f"; rows {', '.join(meta['rerun'])} rerun after a change" if meta.get("rerun") else ""
     lines = [
         "# Structured pruning benchmark",
         "",
         f"Measured by `benchmarks/structured.py` in one run ({meta['date']}; CPU: {meta['cpu']}; "
-        f"torch {meta['torch']}, {meta['threads']} thread; {meta['seconds']} s). The machine was "
+        f"torch {meta['torch']}, {meta['threads']} thread; {meta['seconds']} s"
+        f"{rerun}"
+        "). The machine was "
         "shared with other jobs, so latencies are medians of 5 interleaved rounds "
         "(unpruned, pruned, ...) in the same process.",
         "",
-        "Every model: `prune` with `pattern: channel`, `sparsity: 0.5` (BatchNorm folded first, "
-        "L1 importance, per layer, output layer kept), then `finetune`. Scores are measured on "
+        "Every model: `prune` with `pattern: channel`, `sparsity: 0.5` (L1 importance, per "
+        "layer, output layer kept; BatchNorms sliced and kept), `finetune`, then `fold_bn` "
+        "(the unpruned model is timed with its BatchNorms folded too). Scores are measured on "
         "the model decoded back from its `.mzip` bytes (accuracy on the test split; MiniLM: "
         "mean cosine to the original's embeddings). MACs: Conv/Linear multiply-accumulates per "
         "sample (MiniLM: attention score products not counted).",

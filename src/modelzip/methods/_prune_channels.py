@@ -3,8 +3,11 @@
 The dependency graph (``modelzip.graph``, traced on a real batch) says which layers change
 together; each group's channels are ranked by the importance of its producers (L1/L2 norm,
 Taylor, BatchNorm scale, or random), and the least important are cut from every member, so
-the model holds smaller tensors. BatchNorms are folded into their layers first (``fold_bn``;
-after pruning for ``criterion: bn_scale``, which ranks by them). Schedules: one shot,
+the model holds smaller tensors. BatchNorms are sliced with their channels and kept, so that
+fine-tuning trains with them (measured on the residual CNN fixture, digits, 50% channels and
+8 epochs: 95.8% kept vs 71.7% with BatchNorm folded before fine-tuning); ``fold_bn: true``
+folds them first (after pruning for ``criterion: bn_scale``, which ranks by them), and
+``quantize`` or a ``fold_bn`` stage folds them later. Schedules: one shot,
 iterative (prune, fine-tune, repeat) or gradual (channels are masked to zero while training
 on a cubic ramp, then cut, which is exact because they are zero).
 """

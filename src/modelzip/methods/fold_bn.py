@@ -1,7 +1,8 @@
 """``fold_bn``: fold BatchNorm layers into the Conv/Linear before them (exact in eval mode).
 
-Structured pruning (``prune`` with ``pattern: channel``) and ``quantize`` run this first
-unless their ``fold_bn`` option is false; as an explicit stage it is::
+``quantize`` runs this first unless its ``fold_bn`` option is false; structured pruning
+(``prune`` with ``pattern: channel``) does with ``fold_bn: true``. As a stage (for example
+after the last fine-tuning, so the file stores no BatchNorm vectors)::
 
     - method: fold_bn
 

@@ -98,7 +98,9 @@ class PruneConfig(MethodConfig):
         8, ge=1, le=100_000, description="taylor, bias repair: val batches"
     )
     fold_bn: bool = Field(
-        True, description="pattern channel: fold BatchNorm into the layers first (fold_bn stage)"
+        False,
+        description="pattern channel: fold BatchNorm into the layers first (off by default: "
+        "fine-tuning recovers far better with BatchNorm kept; quantize folds it later)",
     )
     bias_repair: bool = Field(
         True,
