@@ -125,10 +125,64 @@ def trained(spec: str, data: Any, epochs: int) -> nn.Module:
     return model.eval()
 
 
+def peer_row(label: str, spec: str, data: Any, epochs: int) -> dict[str, Any]:
+    """The same trained fixture pruned by Torch-Pruning (MetaPruner, L1 magnitude, 50% of
+    channels per layer, output layer ignored), fine-tuned the same way, timed the same way."""
+    import torch_pruning as tp
+
+    model = trained(spec, data, 15)
+    base = copy.deepcopy(model).eval()
+    x = data.example(64)
+    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    row: dict[str, Any] = {"model": label}
+    try:
+        pruner = tp.pruner.MetaPruner(
+            model,
+            x[:2],
+            importance=tp.importance.MagnitudeImportance(p=1),
+            pruning_ratio=0.5,
+            ignored_layers=[head],
+        )
+        pruner.step()
+        ctx = Context(data=data, trainer=Trainer(progress=False))
+        ctx.fit(model, epochs=epochs, lr=1e-3)
+        model.eval()
+        row["score"] = [
+            mz.evaluate(base, data, measure_latency=False)["accuracy"],
+            mz.evaluate(model, data, measure_latency=False)["accuracy"],
+        ]
+    except Exception as exc:  # a peer that cannot handle the model is a result too
+        row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+        return row
+    fold_batchnorm(base, x[:2])
+    fold_batchnorm(model, x[:2])
+    lat = latency(base, model, x)
+    row["params"] = [sum(p.numel() for p in m.parameters()) for m in (base, model)]
+    row["macs"] = [macs(base, x), macs(model, x)]
+    row["latency_ms"] = lat
+    row["speedup"] = {k: v["unpruned"] / v["pruned"] for k, v in lat.items()}
+    row["mac_ratio"] = row["macs"][0] / row["macs"][1]
+    print(json.dumps(row), file=sys.stderr, flush=True)
+    return row
+
+
 def main() -> None:
     torch.set_num_threads(1)  # shared 2-core machine: one thread, no oversubscription
     quick = "--quick" in sys.argv
     t0 = time.time()
+    if "--peer" in sys.argv:  # add the Torch-Pruning rows to the last run's results
+        saved = json.loads((OUT / "structured.json").read_text(encoding="utf-8"))
+        digits = mz.load_data("digits")
+        saved["peer"] = [
+            peer_row(name, f"{FIXTURES}:{name}", digits, 8)
+            for name in ("residual_cnn", "concat_net", "depthwise_cnn")
+        ]
+        saved["meta"]["peer_date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        (OUT / "structured.json").write_text(json.dumps(saved, indent=1), encoding="utf-8")
+        md = markdown(saved["rows"], saved["meta"], saved["peer"])
+        (OUT / "structured.md").write_text(md, encoding="utf-8")
+        print(md)
+        return
     rows: list[dict[str, Any]] = []
     only = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--only=")), None)
     if only:  # rerun some models, keep the other rows of the last run
@@ -189,7 +243,9 @@ def cpu() -> str:
     return f"{info.get('Model name', '?').strip()} ({', '.join(sorted(simd)[:8])})"
 
 
-def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+def markdown(
+    rows: list[dict[str, Any]], meta: dict[str, Any], peer: list[dict[str, Any]] | None = None
+) -> str:
     rerun = f"; rows {', '.join(meta['rerun'])} rerun after a change" if meta.get("rerun") else ""
     lines = [
         "# Structured pruning benchmark",
@@ -238,7 +294,41 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         more = f" (+{len(ch) - 8} more)" if len(ch) > 8 else ""
         lines.append(f"- {r['model']}: {shown}{more}")
     lines.append("")
+    if peer:
+        lines += peer_markdown(rows, peer, meta)
     return "\n".join(lines)
+
+
+def peer_markdown(
+    rows: list[dict[str, Any]], peer: list[dict[str, Any]], meta: dict[str, Any]
+) -> list[str]:
+    ours = {r["model"]: r for r in rows}
+    lines = [
+        "## Against Torch-Pruning (same trained fixture, same fine-tuning)",
+        "",
+        f"torch-pruning 1.6 `MetaPruner` (L1 magnitude, `pruning_ratio` 0.5, output layer "
+        f"ignored) on the same trained model, fine-tuned 8 epochs at 1e-3 like ours, timed the "
+        f"same way with BatchNorm folded ({meta.get('peer_date', '')}; separate run, so the "
+        "latencies of the two tables are not from the same minute of a shared machine).",
+        "",
+        "| model | modelzip accuracy | Torch-Pruning accuracy | modelzip MACs | "
+        "Torch-Pruning MACs | Torch-Pruning speedup b1 / b256 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for p in peer:
+        o = ours.get(p["model"], {})
+        if "error" in p:
+            lines.append(
+                f"| {p['model']} | {o.get('score', [0, 0])[1]:.4f} | failed: {p['error']} | | | |"
+            )
+            continue
+        lines.append(
+            f"| {p['model']} | {o.get('score', [0, 0])[1]:.4f} | {p['score'][1]:.4f} | "
+            f"{o.get('macs', [0, 0])[1]:,} | {p['macs'][1]:,} | "
+            f"{p['speedup']['b1']:.2f}x / {p['speedup']['b256']:.2f}x |"
+        )
+    lines.append("")
+    return lines
 
 
 if __name__ == "__main__":
