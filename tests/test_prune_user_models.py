@@ -242,3 +242,27 @@ def test_chunk_maps_channel_ranges_and_keeps_halves_equal(digits):
         torch.testing.assert_close(model(x), ref, rtol=0, atol=1e-5)
     with pytest.raises(UnsupportedError, match=r"conv: split\(\) cuts them into fixed sizes"):
         prune(Chunked(True), PruneConfig(pattern="channel", layers=["conv"]), make_ctx(digits))
+
+
+class FixedView(nn.Module):
+    """The classic LeNet forward: the flatten size written as a constant."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(x)).view(-1, 256))
+
+
+def test_a_shape_fixed_in_forward_is_reported_and_the_model_left_whole(digits):
+    model = FixedView().eval()
+    x = digits.example(4)
+    with torch.no_grad():
+        ref = model(x)
+    with pytest.raises(UnsupportedError, match=r"no longer runs with fewer channels"):
+        prune(model, PruneConfig(pattern="channel", layers=["conv"]), make_ctx(digits))
+    assert model.conv.out_channels == 4 and model.head.in_features == 256
+    with torch.no_grad():
+        assert torch.equal(model(x), ref)

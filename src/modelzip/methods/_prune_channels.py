@@ -14,6 +14,7 @@ on a cubic ramp, then cut, which is exact because they are zero).
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -132,20 +133,32 @@ def _one_round(
 ) -> None:
     plan = _plan(model, targets, step, before, cfg, ctx, stream)
     means = _input_means(model, plan, ctx, cfg.calibration_batches) if cfg.bias_repair else None
+    backup = _backup(model, plan)
     repaired = remove_channels(model, plan, means=means)
     if repaired:
         ctx.notes["bias_repaired"] = sorted(set(ctx.notes.get("bias_repaired", [])) | set(repaired))
-    _check_runs(model, ctx)
+    _check_runs(model, ctx, backup)
 
 
-def _check_runs(model: nn.Module, ctx: Context) -> None:
+def _backup(model: nn.Module, plan: list[tuple[Group, torch.Tensor]]) -> dict[str, nn.Module]:
+    """Copies of every layer the surgery edits, to put back if the model no longer runs."""
+    names = {m.layer for g, _ in plan for m in g.members}
+    return {n: copy.deepcopy(model.get_submodule(n)) for n in names}
+
+
+def _check_runs(model: nn.Module, ctx: Context, backup: dict[str, nn.Module]) -> None:
+    """Run the pruned model once; if it fails (a shape written as a constant in ``forward``,
+    such as ``x.view(-1, 400)``), restore the layers and say so."""
     try:
         with torch.no_grad():
             model.eval()(ctx.data.example(2).to(ctx.device))
     except RuntimeError as exc:
+        for name, layer in backup.items():
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, layer)
         raise UnsupportedError(
-            f"channel surgery left inconsistent shapes (an op the graph analysis does not "
-            f"know ties channels): {str(exc).splitlines()[0]}"
+            f"the model no longer runs with fewer channels (a shape fixed in its forward, "
+            f"e.g. view(-1, 400)? the model is left unpruned): {str(exc).splitlines()[0]}"
         ) from None
 
 
@@ -335,10 +348,11 @@ def _gradual(
     )
     update(steps + 1)  # lands on the final sparsity if the ramp did not
     plan = [(g, torch.nonzero(masks[k]).flatten()) for k, (g, _) in chosen.items()]
-    remove_channels(model, plan)
     for layer, name in added:
         parametrize.remove_parametrizations(layer, name, leave_parametrized=True)
-    _check_runs(model, ctx)
+    backup = _backup(model, plan)
+    remove_channels(model, plan)
+    _check_runs(model, ctx, backup)
     ctx.notes["steps"] = history
     ctx.notes["train_loss"] = round(loss, 6)
 
