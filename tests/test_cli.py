@@ -161,7 +161,9 @@ def test_demo_quick_writes_file_and_reports(capsys, tmp_path):
     assert code == 0
     assert "ratio" in stdout and "accuracy" in stdout
     names = sorted(p.name for p in (tmp_path / "demo").iterdir())
-    assert names == ["lenet300-digits.mzip", "report.json", "report.md"]
+    assert names == ["lenet300-digits.mzip", "report.html", "report.json", "report.md"]
+    html_path = (tmp_path / "demo" / "report.html").resolve()
+    assert f"report: {html_path}" in stdout.replace("\n", "")  # the path, printed whole
 
 
 def test_recipes_command_lists_builtins(capsys):
