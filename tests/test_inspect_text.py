@@ -17,7 +17,7 @@ from modelzip.report.console import format_inspect, wrap_name
 from modelzip.testing import user_models as um
 from support import fresh
 
-LONG_NET = '''
+LONG_NET = """
 import torch
 from torch import nn
 
@@ -54,7 +54,7 @@ class LongNames(nn.Module):
 def build():
     torch.manual_seed(0)
     return LongNames()
-'''
+"""
 
 
 def _unwrap(text: str) -> str:

@@ -190,7 +190,8 @@ def histogram(h: dict[str, Any], key: str) -> str:
     ax.bar(centers, h["after"]["counts"], width=width, color=BLUE, alpha=0.75, label="after")
     if h.get("before"):
         ax.step(edges[1:], h["before"]["counts"], where="pre", color=GREY, lw=1.2, label="before")
-    for i, v in enumerate(h.get("centroids") or []):
+    # the zero slot of a pruned codebook is the pruned weights, not drawn here
+    for i, v in enumerate(v for v in h.get("centroids") or [] if v != 0):
         ax.axvline(v, color=RED, lw=0.6, alpha=0.8, label="centroids" if i == 0 else None)
     ax.set_title(h["tensor"], fontsize=9)
     ax.set_xlabel("weight value")

@@ -69,7 +69,7 @@ def summary_cells(record: dict[str, Any]) -> list[tuple[str, list[Cell | None]]]
             ("b1", "latency ratio, batch 1"),
             ("bN", f"latency ratio, batch {ratio.get('N')}"),
         ):
-            rows.append((label, [None, (f"latency_ratio.{k}", ratio[k], f"{ratio[k]:.2f}x")]))
+            rows.append((label, [None, (f"latency_ratio.{k}", ratio[k], f"{ratio[k]:.3g}x")]))
     return rows
 
 
