@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from support import fresh
 
 import modelzip as mz
 from modelzip.cli import main
@@ -15,7 +16,6 @@ from modelzip.codec.inspect import inspect_bytes, layer_of
 from modelzip.nn.constraints import AffineQuant, Mask, constrain
 from modelzip.report.console import format_inspect, wrap_name
 from modelzip.testing import user_models as um
-from support import fresh
 
 LONG_NET = """
 import torch
