@@ -101,7 +101,7 @@ def format_inspect(
     lines.append("")
     layers = layer_summary(info, detail)
     if not tensors:
-        rows = [
+        rows: list[tuple[str, list[str], list[str]]] = [
             (
                 r["layer"],
                 [

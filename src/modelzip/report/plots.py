@@ -43,8 +43,9 @@ def _styled(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> str:
         import matplotlib
+        from cycler import cycler
 
-        rc = {
+        rc: Any = {
             "svg.fonttype": "none",
             "svg.hashsalt": "modelzip",
             "font.size": 9,
@@ -54,7 +55,7 @@ def _styled(fn: F) -> F:
             "ytick.labelsize": 8,
             "axes.spines.top": False,
             "axes.spines.right": False,
-            "axes.prop_cycle": matplotlib.cycler(color=CYCLE),
+            "axes.prop_cycle": cycler(color=CYCLE),
         }
         with matplotlib.rc_context(rc):
             return fn(*args, **kwargs)
