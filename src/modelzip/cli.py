@@ -14,6 +14,7 @@ from rich.table import Table
 
 from modelzip import api
 from modelzip.errors import ModelzipError
+from modelzip.progress import bar
 
 try:  # typer >= 0.20 vendors its own click
     from typer._click import exceptions as clickx
@@ -120,16 +121,24 @@ def _run_compress(
     if with_sensitivity and report is not None:
         from modelzip.search.sensitivity import sensitivity as run_sensitivity
 
-        sens = run_sensitivity(model, data, seed=seed)
-    result = api.compress(
-        model,
-        data,
-        rec,
-        out=output,
-        seed=seed,
-        progress=not as_json,
-        measure_latency=measure_latency,
-    )
+        sens = run_sensitivity(model, data, seed=seed, progress=not as_json)
+    names = [cfg.method for cfg in rec.stages]
+
+    def step(i: int) -> str:
+        return f"stage {i + 1}/{len(names)}: {names[i]}" if i < len(names) else "write .mzip"
+
+    with bar(step(0), len(names) + 1, enabled=not as_json) as advance:
+        result = api.compress(
+            model,
+            data,
+            rec,
+            out=output,
+            seed=seed,
+            progress=not as_json,
+            measure_latency=measure_latency,
+            on_stage=lambda i, _method, _record: advance(description=step(i)),
+        )
+        advance()
     result.pop("model")
     result["model_spec"] = model_spec
     if report is not None:
@@ -231,6 +240,7 @@ def sensitivity(
         pattern=pattern,
         split=split,
         seed=seed,
+        progress=not as_json,
     )
     result["model"] = model
     if as_json:
