@@ -22,6 +22,9 @@ BLUE, ORANGE, GREEN, RED, PURPLE, GREY = (
     "#CC79A7",
     "#7f7f7f",
 )
+#: Inches of a full-width plot: the page's column (about 1040 px), so 9 pt text shows at
+#: about 12 px on a laptop screen.
+WIDE = 10.5
 CYCLE = [BLUE, ORANGE, GREEN, RED, PURPLE, "#56B4E9", "#F0E442", GREY]
 
 
@@ -117,7 +120,7 @@ def _kb(n: float) -> str:
 def bytes_by_layer(layers: list[dict[str, Any]], total: int) -> str:
     """Horizontal bars: stored bytes per layer (largest first), labelled with share."""
     rows = sorted(layers, key=lambda r: -r["bytes"])[:24]
-    fig = _figure(7.0, 0.9 + 0.28 * len(rows))
+    fig = _figure(WIDE, 0.8 + 0.26 * len(rows))
     ax = fig.add_subplot()
     names = [r["layer"] for r in rows][::-1]
     values = [r["bytes"] / 1024 for r in rows][::-1]
@@ -143,7 +146,7 @@ def bytes_by_layer(layers: list[dict[str, Any]], total: int) -> str:
 def accuracy_vs_size(record: dict[str, Any]) -> str:
     """Accuracy against file size: baseline, each stage, the compressed file, and a search's
     Pareto front when the record has one."""
-    fig = _figure(7.0, 3.6)
+    fig = _figure(WIDE, 3.6)
     ax = fig.add_subplot()
     b, c = record["baseline"], record["compressed"]
     path = [(b["bytes"], b["accuracy"], "fp32 baseline")]
@@ -152,7 +155,17 @@ def accuracy_vs_size(record: dict[str, Any]) -> str:
     ax.plot(xs, ys, "-o", color=BLUE, label="after each stage", zorder=3)
     for x, y, label in zip(xs, ys, (p[2] for p in path), strict=True):
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 5), fontsize=8)
-    ax.plot([c["bytes"]], [100 * c["accuracy"]], "*", ms=14, color=ORANGE, label=".mzip (final)")
+    ax.plot(
+        [c["bytes"]],
+        [100 * c["accuracy"]],
+        "*",
+        ms=16,
+        color=ORANGE,
+        mec="black",
+        mew=0.5,
+        zorder=4,
+        label=".mzip (final)",
+    )
     pareto = record.get("pareto") or []
     if pareto:
         pts = sorted((p["bytes"], 100 * p["accuracy"]) for p in pareto)
@@ -183,7 +196,7 @@ def accuracy_vs_size(record: dict[str, Any]) -> str:
 def histogram(h: dict[str, Any], key: str) -> str:
     """Weight distribution of one tensor before (outline) and after (bars, nonzero values),
     with the codebook centroids as vertical lines."""
-    fig = _figure(3.5, 2.5)
+    fig = _figure(3.4, 2.4)
     ax = fig.add_subplot()
     edges = h["after"]["edges"]
     centers = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)]
@@ -214,7 +227,7 @@ def sparsity_pattern(m: dict[str, Any]) -> str:
     rows, cols = m["shape"]
     dens = m["density"]
     aspect = max(0.25, min(1.0, len(dens) / max(len(dens[0]), 1)))
-    fig = _figure(7.0, 1.0 + 3.2 * aspect)
+    fig = _figure(WIDE, 1.0 + 4.0 * aspect)
     ax = fig.add_subplot()
     im = ax.imshow(
         dens,
@@ -238,7 +251,7 @@ def sparsity_pattern(m: dict[str, Any]) -> str:
 @_styled
 def sensitivity_curves(sens: dict[str, Any]) -> str:
     """Accuracy per layer when that layer alone is pruned to each sparsity."""
-    fig = _figure(7.0, 3.4)
+    fig = _figure(WIDE, 3.6)
     ax = fig.add_subplot()
     xs = [100 * s for s in sens["sparsities"]]
     markers = "os^vD<>p"

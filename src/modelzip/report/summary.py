@@ -46,7 +46,7 @@ def summary_cells(record: dict[str, Any]) -> list[tuple[str, list[Cell | None]]]
         ("nonzero", pair("nonzero", lambda v: f"{v:,}")),
         ("bits/weight", pair("bits_per_weight", lambda v: f"{v:.2f}")),
         (
-            "ratio (fp32 bytes / .mzip bytes)",
+            "ratio (fp32 / .mzip bytes)",
             [None, ("ratio", record["ratio"], f"{record['ratio']:.2f}x")],
         ),
     ]
