@@ -13,6 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from modelzip.codec.codecs import get_codec
 from modelzip.codec.container import (
     EXPANSION,
@@ -107,9 +109,9 @@ def _grid_bits(rec: dict[str, Any], fields: dict[str, Any]) -> int | None:
     if cb is not None:
         size = cb.numel() + int(bool(meta.get("zero", 0)))
         return max(1, math.ceil(math.log2(max(size, 2))))
-    q = fields.get("qdata")
-    if q is not None and not q.is_floating_point():
-        return q.element_size() * 8
+    q = fields.get("qdata", fields.get("values"))
+    if q is not None and not q.is_floating_point() and q.dtype != torch.bool:
+        return q.element_size() * 8  # integer codes stored as such (int8 layers)
     return None
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from typing import Any
 
 from modelzip.report import plots
@@ -35,6 +36,8 @@ th, td { padding: .3rem .55rem; border-bottom: 1px solid var(--line); vertical-a
 thead th { text-align:left; font-weight:600; border-bottom: 2px solid var(--ink); }
 td.n, th.n { text-align: right; white-space: nowrap; }
 tbody th { text-align:left; font-weight:500; }
+.codec { white-space: nowrap; }
+tbody th.name { min-width: 15rem; }
 .name { overflow-wrap:anywhere; font-family: ui-monospace,SFMono-Regular,Menlo,monospace;
   font-size:.85rem; }
 .bar { display:inline-block; height:.55rem; background:var(--accent); border-radius:2px;
@@ -64,6 +67,11 @@ CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
 def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
+
+
+def _name(value: str) -> str:
+    """A layer name that breaks after dots and underscores on a narrow screen, never cut."""
+    return re.sub(r"([._])", r"\1<wbr>", _e(value))
 
 
 def _summary(record: dict[str, Any]) -> str:
@@ -178,13 +186,14 @@ def _layers(record: dict[str, Any]) -> str:
     rows = []
     for r in layers:
         bits = "fp32" if r["bits"] is None else str(r["bits"])
+        codec = "<br>".join(_e(c) for c in r["codec"].split(", "))
         width = 4 * r["share"] / top
         rows.append(
-            f'<tr><th scope="row" class="name">{_e(r["layer"])}</th>'
+            f'<tr><th scope="row" class="name">{_name(r["layer"])}</th>'
             f'<td class="name">{_e(", ".join(r["tensors"]))}</td>'
             f'<td class="n">{r["params"]:,}</td><td class="n">{r["sparsity"]:.1%}</td>'
             f'<td class="n">{bits}</td><td class="n">{r["bits_per_weight"]:.2f}</td>'
-            f'<td class="name">{_e(r["codec"])}</td><td class="n">{r["bytes"]:,}</td>'
+            f'<td class="name codec">{codec}</td><td class="n">{r["bytes"]:,}</td>'
             f'<td class="n">{r["share"]:.1%}<span class="bar" style="width:{width:.2f}rem">'
             "</span></td></tr>"
         )

@@ -119,10 +119,14 @@ def _kb(n: float) -> str:
 @_styled
 def bytes_by_layer(layers: list[dict[str, Any]], total: int) -> str:
     """Horizontal bars: stored bytes per layer (largest first), labelled with share."""
+    from modelzip.report.console import wrap_name
+
     rows = sorted(layers, key=lambda r: -r["bytes"])[:24]
-    fig = _figure(WIDE, 0.8 + 0.26 * len(rows))
+    # long names wrap after dots (never cut), so the bars keep their width
+    names = ["\n".join(line.strip() for line in wrap_name(r["layer"], 36)) for r in rows][::-1]
+    lines = sum(n.count("\n") + 1 for n in names)
+    fig = _figure(WIDE, 0.8 + 0.2 * lines + 0.08 * len(rows))
     ax = fig.add_subplot()
-    names = [r["layer"] for r in rows][::-1]
     values = [r["bytes"] / 1024 for r in rows][::-1]
     ax.barh(range(len(rows)), values, color=BLUE)
     ax.set_yticks(range(len(rows)), names)
@@ -207,7 +211,9 @@ def histogram(h: dict[str, Any], key: str) -> str:
     # the zero slot of a pruned codebook is the pruned weights, not drawn here
     for i, v in enumerate(v for v in h.get("centroids") or [] if v != 0):
         ax.axvline(v, color=RED, lw=0.6, alpha=0.8, label="centroids" if i == 0 else None)
-    ax.set_title(h["tensor"], fontsize=9)
+    from modelzip.report.console import wrap_name
+
+    ax.set_title("\n".join(line.strip() for line in wrap_name(h["tensor"], 44)), fontsize=9)
     ax.set_xlabel("weight value")
     ax.set_ylabel("count")
     ax.legend(fontsize=7, loc="upper right")

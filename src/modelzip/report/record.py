@@ -91,7 +91,7 @@ def sparsity_map(after: Mapping[str, dict[str, Any]]) -> dict[str, Any] | None:
     best: tuple[float, int, str, torch.Tensor] | None = None
     for name, d in after.items():
         v = d["value"]
-        if not v.is_floating_point() or v.dim() < 2 or v.numel() < 64:
+        if v.dim() < 2 or v.numel() < 64:
             continue
         m = v.detach().reshape(v.shape[0], -1)
         key = (round(float((m == 0).float().mean()), 2), m.numel(), name, m)
