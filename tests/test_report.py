@@ -84,6 +84,9 @@ def test_html_is_self_contained_and_accessible(demo):
     assert ths and all("scope=" in th for th in ths)
     ids = re.findall(r'\sid="([^"]+)"', page)
     assert len(ids) == len(set(ids))  # plots do not clash on ids
+    refs = re.findall(r'url\(#([^)]+)\)|href="#([^"]+)"', page)
+    labels = [i for s in svgs for i in re.search(r'aria-labelledby="([^"]+)"', s)[1].split()]
+    assert {a or b for a, b in refs} | set(labels) <= set(ids)  # every reference resolves
 
 
 def test_report_command_reproduces_the_page_from_report_json(demo, tmp_path):
