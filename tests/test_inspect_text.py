@@ -10,8 +10,9 @@ import torch
 from support import fresh
 
 import modelzip as mz
+from modelzip import mzip
 from modelzip.cli import main
-from modelzip.codec import container
+from modelzip.codec.format import write_atomic
 from modelzip.codec.inspect import inspect_bytes, layer_of
 from modelzip.nn.constraints import AffineQuant, Mask, constrain
 from modelzip.report.console import format_inspect, wrap_name
@@ -94,7 +95,7 @@ def files(digits, tmp_path_factory):
     out = {}
     for name, model in models.items():
         path = tmp / f"{name}.mzip"
-        container.write_atomic(path, container.to_bytes(model))
+        write_atomic(path, mzip.to_bytes(model))
         out[name] = path
     return out
 

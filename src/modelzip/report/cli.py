@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from modelzip.codec.container import write_atomic
+from modelzip.codec.format import write_atomic
 from modelzip.errors import ConfigError
 from modelzip.report.record import build_record, complete_from_file
 from modelzip.report.summary import latency_ratio

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from modelzip.codec.container import write_atomic
+from modelzip.codec.format import write_atomic
 from modelzip.report.record import build_record
 from modelzip.report.summary import headline, latency_ratio, summary_rows
 
