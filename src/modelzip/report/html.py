@@ -37,6 +37,7 @@ thead th { text-align:left; font-weight:600; border-bottom: 2px solid var(--ink)
 td.n, th.n { text-align: right; white-space: nowrap; }
 tbody th { text-align:left; font-weight:500; }
 .codec { white-space: nowrap; }
+.scroll { overflow-x: auto; max-width: 100%; }
 tbody th.name { min-width: 15rem; }
 .name { overflow-wrap:anywhere; font-family: ui-monospace,SFMono-Regular,Menlo,monospace;
   font-size:.85rem; }
@@ -56,6 +57,7 @@ pre { background:var(--bg); border:1px solid var(--line); padding:.75rem; overfl
   main { max-width: none; padding: 0; }
   .card { background: none; }
   section, figure, table { break-inside: avoid; }
+  .scroll { overflow: visible; }
   h2 { break-after: avoid; }
   details { display: block; } details > summary { display: none; }
   a { color: inherit; text-decoration: none; }
@@ -297,6 +299,11 @@ def render_html(record: dict[str, Any], title: str = "modelzip report") -> str:
         if x
     )
     size = fmt_bytes(record["compressed"]["bytes"])
+    body = "\n".join((_summary(record), _stages(record), _layers(record), _plots(record)))
+    # narrow screens scroll a wide table sideways instead of the whole page
+    body = body.replace("<table>", '<div class="scroll"><table>').replace(
+        "</table>", "</table></div>"
+    )
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -309,10 +316,7 @@ def render_html(record: dict[str, Any], title: str = "modelzip report") -> str:
 <body>
 <main>
 <header><h1>{_e(title)}</h1><p class="sub">{sub}</p></header>
-{_summary(record)}
-{_stages(record)}
-{_layers(record)}
-{_plots(record)}
+{body}
 <section id="recipe" aria-labelledby="recipe-h"><h2 id="recipe-h">Recipe</h2>
 <pre>{_e(recipe_text)}</pre></section>
 <p class="note">Written by modelzip. The same data is in report.json (machine-readable) and
