@@ -244,3 +244,11 @@ def test_report_renders_in_headless_chromium(demo, tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
     assert width == 1280 and height > 2000
+
+
+def test_compress_sensitivity_needs_a_report_folder(capsys, tmp_path):
+    args = ["compress", "zoo:lenet300", "--data", "digits", "--recipe", "quick"]
+    assert main([*args, "-o", str(tmp_path / "o.mzip"), "--sensitivity"]) == 2
+    err = capsys.readouterr().err
+    assert "--report" in err and err.count("\n") == 1
+    assert not (tmp_path / "o.mzip").exists()

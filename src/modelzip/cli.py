@@ -194,11 +194,19 @@ def compress(
         Path | None,
         typer.Option("--report", help="folder for report.html, report.json and report.md"),
     ] = None,
+    with_sensitivity: Annotated[
+        bool,
+        typer.Option(
+            "--sensitivity", help="add per-layer pruning sensitivity curves to the --report"
+        ),
+    ] = False,
     architecture: ArchOpt = None,
     seed: SeedOpt = 0,
     as_json: JsonOpt = False,
 ) -> None:
     """Compress MODEL with RECIPE on DATA and write OUT.mzip."""
+    if with_sensitivity and report is None:
+        raise typer.BadParameter("--sensitivity draws into the report: give --report DIR too")
     _run_compress(
         model,
         data,
@@ -209,6 +217,7 @@ def compress(
         architecture=architecture,
         seed=seed,
         as_json=as_json,
+        with_sensitivity=with_sensitivity,
     )
 
 
