@@ -206,11 +206,13 @@ def static_activations(
     act: ActivationConfig,
     batches: list[torch.Tensor],
     notes: dict[str, Any],
+    *,
+    progress: bool = False,
 ) -> nn.Module:
     """Calibrate input ranges, correct biases (optional), convert to integer layers."""
     skipped = {n: r for n, m in layers.items() if (r := convert.why_not_convertible(m))}
     todo = {n: m for n, m in layers.items() if n not in skipped}
-    stats = calibrate.observe(model, todo, batches)
+    stats = calibrate.observe(model, todo, batches, progress=progress)
     for name in [n for n in todo if not stats[n].seen]:
         skipped[name] = "never ran on the calibration data (no activation range)"
         del todo[name]
@@ -262,7 +264,9 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> nn.Module:
         ctx.notes["observer"] = cfg.activations.observer
         ctx.notes["calibration_batches"] = len(batches)
         acts = cfg.activations
-        model = static_activations(model, chosen, float_w, cfg, acts, batches, ctx.notes)
+        model = static_activations(
+            model, chosen, float_w, cfg, acts, batches, ctx.notes, progress=ctx.trainer.progress
+        )
     elif cfg.bias_correction:
         bias_correction(model, chosen, float_w, {}, batches, ctx.notes)
     if ref is not None:
