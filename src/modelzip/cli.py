@@ -458,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        app(args=args, prog_name="modelzip", standalone_mode=False)
+        code = app(args=args, prog_name="modelzip", standalone_mode=False)
     except ModelzipError as exc:
         if debug:
             raise
@@ -481,7 +481,11 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         err.print("modelzip: aborted", markup=False)
         return 130
-    return 0
+    except KeyboardInterrupt:
+        err.print("modelzip: interrupted", markup=False)
+        return 130
+    # without standalone mode, click hands back a typer.Exit's code as the return value
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

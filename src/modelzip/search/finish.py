@@ -34,10 +34,12 @@ def points_of(trials: list[FrozenTrial], objective: str) -> list[dict[str, Any]]
             continue
         a = t.user_attrs
         lat = a.get("latency_ratio")
+        if objective != "bytes" and lat is None:
+            continue
         point = {
             "trial": t.number,
             "number": t.number,
-            "objective": a["bytes"] if objective == "bytes" else lat["bN"],
+            "objective": lat["bN"] if objective != "bytes" and lat else a["bytes"],
             "bytes": a["bytes"],
             "ratio": a["ratio"],
             "accuracy": a["accuracy"],

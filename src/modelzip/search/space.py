@@ -223,15 +223,10 @@ class Space:
             if float(policy[f"sparsity:{u.key}"]) > 0
         }
         if sparsity:
-            stages.append(
-                {
-                    "method": "prune",
-                    "sparsity": sparsity,
-                    "scope": "layer",
-                    "schedule": "gradual",
-                    "epochs": sched.prune,
-                }
-            )
+            prune: dict[str, Any] = {"method": "prune", "sparsity": sparsity, "scope": "layer"}
+            if sched.prune:  # reached gradually while training; else one shot
+                prune.update(schedule="gradual", epochs=sched.prune)
+            stages.append(prune)
         if sched.recover:
             stages.append({"method": "finetune", "epochs": sched.recover, "lr": sched.lr})
         by_quantizer: dict[str, dict[str, int]] = {}
