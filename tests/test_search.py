@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -21,7 +22,7 @@ from modelzip.search.runner import EXIT_MISSED_BUDGET, STUDY_NAME
 from modelzip.search.space import Space
 from modelzip.testing import user_models as um
 
-EPOCHS = "1,0,1"  # full fidelity: 1 epoch gradual pruning, 1 after quantizing
+EPOCHS = "1,0,0"  # full fidelity: 1 epoch of gradual pruning, no other training
 SEARCH = ["search", "zoo:lenet300", "--data", "digits", "--epochs", EPOCHS]
 
 
@@ -112,7 +113,7 @@ def test_impossible_budget_exits_3_and_hands_over_the_closest_policy(tmp_path, c
 
 def test_sigkill_mid_trial_resumes_without_losing_or_repeating_trials(tmp_path):
     study = tmp_path / "s"
-    argv = [*SEARCH, "--max-drop", "2", "--trials", "3", "--study", str(study), "--json"]
+    argv = [*SEARCH, "--max-drop", "2", "--trials", "2", "--study", str(study), "--json"]
     cmd = [sys.executable, "-m", "modelzip.cli", *argv]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -137,11 +138,11 @@ def test_sigkill_mid_trial_resumes_without_losing_or_repeating_trials(tmp_path):
     assert done_before, f"never saw a finished and a running trial: {proc.stderr.read()[-500:]}"
     assert proc.returncode == -signal.SIGKILL
     assert (study / "search.lock").exists()  # the killed process could not clean up
-    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=240)
+    assert main(argv) in (0, EXIT_MISSED_BUDGET)  # the same command again, resumes
     trials = optuna.load_study(study_name=STUDY_NAME, storage=storage).trials
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    assert len(finished) == 3  # exactly the requested count: none lost, none twice
+    assert len(finished) == 2  # exactly the requested count: none lost, none twice
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     for number, value in done_before.items():  # what finished before the kill is kept as is
         assert trials[number].state == TrialState.COMPLETE and trials[number].value == value
@@ -163,7 +164,7 @@ def test_ray_engine_runs_trials_in_parallel_into_the_same_study(searched, tmp_pa
         engine="ray",
         workers=2,
         study=tmp_path / "s",
-        epochs=(1, 0, 1),
+        epochs=(1, 0, 0),
         progress=False,
     )
     try:
@@ -215,7 +216,7 @@ def test_space_respects_first_and_last_layer_rules(lenet300):
     for _ in range(30):
         policy = space.suggest(study.ask())
         assert policy["bits:fc1"] >= 4 and policy["bits:fc3"] >= 4
-        assert policy["sparsity:fc3"] <= 0.9
+        assert policy["density:fc3"] >= 0.1 and policy["density:fc1"] >= 0.01
         assert policy["rank:fc1"] == policy["rank:fc3"] == "none"
         Recipe.from_dict(space.recipe(policy).to_dict())  # every policy is a valid recipe
 
@@ -243,7 +244,16 @@ def test_space_on_user_models(tmp_path, digits):
     assert len(units) < len([n for n, m in bert.named_modules() if hasattr(m, "weight")])
 
 
-def test_search_package_does_not_import_ray():
-    code = "import sys, modelzip.search.runner; print('ray' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+def test_search_works_without_ray_installed():
+    # no module of the search imports Ray at import time: only RayEngine, when asked for
+    import ast
+
+    import modelzip.search as pkg
+
+    for path in Path(pkg.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+        names = [a.name for n in top for a in n.names] + [
+            n.module or "" for n in top if isinstance(n, ast.ImportFrom)
+        ]
+        assert not any(n == "ray" or n.startswith("ray.") for n in names), path

@@ -48,7 +48,9 @@ def seed_policies(
         out = {}
         for u in space.units:
             s = tolerated(layers[u.key], levels, drop) if u.key in layers else 0.0
-            out[u.key] = 1 - (1 - s) * keep_scale if s > 0 else s
+            # the output layer is the sensitive one (Deep Compression keeps 35% of it)
+            scale = 1.0 if u.role == "last" else keep_scale
+            out[u.key] = 1 - (1 - s) * scale if s > 0 else s
         return out
 
     if space.objective == "latency":

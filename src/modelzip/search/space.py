@@ -1,6 +1,6 @@
 """The search space: which knobs a policy turns per layer (or per group), and the recipe it is.
 
-A *policy* is a flat dict of Optuna parameter values (``sparsity:fc1``, ``bits:fc1``,
+A *policy* is a flat dict of Optuna parameter values (``density:fc1``, ``bits:fc1``,
 ``quantizer:fc1``, ``rank:fc1``, ``decode_budget``, ...). ``Space.recipe(policy, fidelity)``
 turns it into an ordinary :class:`~modelzip.recipe.Recipe` made of the registered methods'
 recipe fields (``lowrank``, ``prune``, ``finetune``, ``cluster``, ``quantize``, ``encode``,
@@ -133,8 +133,9 @@ class Space:
                 if self.channel_prunable(unit):
                     trial.suggest_float(f"channels:{unit.key}", 0.0, 0.8, step=0.05)
                 continue
-            hi = 0.9 if unit.role == "last" else 0.99
-            trial.suggest_float(f"sparsity:{unit.key}", 0.0, hi, step=0.005)
+            # the kept fraction, log-uniform: as much search between 1% and 10% kept as
+            # between 10% and 100% (that is where the bytes are won)
+            trial.suggest_float(f"density:{unit.key}", self.min_density(unit), 1.0, log=True)
             trial.suggest_int(f"bits:{unit.key}", 4 if unit.role != "hidden" else 2, 8)
             trial.suggest_categorical(f"quantizer:{unit.key}", self.quantizers)
             trial.suggest_categorical(f"rank:{unit.key}", self.rank_choices(unit))
@@ -143,6 +144,11 @@ class Space:
         else:
             trial.suggest_categorical("decode_budget", DECODE_BUDGETS)
         return dict(trial.params)
+
+    @staticmethod
+    def min_density(unit: Unit) -> float:
+        """At least 1% of a layer's weights stay, 10% of the last layer's."""
+        return 0.1 if unit.role == "last" else 0.01
 
     @staticmethod
     def channel_prunable(unit: Unit) -> bool:
@@ -170,8 +176,8 @@ class Space:
                 if self.channel_prunable(u):
                     policy[f"channels:{u.key}"] = _grid(min(s, 0.8), 0.05)
                 continue
-            hi = 0.9 if u.role == "last" else 0.99
-            policy[f"sparsity:{u.key}"] = _grid(min(s, hi), 0.005)
+            density = min(1.0, max(self.min_density(u), 1.0 - s))
+            policy[f"density:{u.key}"] = round(density, 4)
             policy[f"bits:{u.key}"] = max(bits, 4) if u.role != "hidden" else bits
             policy[f"quantizer:{u.key}"] = "kmeans"
             policy[f"rank:{u.key}"] = "none"
@@ -218,10 +224,10 @@ class Space:
             }
             stages.append({"method": "lowrank", "rank": rank_map})
         sparsity = {
-            select[u.key]: float(policy[f"sparsity:{u.key}"])
+            select[u.key]: round(1.0 - float(policy[f"density:{u.key}"]), 4)
             for u in self.units
-            if float(policy[f"sparsity:{u.key}"]) > 0
         }
+        sparsity = {k: v for k, v in sparsity.items() if v > 0}
         if sparsity:
             prune: dict[str, Any] = {"method": "prune", "sparsity": sparsity, "scope": "layer"}
             if sched.prune:  # reached gradually while training; else one shot
