@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
-from modelzip.codec import container
+from modelzip.codec.format import write_atomic
 from modelzip.search.output import pareto_front, pick, plot_front
 from modelzip.search.space import Space
 from modelzip.zoo.data import DataBundle
@@ -132,14 +132,14 @@ def finish(
         f"{verdict}.\n# Rerun: modelzip compress {result['model'] or 'MODEL'} --data {data.name}"
         f" --recipe {label}.yaml --seed {cfg.seed} -o out.mzip\n"
     )
-    container.write_atomic(folder / f"{label}.yaml", (header + recipe.to_yaml()).encode())
+    write_atomic(folder / f"{label}.yaml", (header + recipe.to_yaml()).encode())
     src = folder / "trials" / f"trial-{number:05d}.mzip"
     blob = src.read_bytes()
     shutil.copyfile(src, folder / f"{label}.mzip")
     test_key = f"test:{number}"
     test = study.user_attrs.get(test_key)
     if test is None:  # the one evaluation of the chosen policy on the test split
-        deployed, _ = container.from_bytes(blob)
+        deployed = _load_back(folder / f"{label}.mzip", model)
         test = evaluate(
             deployed,
             data,
@@ -188,8 +188,20 @@ def finish(
     return result
 
 
+def _load_back(path: Path, model: nn.Module) -> nn.Module:
+    """The chosen file as a user loads it: a user model into a copy of its architecture."""
+    import copy
+
+    from modelzip import api
+    from modelzip.source import source_of
+
+    source = source_of(model)
+    skeleton = None if source is not None and source.buildable else copy.deepcopy(model)
+    return api.load(path, model=skeleton)
+
+
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    container.write_atomic(path, (json.dumps(obj, indent=1, default=str) + "\n").encode())
+    write_atomic(path, (json.dumps(obj, indent=1, default=str) + "\n").encode())
 
 
 __all__ = ["finish", "front_of", "points_of"]

@@ -284,7 +284,7 @@ class _Loop:
 
     def save_file(self, trial: Trial, blob: bytes | None) -> None:
         if blob is not None:
-            from modelzip.codec.container import write_atomic
+            from modelzip.codec.format import write_atomic
 
             write_atomic(self.folder / "trials" / f"trial-{trial.number:05d}.mzip", blob)
 
