@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from typing import Any
 
 from rich.console import Console
@@ -42,12 +43,12 @@ class LiveDisplay:
         self.title = title
         self.enabled = enabled and sys.stderr.isatty()
         self._live: Live | None = None
+        self._status = SearchStatus()
+        self._at = time.monotonic()
 
     def __enter__(self) -> LiveDisplay:
         if self.enabled:
-            self._live = Live(
-                self._render(SearchStatus()), console=Console(stderr=True), refresh_per_second=2
-            )
+            self._live = Live(self, console=Console(stderr=True), refresh_per_second=1)
             self._live.__enter__()
         return self
 
@@ -57,8 +58,16 @@ class LiveDisplay:
             self._live = None
 
     def update(self, status: SearchStatus) -> None:
+        self._status, self._at = status, time.monotonic()
         if self._live is not None:
-            self._live.update(self._render(status))
+            self._live.refresh()
+
+    def __rich__(self) -> Table:
+        # the clock keeps moving between trial events
+        since = time.monotonic() - self._at
+        st = self._status
+        eta = None if st.eta is None else max(0.0, st.eta - since)
+        return self._render(replace(st, elapsed=st.elapsed + since, eta=eta))
 
     def _render(self, st: SearchStatus) -> Table:
         table = Table(title=self.title, show_header=False)

@@ -54,10 +54,11 @@ def seed_policies(
         return out
 
     if space.objective == "latency":
-        policies = [space.seed_policy(at(0.05, 1.0)), space.seed_policy(at(0.02, 1.0))]
-        with_int8 = dict(policies[0])
-        with_int8["int8"] = True
-        return [policies[0], with_int8, policies[1]]
+        # half of every layer's channels (the prune-channels recipe), the one-shot tolerance
+        # at 1 point, and the half-channel policy on int8 kernels
+        half = space.seed_policy(dict.fromkeys((u.key for u in space.units), 0.5))
+        with_int8 = {**half, "int8": True}
+        return [half, space.seed_policy(at(0.01, 1.0)), with_int8]
     return [
         space.seed_policy(at(0.05, 0.5), bits=4),  # fine-tuning halves what must be kept
         space.seed_policy(at(0.10, 0.5), bits=3),  # bolder

@@ -224,8 +224,7 @@ class Space:
             }
             stages.append({"method": "lowrank", "rank": rank_map})
         sparsity = {
-            select[u.key]: round(1.0 - float(policy[f"density:{u.key}"]), 4)
-            for u in self.units
+            select[u.key]: round(1.0 - float(policy[f"density:{u.key}"]), 4) for u in self.units
         }
         sparsity = {k: v for k, v in sparsity.items() if v > 0}
         if sparsity:
