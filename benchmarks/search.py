@@ -43,6 +43,9 @@ BUDGET = 0.3  # accuracy points
 #: LeNet-5 has no fc3: the deep-compression recipe's targets mapped by role (first layers
 #: 92%, the layer before the output 88%, the output layer 65%), everything else unchanged.
 LENET5_DC = {"default": 0.92, "fc1": 0.88, "fc2": 0.65}
+#: The recipes branch's role/size rules for deep-compression (default 0.92, params<50000: 0.88,
+#: params<5000: 0.65, role:last: 0.7) resolved on LeNet-5's layers.
+LENET5_DC_ROLES = {"default": 0.92, "conv2": 0.88, "conv1": 0.65, "fc2": 0.7}
 
 
 def reference_recipe(model_name: str) -> tuple[Recipe, str]:
@@ -57,11 +60,11 @@ def reference_recipe(model_name: str) -> tuple[Recipe, str]:
     )
 
 
-def run_search(model, data, **kw: Any) -> tuple[dict[str, Any], float]:
+def run_search(model, data, spec: str, **kw: Any) -> tuple[dict[str, Any], float]:
     folder = Path(tempfile.mkdtemp(prefix="mz-search-bench-", dir=os.environ.get("BENCH_TMP")))
     cfg = SearchConfig(max_drop=BUDGET, study=folder, progress=False, **kw)
     t0 = time.perf_counter()
-    result = search(model, data, cfg, model_spec="zoo")
+    result = search(model, data, cfg, model_spec=spec)
     wall = time.perf_counter() - t0
     label = "best" if result["met_budget"] else "closest"
     yaml_path = folder / f"{label}.yaml"
@@ -80,7 +83,9 @@ def part_compare(model_name: str, seeds: list[int], trials: int, epochs: tuple[i
         t0 = time.perf_counter()
         ref = api.compress(model, data, rec, seed=seed, measure_latency=False)
         ref_wall = time.perf_counter() - t0
-        res, wall = run_search(model, data, trials=trials, seed=seed, epochs=epochs)
+        res, wall = run_search(
+            model, data, f"zoo:{model_name}", trials=trials, seed=seed, epochs=epochs
+        )
         pick = res.get("best") or res.get("closest")
         rows.append(
             {
@@ -108,10 +113,36 @@ def part_compare(model_name: str, seeds: list[int], trials: int, epochs: tuple[i
     return {"model": model_name, "rows": rows}
 
 
+def part_lenet5_roles(seeds: list[int]):
+    """The deep-compression recipe as the recipes branch resolves it on LeNet-5 (reference)."""
+    rows = []
+    for seed in seeds:
+        data = mz.load_data("mnist5k", seed=seed)
+        model = mz.load_model("zoo:lenet5", data=data, seed=seed)
+        stages = Recipe.load("deep-compression").to_dict()["stages"]
+        stages[0]["sparsity"] = LENET5_DC_ROLES
+        rec = Recipe.from_dict({"name": "deep-compression-roles", "stages": stages})
+        t0 = time.perf_counter()
+        ref = api.compress(model, data, rec, seed=seed, measure_latency=False)
+        rows.append(
+            {
+                "seed": seed,
+                "sparsity": LENET5_DC_ROLES,
+                "ratio": ref["ratio"],
+                "test": ref["compressed"]["accuracy"],
+                "wall_s": round(time.perf_counter() - t0, 1),
+            }
+        )
+        print(json.dumps(rows[-1]))
+    return {"rows": rows}
+
+
 def part_latency(trials: int, epochs: tuple[int, int, int]):
     data = mz.load_data("mnist5k", seed=0)
     model = mz.load_model("zoo:lenet5", data=data, seed=0)
-    res, wall = run_search(model, data, trials=trials, objective="latency", epochs=epochs)
+    res, wall = run_search(
+        model, data, "zoo:lenet5", trials=trials, objective="latency", epochs=epochs
+    )
     pick = res.get("best") or res.get("closest")
     return {
         "met_budget": res["met_budget"],
@@ -129,7 +160,9 @@ def part_ray(trials: int, epochs: tuple[int, int, int]):
     model = mz.load_model("zoo:lenet300", data=data, seed=0)
     out = {}
     for engine in ("local", "ray"):
-        res, wall = run_search(model, data, trials=trials, engine=engine, workers=2, epochs=epochs)
+        res, wall = run_search(
+            model, data, "zoo:lenet300", trials=trials, engine=engine, workers=2, epochs=epochs
+        )
         pick = res.get("best") or res.get("closest")
         out[engine] = {
             "wall_s": round(wall, 1),
@@ -251,7 +284,7 @@ def report() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", choices=["lenet300", "lenet5", "latency", "ray"])
+    ap.add_argument("--part", choices=["lenet300", "lenet5", "lenet5roles", "latency", "ray"])
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--trials", type=int, default=12)
     ap.add_argument("--epochs", default="12,3,2")
@@ -268,6 +301,8 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.part in ("lenet300", "lenet5"):
         out = part_compare(args.part, seeds, args.trials, epochs)
+    elif args.part == "lenet5roles":
+        out = part_lenet5_roles(seeds)
     elif args.part == "latency":
         out = part_latency(args.trials, epochs)
     else:

@@ -91,8 +91,8 @@ class _Lock:
                 pid = 0
             if pid and pid != os.getpid() and _alive(pid):
                 raise ConfigError(
-                    f"study {self.path.parent} is in use by process {pid}; wait for it or "
-                    "choose another --study folder"
+                    f"study {self.path.parent} is in use by process {pid}; wait for it, choose "
+                    f"another --study folder, or delete {self.path} if {pid} is no search"
                 )
         self.path.write_text(str(os.getpid()))
         return self
