@@ -313,8 +313,9 @@ def report() -> None:
         if srow and srow["search_ratio"]:
             x = srow["search_ratio"] / r["ratio"]
             lines.append(
-                f"- lenet5 against the recipe with the recipes branch's role rules ({r['ratio']:.1f}x, "
-                f"test {r['test']:.2%}): {x:.2f}x (target 1.5x: {'met' if x >= 1.5 else 'missed'})."
+                f"- lenet5 against the recipe with the recipes branch's role rules "
+                f"({r['ratio']:.1f}x, test {r['test']:.2%}): {x:.2f}x "
+                f"(target 1.5x: {'met' if x >= 1.5 else 'missed'})."
             )
     lines += [
         "- Seeds: one per network (the issue asks for 3); the time of this session allowed one.",
