@@ -14,6 +14,7 @@ from rich.table import Table
 
 from modelzip import api
 from modelzip.errors import ModelzipError
+from modelzip.progress import bar
 
 try:  # typer >= 0.20 vendors its own click
     from typer._click import exceptions as clickx
@@ -127,6 +128,8 @@ def _run_compress(
     as_json: bool,
     measure_latency: bool = True,
     title: str = "modelzip compress",
+    with_sensitivity: bool = False,
+    html: bool = True,
 ) -> dict[str, Any]:
     from modelzip.recipe import Recipe
     from modelzip.report import write_reports
@@ -143,19 +146,32 @@ def _run_compress(
         progress=not as_json,
         architecture=_architecture(architecture),
     )
-    result = api.compress(
-        model,
-        data,
-        rec,
-        out=output,
-        seed=seed,
-        progress=not as_json,
-        measure_latency=measure_latency,
-    )
+    sens = None
+    if with_sensitivity and report is not None:
+        from modelzip.search.sensitivity import sensitivity as run_sensitivity
+
+        sens = run_sensitivity(model, data, seed=seed, progress=not as_json)
+    names = [cfg.method for cfg in rec.stages]
+
+    def step(i: int) -> str:
+        return f"stage {i + 1}/{len(names)}: {names[i]}" if i < len(names) else "write .mzip"
+
+    with bar(step(0), len(names) + 1, enabled=not as_json) as advance:
+        result = api.compress(
+            model,
+            data,
+            rec,
+            out=output,
+            seed=seed,
+            progress=not as_json,
+            measure_latency=measure_latency,
+            on_stage=lambda i, _method, _record: advance(description=step(i)),
+        )
+        advance()
     result.pop("model")
     result["model_spec"] = model_spec
     if report is not None:
-        result["reports"] = write_reports(result, report)
+        result["reports"] = write_reports(result, report, before=model, sensitivity=sens, html=html)
     if as_json:
         _print_json(result)
     else:
@@ -175,13 +191,22 @@ def compress(
     output: Annotated[Path, typer.Option("-o", "--output", help="the .mzip file to write")],
     weights: WeightsOpt = None,
     report: Annotated[
-        Path | None, typer.Option("--report", help="folder for report.json/.md")
+        Path | None,
+        typer.Option("--report", help="folder for report.html, report.json and report.md"),
     ] = None,
+    with_sensitivity: Annotated[
+        bool,
+        typer.Option(
+            "--sensitivity", help="add per-layer pruning sensitivity curves to the --report"
+        ),
+    ] = False,
     architecture: ArchOpt = None,
     seed: SeedOpt = 0,
     as_json: JsonOpt = False,
 ) -> None:
     """Compress MODEL with RECIPE on DATA and write OUT.mzip."""
+    if with_sensitivity and report is None:
+        raise typer.BadParameter("--sensitivity draws into the report: give --report DIR too")
     _run_compress(
         model,
         data,
@@ -192,6 +217,7 @@ def compress(
         architecture=architecture,
         seed=seed,
         as_json=as_json,
+        with_sensitivity=with_sensitivity,
     )
 
 
@@ -275,6 +301,7 @@ def sensitivity(
         pattern=pattern,
         split=split,
         seed=seed,
+        progress=not as_json,
     )
     result["model"] = model
     if as_json:
@@ -406,35 +433,20 @@ def search(
 @app.command()
 def inspect(
     file: Annotated[Path, typer.Argument(help="a .mzip file")],
+    tensors: Annotated[
+        bool, typer.Option("--tensors", help="every tensor with its kind, shape and codecs")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show what a .mzip file holds: per tensor its kind, shape, codecs and bytes."""
-    from modelzip.codec.inspect import inspect_file
+    """Show what a .mzip file holds: bytes per layer, or per tensor with --tensors."""
+    from modelzip.codec.inspect import inspect_file_detail
+    from modelzip.report.console import format_inspect
 
-    info = inspect_file(file)
+    info, detail = inspect_file_detail(file)
     if as_json:
         _print_json(info)
         return
-    table = Table(title=f"{file} ({info['bytes']:,} bytes, format v{info['version']})")
-    cols = ("tensor", "kind", "shape", "codecs", "bytes", "bits/weight", "sparsity", "entropy B")
-    for col in cols:
-        table.add_column(col, justify="left" if col in cols[:4] else "right")
-    for t in info["tensors"]:
-        table.add_row(
-            t["name"],
-            t["kind"],
-            "x".join(map(str, t["shape"])),
-            ",".join(t["codecs"]),
-            f"{t['bytes']:,}",
-            f"{t['bits_per_weight']:.2f}",
-            f"{t['sparsity']:.2%}",
-            f"{t['entropy_bytes']:,.0f}",
-        )
-    out.print(table)
-    out.print(
-        f"payload {info['payload_bytes']:,} bytes, metadata {info['metadata_bytes']:,} bytes "
-        f"({info['metadata_fraction']:.2%} of the file)"
-    )
+    sys.stdout.write(format_inspect(info, detail, tensors=tensors))
 
 
 @app.command()
@@ -486,13 +498,36 @@ def recipes(as_json: JsonOpt = False) -> None:
 
 
 @app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="a run's report.json (or compress --json output)")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="the .html file to write")],
+    sensitivity: Annotated[
+        Path | None,
+        typer.Option("--sensitivity", help="curves from `modelzip sensitivity --json` to draw"),
+    ] = None,
+    pareto: Annotated[
+        Path | None,
+        typer.Option("--pareto", help='JSON list of {"bytes", "accuracy"} points (a search)'),
+    ] = None,
+) -> None:
+    """Render a run's JSON record as one self-contained HTML page."""
+    from modelzip.report.cli import render_report
+
+    path = render_report(run, output, sensitivity=sensitivity, pareto=pareto)
+    out.print(f"wrote {path}", highlight=False)
+
+
+@app.command()
 def demo(
     quick: Annotated[bool, typer.Option("--quick", help="a fast smoke run (for tests)")] = False,
     out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("modelzip-demo"),
+    html: Annotated[
+        bool, typer.Option("--html/--no-html", help="write report.html (the default)")
+    ] = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """LeNet-300-100 on digits with the default recipe: .mzip, report.json, report.md."""
-    _run_compress(
+    """LeNet-300-100 on digits with the default recipe: .mzip, report.html/.json/.md."""
+    result = _run_compress(
         "zoo:lenet300",
         "digits",
         "quick" if quick else "default",
@@ -501,11 +536,15 @@ def demo(
         report=out_dir,
         seed=0,
         as_json=as_json,
-        measure_latency=not quick,
         title="modelzip demo: LeNet-300-100 on digits",
+        with_sensitivity=True,
+        html=html,
     )
     if not as_json:
-        out.print(f"reports: {out_dir / 'report.md'}, {out_dir / 'report.json'}")
+        paths = result["reports"]
+        if "html" in paths:
+            out.print(f"report: {Path(paths['html']).resolve()}", highlight=False)
+        out.print(f"data: {paths['json']}, {paths['md']}", highlight=False)
 
 
 def main(argv: list[str] | None = None) -> int:

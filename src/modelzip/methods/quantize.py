@@ -84,6 +84,7 @@ class QuantizeConfig(MethodConfig):
     calibration_batches: int = Field(8, ge=1, le=100_000)
     bias_correction: bool = False
     layers: list[str] | None = Field(None, description="layer patterns to quantize (default: all)")
+    fold_bn: bool = Field(True, description="fold BatchNorm into the layer before it first")
 
     @field_validator("bits")
     @classmethod
@@ -205,11 +206,13 @@ def static_activations(
     act: ActivationConfig,
     batches: list[torch.Tensor],
     notes: dict[str, Any],
+    *,
+    progress: bool = False,
 ) -> nn.Module:
     """Calibrate input ranges, correct biases (optional), convert to integer layers."""
     skipped = {n: r for n, m in layers.items() if (r := convert.why_not_convertible(m))}
     todo = {n: m for n, m in layers.items() if n not in skipped}
-    stats = calibrate.observe(model, todo, batches)
+    stats = calibrate.observe(model, todo, batches, progress=progress)
     for name in [n for n in todo if not stats[n].seen]:
         skipped[name] = "never ran on the calibration data (no activation range)"
         del todo[name]
@@ -244,6 +247,10 @@ def static_activations(
 @register(QuantizeConfig)
 def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> nn.Module:
     """Uniform weight quantization (tensor/channel/group); W8A8 integer layers with activations."""
+    if cfg.fold_bn:
+        from modelzip.methods.fold_bn import fold_into
+
+        ctx.notes["fold_bn"] = fold_into(model, ctx)
     layers = select(model, cfg.layers, types=WEIGHT_LAYERS if cfg.layers is None else QUANTIZABLE)
     bits = per_layer(cfg.bits, layers, "bits")
     chosen = {n: layers[n] for n in bits}
@@ -257,7 +264,9 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> nn.Module:
         ctx.notes["observer"] = cfg.activations.observer
         ctx.notes["calibration_batches"] = len(batches)
         acts = cfg.activations
-        model = static_activations(model, chosen, float_w, cfg, acts, batches, ctx.notes)
+        model = static_activations(
+            model, chosen, float_w, cfg, acts, batches, ctx.notes, progress=ctx.trainer.progress
+        )
     elif cfg.bias_correction:
         bias_correction(model, chosen, float_w, {}, batches, ctx.notes)
     if ref is not None:
