@@ -323,6 +323,114 @@ def sensitivity(
 
 
 @app.command()
+def search(
+    model: Annotated[str, typer.Argument(help="zoo:NAME | FILE.py:FACTORY | FILE.mzip")],
+    data: DataOpt,
+    max_drop: Annotated[
+        float, typer.Option("--max-drop", help="accuracy points the result may lose (val split)")
+    ],
+    objective: Annotated[str, typer.Option("--objective", help="bytes | latency")] = "bytes",
+    trials: Annotated[int, typer.Option("--trials", help="trials to finish")] = 20,
+    time_budget: Annotated[
+        float | None, typer.Option("--time-budget", help="minutes; no new trial after that")
+    ] = None,
+    engine: Annotated[str, typer.Option("--engine", help="local | ray")] = "local",
+    address: Annotated[
+        str | None, typer.Option("--address", help="ray: a running cluster (default: local)")
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", help="ray: trials at once")] = 2,
+    study: Annotated[
+        Path, typer.Option("--study", help="folder of the resumable study and its results")
+    ] = Path("modelzip-search"),
+    epochs: Annotated[
+        str, typer.Option("--epochs", help="full trial: prune,recover,polish epochs")
+    ] = "8,2,2",
+    weights: WeightsOpt = None,
+    seed: SeedOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Find the smallest (or fastest) policy within an accuracy budget; resumable.
+
+    Exit code 3 when no trial met the budget (the closest policy is written as closest.yaml).
+    """
+    from pydantic import ValidationError
+
+    from modelzip.config import describe_validation_error
+    from modelzip.errors import ConfigError
+    from modelzip.search.runner import EXIT_MISSED_BUDGET, SearchConfig
+    from modelzip.search.runner import search as run_search
+
+    try:
+        sched = tuple(int(e) for e in epochs.split(","))
+    except ValueError:
+        sched = ()
+    if len(sched) != 3 or min(sched) < 0:
+        raise ConfigError(f"--epochs takes three counts like 8,2,2, got {epochs!r}")
+    fields = {
+        "max_drop": max_drop,
+        "objective": objective,
+        "trials": trials,
+        "time_budget_min": time_budget,
+        "engine": engine,
+        "address": address,
+        "workers": workers,
+        "study": study,
+        "seed": seed,
+        "epochs": sched,
+        "progress": not as_json,
+    }
+    try:
+        cfg = SearchConfig.model_validate(fields)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, SearchConfig, "search")) from None
+    from modelzip.search.engines import make
+
+    make(engine, address=address, workers=workers)  # a missing Ray is an error before training
+    bundle = api.load_data(data, seed=seed)
+    loaded = api.load_model(model, data=bundle, weights=weights, seed=seed, progress=not as_json)
+    result = run_search(loaded, bundle, cfg, model_spec=model)
+    if as_json:
+        _print_json(result)
+    else:
+        label = "best" if result["met_budget"] else "closest"
+        pick = result.get(label)
+        if pick is not None:
+            table = Table(title=f"modelzip search: {label} policy (trial {pick['trial']})")
+            table.add_column("metric")
+            table.add_column("baseline (fp32)", justify="right")
+            table.add_column(label, justify="right")
+            base = result["baseline"]
+            table.add_row("bytes", f"{base['bytes']:,}", f"{pick['bytes']:,}")
+            table.add_row("ratio", "1.0x", f"{pick['ratio']:.1f}x", style="bold")
+            table.add_row(
+                "val accuracy", f"{base['val_accuracy']:.2%}", f"{pick['val_accuracy']:.2%}"
+            )
+            table.add_row(
+                "test accuracy (once)",
+                f"{base['test_accuracy']:.2%}",
+                f"{pick['test_accuracy']:.2%}",
+            )
+            if "test_latency_ratio" in pick:
+                table.add_row(
+                    "latency ratio b1 / bN",
+                    "1.0",
+                    "{b1} / {bN}".format(**pick["test_latency_ratio"]),
+                )
+            out.print(table)
+        t = result["trials"]
+        out.print(
+            f"{t['finished']} trials finished ({t['complete']} fully trained, {t['pruned']} "
+            f"stopped early, {t['fail']} failed); Pareto front of {len(result['pareto'])} "
+            f"in {study / 'search.json'}"
+        )
+        out.print(result["message"], markup=False, highlight=False)
+    if not result["met_budget"]:
+        if not as_json:
+            err.print(f"modelzip: {result['message']}", markup=False, highlight=False)
+        raise typer.Exit(EXIT_MISSED_BUDGET)
+
+
+@app.command()
 def inspect(
     file: Annotated[Path, typer.Argument(help="a .mzip file")],
     tensors: Annotated[
@@ -444,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        app(args=args, prog_name="modelzip", standalone_mode=False)
+        code = app(args=args, prog_name="modelzip", standalone_mode=False)
     except ModelzipError as exc:
         if debug:
             raise
@@ -467,7 +575,11 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         err.print("modelzip: aborted", markup=False)
         return 130
-    return 0
+    except KeyboardInterrupt:
+        err.print("modelzip: interrupted", markup=False)
+        return 130
+    # without standalone mode, click hands back a typer.Exit's code as the return value
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -32,12 +32,14 @@ def run(
     ctx: Context,
     *,
     on_stage: StageHook | None = None,
+    evaluate_stages: bool = True,
 ) -> tuple[nn.Module, list[dict[str, Any]]]:
     """Apply every stage in order; returns the compressed model and per-stage metrics.
 
     Each stage's record holds its config, its wall time, what the method noted (per-layer
     sparsity, skipped layers and why, ...), and test-split accuracy, nonzero parameters and
-    the size the model would have as a .mzip file at that point.
+    the size the model would have as a .mzip file at that point. ``evaluate_stages=False``
+    leaves those measurements out (a search scoring many recipes measures only the result).
     """
     if ctx.teacher is None:
         ctx.teacher = frozen_copy(model)
@@ -49,6 +51,18 @@ def run(
         t0 = time.perf_counter()
         model = method.apply(model, cfg, ctx)
         seconds = time.perf_counter() - t0
+        record: dict[str, Any] = {
+            "stage": i,
+            "method": cfg.method,
+            "config": cfg.to_dict(),
+            "seconds": round(seconds, 3),
+            "notes": dict(ctx.notes),
+        }
+        if not evaluate_stages:
+            stages.append(record)
+            if on_stage is not None:
+                on_stage(i, cfg.method, record)
+            continue
         metrics = evaluate(
             model,
             ctx.data,
@@ -57,12 +71,9 @@ def run(
             reference=ctx.teacher,
         )
         record = {
-            "stage": i,
-            "method": cfg.method,
-            "config": cfg.to_dict(),
-            "seconds": round(seconds, 3),
+            **{k: v for k, v in record.items() if k != "notes"},
             **{k: metrics[k] for k in ("accuracy", "params", "nonzero", "sparsity", "bytes")},
-            "notes": dict(ctx.notes),
+            "notes": record["notes"],
         }
         stages.append(record)
         if on_stage is not None:
