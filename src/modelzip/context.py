@@ -64,6 +64,10 @@ class Context:
             model, self.data.train, loss_fn=loss_fn or self.default_loss(), **options
         )
 
+    def example(self) -> Any:
+        """A small batch of real inputs (for tracing and layer roles); None without data."""
+        return self.data.example() if self.data is not None else None
+
     def generator(self, offset: int = 0) -> torch.Generator:
         """A torch generator seeded from the run's seed (offset for independent streams)."""
         return torch.Generator().manual_seed(self.seed * 1_000_003 + offset)

@@ -126,7 +126,7 @@ def _cluster_group(
 @register(ClusterConfig)
 def cluster(model: nn.Module, cfg: ClusterConfig, ctx: Context) -> nn.Module:
     """k-means weight sharing per layer (or per group), indices fixed, centroids trainable."""
-    layers = select(model, cfg.layers)
+    layers = select(model, cfg.layers, example=ctx.example)
     bits = per_layer(cfg.bits, layers, "bits")
     layers = {n: m for n, m in layers.items() if n in bits}
     gen = ctx.generator(offset=17)

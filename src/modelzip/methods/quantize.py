@@ -240,7 +240,12 @@ def static_activations(
 @register(QuantizeConfig)
 def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> nn.Module:
     """Uniform weight quantization (tensor/channel/group); W8A8 integer layers with activations."""
-    layers = select(model, cfg.layers, types=WEIGHT_LAYERS if cfg.layers is None else QUANTIZABLE)
+    layers = select(
+        model,
+        cfg.layers,
+        types=WEIGHT_LAYERS if cfg.layers is None else QUANTIZABLE,
+        example=ctx.example,
+    )
     bits = per_layer(cfg.bits, layers, "bits")
     chosen = {n: layers[n] for n in bits}
     needs_data = cfg.activations is not None or cfg.bias_correction

@@ -59,7 +59,7 @@ def sensitivity(
     for s in sparsities:
         if not 0.0 <= s < 1.0:
             raise ConfigError(f"sparsities: each value must be in [0, 1), got {s}")
-    chosen = select(model, layers)
+    chosen = select(model, layers, example=data.example())
     loader = data.loader(split)
     base = accuracy(model, loader)
     out_layers: dict[str, Any] = {}
