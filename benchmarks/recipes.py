@@ -67,8 +67,10 @@ def _compress(model: torch.nn.Module, data: Any, recipe: str, seed: int) -> dict
     }
 
 
-def run_zoo(data_name: str, seeds: list[int], log: Path, recipes: list[str]) -> None:
-    for model_name in ZOO:
+def run_zoo(
+    data_name: str, seeds: list[int], log: Path, recipes: list[str], models: list[str]
+) -> None:
+    for model_name in models:
         for seed in seeds:
             data = mz.load_data(data_name, seed=seed)
             model = mz.load_model(f"zoo:{model_name}", data=data, seed=seed)
@@ -80,10 +82,10 @@ def run_zoo(data_name: str, seeds: list[int], log: Path, recipes: list[str]) -> 
                 _row(log, data=data_name, model=model_name, seed=seed, recipe=recipe, **out)
 
 
-def run_fixtures(seeds: list[int], log: Path, recipes: list[str]) -> None:
+def run_fixtures(seeds: list[int], log: Path, recipes: list[str], models: list[str]) -> None:
     folder = Path(tempfile.mkdtemp())
     tab = mz.load_data(str(um.write_tabular_npz(folder / "breast_cancer.npz")))
-    for name in FIXTURES:
+    for name in models:
         for seed in seeds:
             data = tab if name == "tabular_mlp" else mz.load_data("digits", seed=seed)
             model = mz.load_model(f"{um.__file__}:{name}")
@@ -171,6 +173,7 @@ def main() -> None:
     p.add_argument("--log", type=Path, default=Path("recipes-runs.jsonl"))
     p.add_argument("--recipes", default=None, help="comma-separated (default: all built-in)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds")
+    p.add_argument("--models", default=None, help="comma-separated (default: all of the part)")
     p.add_argument("--render", type=Path, default=None, help="render a log to markdown")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()

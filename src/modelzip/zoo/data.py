@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from modelzip.errors import DataError
+from modelzip.task import Classification, Inputs, Task, get_task, split_batch
 
 SPLITS = ("train", "val", "test")
 BUILTIN = ("digits", "mnist5k", "fashion-mnist", "sentences")
@@ -39,9 +40,13 @@ class DataBundle:
     num_classes: int
     loaders: dict[str, DataLoader]
     sizes: dict[str, int]
-    #: "classification" (y are class labels) or "embedding" (outputs are compared with the
-    #: original model's: the metric is cosine_mean, fine-tuning matches the original).
-    task: str = "classification"
+    #: What the model is for (``modelzip.task``): its loss and metric. ``Classification``
+    #: (y are class labels) or ``Embedding`` (outputs are compared with the original model's:
+    #: the metric is cosine_mean, fine-tuning matches the original).
+    task: Task = field(default_factory=Classification)
+
+    def __post_init__(self) -> None:
+        self.task = get_task(self.task)  # a task may be given by name ("embedding")
 
     def loader(self, split: str) -> DataLoader:
         """The loader of one split; unknown names raise a DataError listing the splits."""
@@ -61,10 +66,21 @@ class DataBundle:
     def test(self) -> DataLoader:
         return self.loaders["test"]
 
+    def example_inputs(self, n: int = 2) -> Inputs:
+        """A small batch of real test inputs: one tensor, or a tuple of tensors when the
+        data's batches carry several inputs (``model(*inputs)``)."""
+        x, _ = split_batch(next(iter(self.loaders["test"])))
+        return tuple(t[:n] for t in x) if isinstance(x, tuple) else x[:n]
+
     def example(self, n: int = 2) -> torch.Tensor:
-        """A small batch of real test inputs (for tracing, shape checks and latency)."""
-        x, _ = next(iter(self.loaders["test"]))
-        return x[:n]
+        """A small batch of real test inputs (for tracing, shape checks and latency) of data
+        with one input tensor; ``example_inputs`` also serves data with several."""
+        x = self.example_inputs(n)
+        if isinstance(x, tuple):
+            raise DataError(
+                f"{self.name}: batches carry {len(x)} input tensors; this step takes one"
+            )
+        return x
 
 
 def load_data(spec: str, *, batch_size: int = 64, seed: int = 0) -> DataBundle:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from modelzip.task import EMBEDDING
 from modelzip.zoo.data import DataBundle, split_indices
 
 SUBJECTS = [
@@ -158,5 +159,5 @@ def load_sentences(*, batch_size: int = 64, seed: int = 0) -> DataBundle:
         num_classes=0,
         loaders=loaders,
         sizes={k: len(v) for k, v in parts.items()},
-        task="embedding",
+        task=EMBEDDING,
     )
