@@ -185,15 +185,15 @@ def main() -> None:
         print(text)
         return
     recipes = args.recipes.split(",") if args.recipes else recipe_order()
+    models = args.models.split(",") if args.models else None
+    default_seeds = "0" if args.part == "fashion" else "0,1,2"
+    seeds = [int(s) for s in (args.seeds or default_seeds).split(",")]
     if args.part == "mnist5k":
-        seeds = [int(s) for s in (args.seeds or "0,1,2").split(",")]
-        run_zoo("mnist5k", seeds, args.log, recipes)
+        run_zoo("mnist5k", seeds, args.log, recipes, models or list(ZOO))
     elif args.part == "fashion":
-        run_zoo(
-            "fashion-mnist", [int(s) for s in (args.seeds or "0").split(",")], args.log, recipes
-        )
+        run_zoo("fashion-mnist", seeds, args.log, recipes, models or list(ZOO))
     elif args.part == "fixtures":
-        run_fixtures([int(s) for s in (args.seeds or "0,1,2").split(",")], args.log, recipes)
+        run_fixtures(seeds, args.log, recipes, models or list(FIXTURES))
     else:
         p.error("give --part or --render")
 

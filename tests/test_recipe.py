@@ -163,3 +163,67 @@ def test_every_builtin_recipe_on_every_model_keeps_accuracy(recipe, name, digits
     if recipe == "prune-channels" and name == "residual_cnn":
         pytest.skip("channel pruning of a model with control flow needs the traced graph (#15)")
     _check_floor(recipe, name, digits, tmp_path, max_drop=0.06)
+
+
+# ------------------------------------------------------------------ the accuracy budget
+
+
+@pytest.fixture(scope="module")
+def tabular(tmp_path_factory):
+    import modelzip as mz
+    from modelzip.testing import user_models as um
+    from modelzip.train import Trainer
+
+    data = mz.load_data(str(um.write_tabular_npz(tmp_path_factory.mktemp("b") / "t.npz")))
+    model = mz.load_model(f"{um.__file__}:tabular_mlp")
+    Trainer(progress=False).fit(model, data.train, epochs=15, lr=2e-3)
+    return model.eval(), data
+
+
+def test_max_drop_is_validated_and_round_trips():
+    r = Recipe.from_yaml("max_drop: 0.5\nstages:\n  - method: finetune\n    epochs: 1\n")
+    assert r.max_drop == 0.5 and Recipe.from_yaml(r.to_yaml()) == r
+    assert Recipe.load("default").max_drop == 0.5
+    with pytest.raises(RecipeError, match="max_drop"):
+        Recipe.from_yaml("max_drop: lots\nstages:\n  - method: finetune\n")
+
+
+def test_budget_backs_off_until_within_budget_and_says_so(tabular):
+    import modelzip as mz
+
+    model, data = tabular
+    recipe = Recipe.from_yaml(
+        "max_drop: 0.0\nstages:\n  - {method: prune, sparsity: 0.97, scope: layer}\n"
+        "  - {method: finetune, epochs: 1}\n"
+    )
+    res = mz.compress(model, data, recipe, measure_latency=False)
+    budget = res["stages"][-1]["notes"]["budget"]
+    attempts = budget["attempts"]
+    assert len(attempts) >= 2 and attempts[0]["val_drop_pp"] > 0  # 97% costs accuracy
+    assert "stage 1 (prune): sparsity 0.97 -> 0.955" in attempts[1]["changes"]
+    assert "stage 2 (finetune): epochs 1 -> 2" in attempts[1]["changes"]
+    chosen = attempts[budget["chosen_attempt"]]
+    if budget["met"]:
+        assert chosen["val_drop_pp"] <= 0 and budget["summary"].startswith("within budget")
+    else:
+        assert budget["summary"].startswith("could not keep accuracy within budget")
+        assert chosen["val_drop_pp"] == min(a["val_drop_pp"] for a in attempts)
+    # the stages returned are the chosen attempt's, with its (relaxed) configs
+    sparsity = res["stages"][0]["config"]["sparsity"]
+    assert sparsity == [0.97, 0.955, 0.9325][budget["chosen_attempt"]]
+    assert len(chosen["stage_val_drop_pp"]) == 2  # checked after every stage
+
+
+def test_budget_that_cannot_be_met_is_reported_plainly(tabular):
+    import modelzip as mz
+
+    model, data = tabular
+    recipe = Recipe.from_yaml(
+        "max_drop: 0.0\nstages:\n  - {method: prune, sparsity: 0.999, scope: layer}\n"
+    )
+    res = mz.compress(model, data, recipe, measure_latency=False)
+    budget = res["stages"][-1]["notes"]["budget"]
+    drops = [a["val_drop_pp"] for a in budget["attempts"]]
+    assert len(drops) == 3 and min(drops) > 0 and not budget["met"]  # max relaxations tried
+    assert budget["summary"].startswith("could not keep accuracy within budget: best val drop")
+    assert budget["attempts"][budget["chosen_attempt"]]["val_drop_pp"] == min(drops)
