@@ -13,8 +13,8 @@ from modelzip.errors import ConfigError
 from modelzip.task import LossFn
 
 if TYPE_CHECKING:
+    from modelzip.bundle import DataBundle
     from modelzip.train import Trainer
-    from modelzip.zoo.data import DataBundle
 
 
 @dataclass

@@ -7,11 +7,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from modelzip.bundle import DataBundle
 from modelzip.errors import DataError
 from modelzip.eval.latency import latency
 from modelzip.eval.size import count_params, torch_save_bytes
 from modelzip.task import CLASSIFICATION, EMBEDDING, run_model
-from modelzip.zoo.data import DataBundle
 
 
 def accuracy(model: nn.Module, loader: Any) -> float:

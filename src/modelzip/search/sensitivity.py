@@ -19,12 +19,12 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from modelzip.bundle import DataBundle
 from modelzip.context import Context
 from modelzip.errors import ConfigError, UnsupportedError
 from modelzip.methods.prune import PruneConfig, prune
 from modelzip.targets import select
 from modelzip.train import Trainer
-from modelzip.zoo.data import DataBundle
 
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 

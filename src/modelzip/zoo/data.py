@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,67 +19,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
+from modelzip.bundle import SPLITS, DataBundle
 from modelzip.errors import DataError
-from modelzip.task import Classification, Inputs, Task, get_task, split_batch
 
-SPLITS = ("train", "val", "test")
 BUILTIN = ("digits", "mnist5k", "fashion-mnist", "sentences")
 #: Fractions of the whole set that go to val and test (the rest is train).
 VAL_FRACTION, TEST_FRACTION = 0.1, 0.2
 SPLIT_SEED = 0
 LABEL_COLUMNS = ("y", "label", "target")
-
-
-@dataclass
-class DataBundle:
-    """A task's data: loaders per split and what a model needs to know about the inputs."""
-
-    name: str
-    sample_shape: tuple[int, ...]
-    num_classes: int
-    loaders: dict[str, DataLoader]
-    sizes: dict[str, int]
-    #: What the model is for (``modelzip.task``): its loss and metric. ``Classification``
-    #: (y are class labels) or ``Embedding`` (outputs are compared with the original model's:
-    #: the metric is cosine_mean, fine-tuning matches the original).
-    task: Task = field(default_factory=Classification)
-
-    def __post_init__(self) -> None:
-        self.task = get_task(self.task)  # a task may be given by name ("embedding")
-
-    def loader(self, split: str) -> DataLoader:
-        """The loader of one split; unknown names raise a DataError listing the splits."""
-        if split not in self.loaders:
-            raise DataError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-        return self.loaders[split]
-
-    @property
-    def train(self) -> DataLoader:
-        return self.loaders["train"]
-
-    @property
-    def val(self) -> DataLoader:
-        return self.loaders["val"]
-
-    @property
-    def test(self) -> DataLoader:
-        return self.loaders["test"]
-
-    def example_inputs(self, n: int = 2) -> Inputs:
-        """A small batch of real test inputs: one tensor, or a tuple of tensors when the
-        data's batches carry several inputs (``model(*inputs)``)."""
-        x, _ = split_batch(next(iter(self.loaders["test"])))
-        return tuple(t[:n] for t in x) if isinstance(x, tuple) else x[:n]
-
-    def example(self, n: int = 2) -> torch.Tensor:
-        """A small batch of real test inputs (for tracing, shape checks and latency) of data
-        with one input tensor; ``example_inputs`` also serves data with several."""
-        x = self.example_inputs(n)
-        if isinstance(x, tuple):
-            raise DataError(
-                f"{self.name}: batches carry {len(x)} input tensors; this step takes one"
-            )
-        return x
+__all__ = ["SPLITS", "DataBundle", "check_finite", "check_labels", "load_data", "split_indices"]
 
 
 def load_data(spec: str, *, batch_size: int = 64, seed: int = 0) -> DataBundle:
