@@ -88,13 +88,7 @@ def run_fixtures(seeds: list[int], log: Path, recipes: list[str], models: list[s
     for name in models:
         for seed in seeds:
             data = tab if name == "tabular_mlp" else mz.load_data("digits", seed=seed)
-            model = mz.load_model(f"{um.__file__}:{name}")
-            torch.manual_seed(seed)
-            for m in model.modules():
-                if hasattr(m, "reset_parameters"):
-                    m.reset_parameters()  # type: ignore[operator]
-            Trainer(progress=False, seed=seed).fit(model, data.train, epochs=15, lr=2e-3)
-            model.eval()
+            model = _trained_fixture(name, data, seed)
             for recipe in recipes:
                 try:
                     out = _compress(model, data, recipe, seed)
@@ -103,13 +97,89 @@ def run_fixtures(seeds: list[int], log: Path, recipes: list[str], models: list[s
                 _row(log, data=data.name, model=name, seed=seed, recipe=recipe, **out)
 
 
+#: The ``default`` recipe before this work (one global ranking over every layer, no budget).
+OLD_DEFAULT = """
+stages:
+  - {method: prune, sparsity: 0.8, scope: global}
+  - {method: finetune, epochs: 8}
+  - {method: quantize, bits: 8, granularity: channel}
+"""
+
+
+def run_budget(seeds: list[int], log: Path) -> None:
+    """``default`` before and after: the old recipe, the role/size rules without the budget,
+    and the shipped recipe (rules + max_drop 0.5), on the residual CNN and the tabular MLP."""
+    from modelzip.recipe import Recipe
+
+    shipped = Recipe.load("default")
+    variants = {
+        "old default (global 80%, no budget)": Recipe.from_yaml(OLD_DEFAULT),
+        "role/size rules, no budget": Recipe(shipped.stages, "default-rules", ""),
+        "shipped default (rules + max_drop 0.5)": shipped,
+    }
+    folder = Path(tempfile.mkdtemp())
+    tab = mz.load_data(str(um.write_tabular_npz(folder / "breast_cancer.npz")))
+    for name in ("residual_cnn", "tabular_mlp"):
+        for seed in seeds:
+            data = tab if name == "tabular_mlp" else mz.load_data("digits", seed=seed)
+            model = _trained_fixture(name, data, seed)
+            for label, recipe in variants.items():
+                res = mz.compress(model, data, recipe, seed=seed, measure_latency=False)
+                budget = res["stages"][-1]["notes"].get("budget", {})
+                _row(
+                    log,
+                    part="budget",
+                    model=name,
+                    seed=seed,
+                    variant=label,
+                    delta_pp=round(100 * res["accuracy_delta"], 3),
+                    ratio=res["ratio"],
+                    summary=budget.get("summary"),
+                    val_drops=[a["val_drop_pp"] for a in budget.get("attempts", [])],
+                )
+
+
+def _trained_fixture(name: str, data: Any, seed: int) -> torch.nn.Module:
+    model = mz.load_model(f"{um.__file__}:{name}")
+    torch.manual_seed(seed)
+    for m in model.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()  # type: ignore[operator]
+    Trainer(progress=False, seed=seed).fit(model, data.train, epochs=15, lr=2e-3)
+    return model.eval()
+
+
+def render_budget(log: Path) -> str:
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    out = [
+        "## The `default` recipe before and after (accuracy budget)",
+        "",
+        "Test-split accuracy change in points, compressed vs fp32 (mean ± sd over seeds), "
+        "ratio, and what the budget did (val drop of each attempt, pp).",
+        "",
+        "| model | variant | seeds | accuracy change (pp) | ratio | budget |",
+        "|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["variant"]), []).append(r)
+    for (model, variant), rs in groups.items():
+        notes = "; ".join(f"seed {r['seed']}: {r['val_drops']}" for r in rs if r.get("summary"))
+        out.append(
+            f"| {model} | {variant} | {','.join(str(r['seed']) for r in rs)} | "
+            f"{_fmt([r['delta_pp'] for r in rs])} | "
+            f"{statistics.mean(r['ratio'] for r in rs):.1f}x | {notes or '-'} |"
+        )
+    return "\n".join(out) + "\n"
+
+
 def _cpu() -> str:
     try:
         info = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
     except OSError:
         return platform.processor()
     keep = ("Model name", "CPU(s):", "Thread(s) per core")
-    lines = [ln.strip() for ln in info.splitlines() if ln.strip().startswith(keep)]
+    lines = [" ".join(ln.split()) for ln in info.splitlines() if ln.strip().startswith(keep)]
     flags = next((ln for ln in info.splitlines() if ln.startswith("Flags")), "")
     simd = [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_int8") if f" {f}" in flags]
     return "; ".join(lines) + f"; SIMD flags: {', '.join(simd)}"
@@ -169,17 +239,20 @@ def render(log: Path) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", choices=("mnist5k", "fashion", "fixtures"))
+    p.add_argument("--part", choices=("mnist5k", "fashion", "fixtures", "budget"))
     p.add_argument("--log", type=Path, default=Path("recipes-runs.jsonl"))
     p.add_argument("--recipes", default=None, help="comma-separated (default: all built-in)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds")
     p.add_argument("--models", default=None, help="comma-separated (default: all of the part)")
     p.add_argument("--render", type=Path, default=None, help="render a log to markdown")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--budget-log", type=Path, default=None, help="render: the budget part's log")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     if args.render is not None:
         text = render(args.render)
+        if args.budget_log is not None:
+            text += "\n" + render_budget(args.budget_log)
         if args.out:
             args.out.write_text(text)
         print(text)
@@ -194,6 +267,8 @@ def main() -> None:
         run_zoo("fashion-mnist", seeds, args.log, recipes, models or list(ZOO))
     elif args.part == "fixtures":
         run_fixtures(seeds, args.log, recipes, models or list(FIXTURES))
+    elif args.part == "budget":
+        run_budget(seeds, args.log)
     else:
         p.error("give --part or --render")
 
