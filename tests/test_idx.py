@@ -118,6 +118,7 @@ def test_fashion_mnist_reads_a_folder_of_its_files(tmp_path, monkeypatch):
     assert d.sizes == {"train": 108, "val": 12, "test": 30}
 
 
+@pytest.mark.slow  # 70,000 images: a few seconds; benchmarks/recipes.py uses them too
 @pytest.mark.skipif(
     not (FASHION_DIR / "t10k-labels-idx1-ubyte.gz").is_file(),
     reason=f"Debian's {FASHION_PACKAGE} is not installed (make bench-data)",
