@@ -166,14 +166,6 @@ def test_data_that_does_not_fit_the_model(capsys, tmp_path):
     assert not (tmp_path / "o.mzip").exists()
 
 
-def test_demo_quick_writes_file_and_reports(capsys, tmp_path):
-    code, stdout, _ = run(capsys, "demo", "--quick", "--out", str(tmp_path / "demo"))
-    assert code == 0
-    assert "ratio" in stdout and "accuracy" in stdout
-    names = sorted(p.name for p in (tmp_path / "demo").iterdir())
-    assert names == ["lenet300-digits.mzip", "report.json", "report.md"]
-
-
 def test_recipes_command_lists_builtins(capsys):
     code, stdout, _ = run(capsys, "recipes", "--json")
     assert code == 0 and "default" in json.loads(stdout)

@@ -107,3 +107,40 @@ def test_codebook_rejects_out_of_range_indices() -> None:
         Codebook(torch.tensor([0, 2]), nn.Parameter(torch.ones(2)), zero_slot=True).codebook,
         nn.Parameter,
     )
+
+
+def test_per_row_and_per_group_codebooks_round_trip_and_beat_one_codebook(lenet300, digits):
+    from modelzip import mzip
+    from modelzip.nn.codebook import RowCodebook
+
+    whole, _ = run_cluster(lenet300, digits, bits=3)
+    rows, notes = run_cluster(lenet300, digits, bits=3, per="row")
+    groups, gnotes = run_cluster(lenet300, digits, bits=3, per="group", group_size=32)
+    for name in ("fc1", "fc2"):
+        assert notes["layers"][name]["per"] == "row"
+        assert notes["layers"][name]["sqnr_db"] > whole_sqnr(whole, lenet300, name)
+        assert gnotes["layers"][name]["sqnr_db"] > notes["layers"][name]["sqnr_db"]
+        c = constraints_of(getattr(rows, name), "weight")[-1]
+        assert isinstance(c, RowCodebook) and c.codebook.shape[1] == 8
+        assert torch.equal(c.codebook, c.codebook.half().float())  # 16-bit tables, exact
+        w = getattr(rows, name).weight.detach()
+        assert all(len(torch.unique(r)) <= 8 for r in w)
+    back, header = mzip.from_bytes(mzip.to_bytes(groups))
+    assert header["tensors"]["fc1.weight"]["kind"] == "row-codebook"
+    for name in ("fc1", "fc2", "fc3"):
+        assert torch.equal(getattr(back, name).weight, getattr(groups, name).weight.detach())
+
+
+def whole_sqnr(model, base, name):
+    from modelzip.ops import affine
+
+    w0 = getattr(base, name).weight.detach()
+    return affine.sqnr_db(w0, getattr(model, name).weight.detach())
+
+
+def run_cluster(model, data, **fields):
+    import copy
+
+    m = get_method("cluster")
+    ctx = _ctx(data)
+    return m.apply(copy.deepcopy(model), m.config.parse(fields), ctx), ctx.notes

@@ -178,7 +178,7 @@ def test_compress_reports_layer_sparsity(digits):
         ({"sparsity": {"default": 0.5, "fc1": 1.5}}, "got 1.5"),
         ({"pattern": "4:2"}, "1 <= N <= M"),
         ({"pattern": "blocks"}, "unstructured, channel, N:M"),
-        ({"criterion": "hessian"}, "'magnitude', 'taylor' or 'random'"),
+        ({"criterion": "hessian"}, "'magnitude', 'taylor', 'random' or 'bn_scale'"),
         ({"threshold": {"rule": "std"}, "sparsity": 0.5}, "either sparsity or threshold"),
         ({"threshold": {"rule": "mean"}}, "'std' or 'median'"),
         ({"pattern": "2:4", "sparsity": 0.3}, "fixes the sparsity"),
@@ -186,7 +186,8 @@ def test_compress_reports_layer_sparsity(digits):
         ({"sparsitty": 0.5}, "did you mean 'sparsity'"),
         ({"epochs": 5}, "'epochs' applies only with schedule iterative or gradual"),
         ({"norm": "l2"}, "'norm' applies only with pattern channel"),
-        ({"pattern": "channel", "schedule": "gradual"}, "schedules oneshot and iterative"),
+        ({"criterion": "bn_scale"}, "bn_scale ranks whole channels: it needs pattern channel"),
+        ({"fold_bn": False}, "'fold_bn' applies only with pattern channel"),
     ],
 )
 def test_bad_config_is_one_clear_error(fields, needle):

@@ -51,7 +51,7 @@ def test_sensitivity_cli_bad_inputs_exit_2(capsys):
     err = capsys.readouterr().err
     assert "'fc9' matches no layer; layers: fc1, fc2, fc3" in err and err.count("\n") == 1
     assert main(["sensitivity", "zoo:lenet300", "--data", "digits", "--criterion", "l3"]) == 2
-    assert "'magnitude', 'taylor' or 'random'" in capsys.readouterr().err
+    assert "'magnitude', 'taylor', 'random' or 'bn_scale'" in capsys.readouterr().err
 
 
 def test_sensitivity_cli_channel_pattern_skips_output_layer(capsys):

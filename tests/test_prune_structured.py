@@ -1,4 +1,4 @@
-"""Structured pruning: dependency groups from torch.fx, real surgery, .mzip reload, refusals."""
+"""Structured pruning: dependency groups from a real forward pass, surgery, reload, refusals."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def test_residual_add_couples_channels_and_stays_exact(digits, tmp_path):
     with torch.no_grad():
         ref = model(x)
     ctx = make_ctx(digits)
-    prune(model, PruneConfig(pattern="channel", sparsity=0.5), ctx)
+    prune(model, PruneConfig(pattern="channel", sparsity=0.5, fold_bn=False), ctx)
     assert model.stem.out_channels == 8 and model.conv_b.out_channels == 8
     assert model.bn_b.num_features == 8 and model.head.in_features == 8 * 64
     assert ["stem", "conv_b"] in ctx.notes["coupled"] or ["conv_b", "stem"] in ctx.notes["coupled"]
@@ -113,16 +113,24 @@ def test_residual_surgery_is_exact_when_coupled_channels_are_zero(digits):
     torch.testing.assert_close(model(x), ref, rtol=0, atol=1e-5)
 
 
-def test_concatenation_is_refused_naming_the_layer(digits):
+def test_concatenation_maps_channels_to_their_offsets_and_stays_exact(digits):
     model = _resnet("concat")
-    with pytest.raises(UnsupportedError, match=r"cannot remove output channels of left: .*cat"):
-        prune(
-            model, PruneConfig(pattern="channel", sparsity=0.5, layers=["left"]), make_ctx(digits)
-        )
-    ctx = make_ctx(digits)  # selected by pattern: skipped with the reason in the report
-    prune(model, PruneConfig(pattern="channel", sparsity=0.5), ctx)
-    assert "concatenat" in ctx.notes["skipped"]["left"]
-    assert "head" in ctx.notes["skipped"] and model.pre.out_channels == 4
+    groups = channel_groups(model, digits.example(2))
+    left = [m for m in groups["left"].members if m.layer == "head"]
+    right = [m for m in groups["right"].members if m.layer == "head"]
+    assert (left[0].offset, left[0].repeat) == (0, 64) and right[0].offset == 8
+    zero_channels(model, "left", [0, 2, 4, 6])
+    zero_channels(model, "right", [1, 3, 5, 7])
+    x = digits.example(16)
+    with torch.no_grad():
+        ref = model(x)
+    prune(
+        model,
+        PruneConfig(pattern="channel", sparsity=0.5, layers=["left", "right"]),
+        make_ctx(digits),
+    )
+    assert model.left.out_channels == 4 and model.head.in_features == 8 * 64
+    torch.testing.assert_close(model(x), ref, rtol=0, atol=1e-5)
 
 
 def test_output_layer_by_name_is_refused(digits):
@@ -175,7 +183,7 @@ def test_resnet_with_downsample_couples_each_stage(digits, tmp_path):
     assert sorted(stage2.producers) == ["layer2.0.conv2", "layer2.0.down.0", "layer2.1.conv2"]
     assert ("layer2.0.down.0", 1) in stage1.consumers and ("fc", 1) in stage2.consumers
     ctx = make_ctx(digits)
-    prune(model, PruneConfig(pattern="channel", sparsity=0.5), ctx)
+    prune(model, PruneConfig(pattern="channel", sparsity=0.5, fold_bn=False), ctx)
     assert model.layer2[0].down[1].num_features == 16 and model.fc.in_features == 16
     assert all(v == 0.5 for v in ctx.notes["layer_sparsity"].values())
     x = digits.example(8)

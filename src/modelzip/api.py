@@ -217,8 +217,14 @@ def compress(
     progress: bool = False,
     measure_latency: bool = True,
     on_stage: pipeline.StageHook | None = None,
+    split: str = "test",
+    stage_metrics: bool = True,
 ) -> dict[str, Any]:
     """Run a recipe on a model; write the .mzip when ``out`` is given.
+
+    ``split`` is where the baseline and the result are measured (a search scores on ``val``
+    and keeps ``test`` for the one policy it picks); ``stage_metrics=False`` skips the
+    measurements after each stage. Neither changes the file the recipe produces.
 
     Returns ``baseline`` and ``compressed`` metrics, ``ratio`` (fp32 torch.save bytes /
     .mzip bytes), ``stages`` and ``out``. The compressed model is under ``model`` (not JSON).
@@ -237,6 +243,7 @@ def compress(
     baseline = _evaluate(
         model,
         data,
+        split=split,
         file_bytes=torch_save_bytes(model),
         measure_latency=measure_latency,
         reference=original,
@@ -245,7 +252,9 @@ def compress(
         data=data, trainer=Trainer(progress=progress, seed=seed), teacher=original, seed=seed
     )
     torch.manual_seed(seed)
-    compressed_model, stages = pipeline.run(model, recipe, ctx, on_stage=on_stage)
+    compressed_model, stages = pipeline.run(
+        model, recipe, ctx, on_stage=on_stage, evaluate_stages=stage_metrics
+    )
     info = {"recipe": recipe_record(recipe), "data": data.name, "seed": seed}
     blob = mzip.to_bytes(compressed_model, info=info)
     if out is not None:
@@ -256,6 +265,7 @@ def compress(
     compressed = _evaluate(
         deployed,
         data,
+        split=split,
         file_bytes=len(blob),
         measure_latency=measure_latency,
         reference=original,

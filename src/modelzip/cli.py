@@ -14,6 +14,7 @@ from rich.table import Table
 
 from modelzip import api
 from modelzip.errors import ModelzipError
+from modelzip.progress import bar
 
 try:  # typer >= 0.20 vendors its own click
     from typer._click import exceptions as clickx
@@ -132,6 +133,8 @@ def _run_compress(
     as_json: bool,
     measure_latency: bool = True,
     title: str = "modelzip compress",
+    with_sensitivity: bool = False,
+    html: bool = True,
 ) -> dict[str, Any]:
     from modelzip.recipe import Recipe
     from modelzip.report import write_reports
@@ -148,19 +151,32 @@ def _run_compress(
         progress=not as_json,
         architecture=_architecture(architecture),
     )
-    result = api.compress(
-        model,
-        data,
-        rec,
-        out=output,
-        seed=seed,
-        progress=not as_json,
-        measure_latency=measure_latency,
-    )
+    sens = None
+    if with_sensitivity and report is not None:
+        from modelzip.search.sensitivity import sensitivity as run_sensitivity
+
+        sens = run_sensitivity(model, data, seed=seed, progress=not as_json)
+    names = [cfg.method for cfg in rec.stages]
+
+    def step(i: int) -> str:
+        return f"stage {i + 1}/{len(names)}: {names[i]}" if i < len(names) else "write .mzip"
+
+    with bar(step(0), len(names) + 1, enabled=not as_json) as advance:
+        result = api.compress(
+            model,
+            data,
+            rec,
+            out=output,
+            seed=seed,
+            progress=not as_json,
+            measure_latency=measure_latency,
+            on_stage=lambda i, _method, _record: advance(description=step(i)),
+        )
+        advance()
     result.pop("model")
     result["model_spec"] = model_spec
     if report is not None:
-        result["reports"] = write_reports(result, report)
+        result["reports"] = write_reports(result, report, before=model, sensitivity=sens, html=html)
     if as_json:
         _print_json(result)
     else:
@@ -180,13 +196,22 @@ def compress(
     output: Annotated[Path, typer.Option("-o", "--output", help="the .mzip file to write")],
     weights: WeightsOpt = None,
     report: Annotated[
-        Path | None, typer.Option("--report", help="folder for report.json/.md")
+        Path | None,
+        typer.Option("--report", help="folder for report.html, report.json and report.md"),
     ] = None,
+    with_sensitivity: Annotated[
+        bool,
+        typer.Option(
+            "--sensitivity", help="add per-layer pruning sensitivity curves to the --report"
+        ),
+    ] = False,
     architecture: ArchOpt = None,
     seed: SeedOpt = 0,
     as_json: JsonOpt = False,
 ) -> None:
     """Compress MODEL with RECIPE on DATA and write OUT.mzip."""
+    if with_sensitivity and report is None:
+        raise typer.BadParameter("--sensitivity draws into the report: give --report DIR too")
     _run_compress(
         model,
         data,
@@ -197,6 +222,7 @@ def compress(
         architecture=architecture,
         seed=seed,
         as_json=as_json,
+        with_sensitivity=with_sensitivity,
     )
 
 
@@ -280,6 +306,7 @@ def sensitivity(
         pattern=pattern,
         split=split,
         seed=seed,
+        progress=not as_json,
     )
     result["model"] = model
     if as_json:
@@ -301,37 +328,130 @@ def sensitivity(
 
 
 @app.command()
-def inspect(
-    file: Annotated[Path, typer.Argument(help="a .mzip file")],
+def search(
+    model: Annotated[str, typer.Argument(help="zoo:NAME | FILE.py:FACTORY | FILE.mzip")],
+    data: DataOpt,
+    max_drop: Annotated[
+        float, typer.Option("--max-drop", help="accuracy points the result may lose (val split)")
+    ],
+    objective: Annotated[str, typer.Option("--objective", help="bytes | latency")] = "bytes",
+    trials: Annotated[int, typer.Option("--trials", help="trials to finish")] = 20,
+    time_budget: Annotated[
+        float | None, typer.Option("--time-budget", help="minutes; no new trial after that")
+    ] = None,
+    engine: Annotated[str, typer.Option("--engine", help="local | ray")] = "local",
+    address: Annotated[
+        str | None, typer.Option("--address", help="ray: a running cluster (default: local)")
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", help="ray: trials at once")] = 2,
+    study: Annotated[
+        Path, typer.Option("--study", help="folder of the resumable study and its results")
+    ] = Path("modelzip-search"),
+    epochs: Annotated[
+        str, typer.Option("--epochs", help="full trial: prune,recover,polish epochs")
+    ] = "8,2,2",
+    weights: WeightsOpt = None,
+    seed: SeedOpt = 0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show what a .mzip file holds: per tensor its kind, shape, codecs and bytes."""
-    from modelzip.codec.inspect import inspect_file
+    """Find the smallest (or fastest) policy within an accuracy budget; resumable.
 
-    info = inspect_file(file)
+    Exit code 3 when no trial met the budget (the closest policy is written as closest.yaml).
+    """
+    from pydantic import ValidationError
+
+    from modelzip.config import describe_validation_error
+    from modelzip.errors import ConfigError
+    from modelzip.search.runner import EXIT_MISSED_BUDGET, SearchConfig
+    from modelzip.search.runner import search as run_search
+
+    try:
+        sched = tuple(int(e) for e in epochs.split(","))
+    except ValueError:
+        sched = ()
+    if len(sched) != 3 or min(sched) < 0:
+        raise ConfigError(f"--epochs takes three counts like 8,2,2, got {epochs!r}")
+    fields = {
+        "max_drop": max_drop,
+        "objective": objective,
+        "trials": trials,
+        "time_budget_min": time_budget,
+        "engine": engine,
+        "address": address,
+        "workers": workers,
+        "study": study,
+        "seed": seed,
+        "epochs": sched,
+        "progress": not as_json,
+    }
+    try:
+        cfg = SearchConfig.model_validate(fields)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, SearchConfig, "search")) from None
+    from modelzip.search.engines import make
+
+    make(engine, address=address, workers=workers)  # a missing Ray is an error before training
+    bundle = api.load_data(data, seed=seed)
+    loaded = api.load_model(model, data=bundle, weights=weights, seed=seed, progress=not as_json)
+    result = run_search(loaded, bundle, cfg, model_spec=model)
+    if as_json:
+        _print_json(result)
+    else:
+        label = "best" if result["met_budget"] else "closest"
+        pick = result.get(label)
+        if pick is not None:
+            table = Table(title=f"modelzip search: {label} policy (trial {pick['trial']})")
+            table.add_column("metric")
+            table.add_column("baseline (fp32)", justify="right")
+            table.add_column(label, justify="right")
+            base = result["baseline"]
+            table.add_row("bytes", f"{base['bytes']:,}", f"{pick['bytes']:,}")
+            table.add_row("ratio", "1.0x", f"{pick['ratio']:.1f}x", style="bold")
+            table.add_row(
+                "val accuracy", f"{base['val_accuracy']:.2%}", f"{pick['val_accuracy']:.2%}"
+            )
+            table.add_row(
+                "test accuracy (once)",
+                f"{base['test_accuracy']:.2%}",
+                f"{pick['test_accuracy']:.2%}",
+            )
+            if "test_latency_ratio" in pick:
+                table.add_row(
+                    "latency ratio b1 / bN",
+                    "1.0",
+                    "{b1} / {bN}".format(**pick["test_latency_ratio"]),
+                )
+            out.print(table)
+        t = result["trials"]
+        out.print(
+            f"{t['finished']} trials finished ({t['complete']} fully trained, {t['pruned']} "
+            f"stopped early, {t['fail']} failed); Pareto front of {len(result['pareto'])} "
+            f"in {study / 'search.json'}"
+        )
+        out.print(result["message"], markup=False, highlight=False)
+    if not result["met_budget"]:
+        if not as_json:
+            err.print(f"modelzip: {result['message']}", markup=False, highlight=False)
+        raise typer.Exit(EXIT_MISSED_BUDGET)
+
+
+@app.command()
+def inspect(
+    file: Annotated[Path, typer.Argument(help="a .mzip file")],
+    tensors: Annotated[
+        bool, typer.Option("--tensors", help="every tensor with its kind, shape and codecs")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show what a .mzip file holds: bytes per layer, or per tensor with --tensors."""
+    from modelzip.codec.inspect import inspect_file_detail
+    from modelzip.report.console import format_inspect
+
+    info, detail = inspect_file_detail(file)
     if as_json:
         _print_json(info)
         return
-    table = Table(title=f"{file} ({info['bytes']:,} bytes, format v{info['version']})")
-    cols = ("tensor", "kind", "shape", "codecs", "bytes", "bits/weight", "sparsity", "entropy B")
-    for col in cols:
-        table.add_column(col, justify="left" if col in cols[:4] else "right")
-    for t in info["tensors"]:
-        table.add_row(
-            t["name"],
-            t["kind"],
-            "x".join(map(str, t["shape"])),
-            ",".join(t["codecs"]),
-            f"{t['bytes']:,}",
-            f"{t['bits_per_weight']:.2f}",
-            f"{t['sparsity']:.2%}",
-            f"{t['entropy_bytes']:,.0f}",
-        )
-    out.print(table)
-    out.print(
-        f"payload {info['payload_bytes']:,} bytes, metadata {info['metadata_bytes']:,} bytes "
-        f"({info['metadata_fraction']:.2%} of the file)"
-    )
+    sys.stdout.write(format_inspect(info, detail, tensors=tensors))
 
 
 @app.command()
@@ -383,13 +503,36 @@ def recipes(as_json: JsonOpt = False) -> None:
 
 
 @app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="a run's report.json (or compress --json output)")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="the .html file to write")],
+    sensitivity: Annotated[
+        Path | None,
+        typer.Option("--sensitivity", help="curves from `modelzip sensitivity --json` to draw"),
+    ] = None,
+    pareto: Annotated[
+        Path | None,
+        typer.Option("--pareto", help='JSON list of {"bytes", "accuracy"} points (a search)'),
+    ] = None,
+) -> None:
+    """Render a run's JSON record as one self-contained HTML page."""
+    from modelzip.report.cli import render_report
+
+    path = render_report(run, output, sensitivity=sensitivity, pareto=pareto)
+    out.print(f"wrote {path}", highlight=False)
+
+
+@app.command()
 def demo(
     quick: Annotated[bool, typer.Option("--quick", help="a fast smoke run (for tests)")] = False,
     out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("modelzip-demo"),
+    html: Annotated[
+        bool, typer.Option("--html/--no-html", help="write report.html (the default)")
+    ] = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """LeNet-300-100 on digits with the default recipe: .mzip, report.json, report.md."""
-    _run_compress(
+    """LeNet-300-100 on digits with the default recipe: .mzip, report.html/.json/.md."""
+    result = _run_compress(
         "zoo:lenet300",
         "digits",
         "quick" if quick else "default",
@@ -398,11 +541,15 @@ def demo(
         report=out_dir,
         seed=0,
         as_json=as_json,
-        measure_latency=not quick,
         title="modelzip demo: LeNet-300-100 on digits",
+        with_sensitivity=True,
+        html=html,
     )
     if not as_json:
-        out.print(f"reports: {out_dir / 'report.md'}, {out_dir / 'report.json'}")
+        paths = result["reports"]
+        if "html" in paths:
+            out.print(f"report: {Path(paths['html']).resolve()}", highlight=False)
+        out.print(f"data: {paths['json']}, {paths['md']}", highlight=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -410,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        app(args=args, prog_name="modelzip", standalone_mode=False)
+        code = app(args=args, prog_name="modelzip", standalone_mode=False)
     except ModelzipError as exc:
         if debug:
             raise
@@ -433,7 +580,11 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         err.print("modelzip: aborted", markup=False)
         return 130
-    return 0
+    except KeyboardInterrupt:
+        err.print("modelzip: interrupted", markup=False)
+        return 130
+    # without standalone mode, click hands back a typer.Exit's code as the return value
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

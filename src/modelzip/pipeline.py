@@ -42,19 +42,24 @@ def run(
     ctx: Context,
     *,
     on_stage: StageHook | None = None,
+    evaluate_stages: bool = True,
 ) -> tuple[nn.Module, list[dict[str, Any]]]:
     """Apply every stage in order; returns the compressed model and per-stage metrics.
 
     Each stage's record holds its config, its wall time, what the method noted (per-layer
     sparsity, skipped layers and why, ...), and test-split accuracy, nonzero parameters and
-    the size the model would have as a .mzip file at that point. With a budget, records also
-    hold ``val_accuracy`` and the last one's notes hold ``budget`` (what the back-off did).
+    the size the model would have as a .mzip file at that point. ``evaluate_stages=False``
+    leaves those measurements out (a search scoring many recipes measures only the result).
+    With a budget, records also hold ``val_accuracy`` and the last one's notes hold
+    ``budget`` (what the back-off did).
     """
     if ctx.teacher is None:
         ctx.teacher = frozen_copy(model)
     if recipe.max_drop is None:
-        return _run_stages(model, recipe.stages, ctx, on_stage=on_stage, budget=False)
-    return _run_with_budget(model, recipe, ctx, on_stage)
+        return _run_stages(
+            model, recipe.stages, ctx, on_stage=on_stage, budget=False, full=evaluate_stages
+        )
+    return _run_with_budget(model, recipe, ctx, on_stage, evaluate_stages)
 
 
 def _val_score(model: nn.Module, ctx: Context) -> float:
@@ -65,7 +70,11 @@ def _val_score(model: nn.Module, ctx: Context) -> float:
 
 
 def _run_with_budget(
-    model: nn.Module, recipe: Recipe, ctx: Context, on_stage: StageHook | None
+    model: nn.Module,
+    recipe: Recipe,
+    ctx: Context,
+    on_stage: StageHook | None,
+    evaluate_stages: bool = True,
 ) -> tuple[nn.Module, list[dict[str, Any]]]:
     assert recipe.max_drop is not None
     start = copy.deepcopy(model)
@@ -76,7 +85,7 @@ def _run_with_budget(
     changes: list[str] = []
     for attempt in range(MAX_BACKOFF + 1):
         out, records = _run_stages(
-            copy.deepcopy(start), stages, ctx, on_stage=on_stage, budget=True
+            copy.deepcopy(start), stages, ctx, on_stage=on_stage, budget=True, full=evaluate_stages
         )
         drop = round(100 * (base - records[-1]["val_accuracy"]), 3)
         attempts.append(
@@ -137,6 +146,7 @@ def _run_stages(
     *,
     on_stage: StageHook | None,
     budget: bool,
+    full: bool = True,
 ) -> tuple[nn.Module, list[dict[str, Any]]]:
     records: list[dict[str, Any]] = []
     for i, cfg in enumerate(stages, 1):
@@ -146,6 +156,20 @@ def _run_stages(
         t0 = time.perf_counter()
         model = method.apply(model, cfg, ctx)
         seconds = time.perf_counter() - t0
+        record: dict[str, Any] = {
+            "stage": i,
+            "method": cfg.method,
+            "config": cfg.to_dict(),
+            "seconds": round(seconds, 3),
+            "notes": dict(ctx.notes),
+        }
+        if not full:
+            if budget:
+                record["val_accuracy"] = _val_score(model, ctx)
+            records.append(record)
+            if on_stage is not None:
+                on_stage(i, cfg.method, record)
+            continue
         metrics = evaluate(
             model,
             ctx.data,
@@ -154,12 +178,9 @@ def _run_stages(
             reference=ctx.teacher,
         )
         record = {
-            "stage": i,
-            "method": cfg.method,
-            "config": cfg.to_dict(),
-            "seconds": round(seconds, 3),
+            **{k: v for k, v in record.items() if k != "notes"},
             **{k: metrics[k] for k in ("accuracy", "params", "nonzero", "sparsity", "bytes")},
-            "notes": dict(ctx.notes),
+            "notes": record["notes"],
         }
         if budget:
             record["val_accuracy"] = _val_score(model, ctx)

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass
 from typing import cast
 
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from modelzip.errors import ConfigError
+from modelzip.progress import bar
 from modelzip.task import Inputs, LossFn, run_model, split_batch, to_device
 
 OPTIMIZERS = ("adam", "sgd", "adamw")
@@ -26,7 +24,7 @@ def cross_entropy(model: nn.Module, x: Inputs, y: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Trainer:
-    """Mini-batch training with a rich progress bar on stderr.
+    """Mini-batch training with a progress bar on stderr (on a terminal, when ``progress``).
 
     Example:
         >>> Trainer(progress=False).fit(model, data.train, epochs=2, lr=1e-3)   # doctest: +SKIP
@@ -74,8 +72,8 @@ class Trainer:
         model.to(self.device).train()
         steps_per_epoch = len(cast(Sized, loader)) if hasattr(loader, "__len__") else None
         step, last = 0, float("nan")
-        with self._progress() as bar:
-            task = bar.add_task(description, total=(steps_per_epoch or 0) * epochs or None)
+        steps = (steps_per_epoch or 0) * epochs or None
+        with bar(description, steps, enabled=self.progress) as advance:
             for _ in range(epochs):
                 total, count = 0.0, 0
                 for batch in loader:  # (x, y) or (x1, x2, ..., y)
@@ -90,21 +88,10 @@ class Trainer:
                         on_step(step)
                     total += float(loss.detach()) * len(y)  # targets: one per sample
                     count += len(y)
-                    bar.advance(task)
+                    advance()
                 last = total / max(count, 1)
         model.eval()
         return last
-
-    def _progress(self) -> Progress:
-        return Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=Console(file=sys.stderr),
-            disable=not self.progress,
-            transient=True,
-        )
 
 
 def make_optimizer(

@@ -1,13 +1,25 @@
-"""Which layers must change together when output channels are removed (torch.fx analysis).
+"""Which layers must change together when output channels are removed.
 
-Every tensor in the traced graph that carries channels produced by a Conv/Linear lives in a
-*channel space*. Channel-preserving ops (activations, pooling, dropout, BatchNorm) pass the
-space on; ``flatten`` passes it on with a repeat factor (each channel becomes H*W features);
-an elementwise add/sub/mul of two spaces merges them (residual connections: the producers on
-both sides must keep the same channels). A space is prunable when everything that touches it
-is understood: its producers' outputs (dim 0 of their weights), its BatchNorms, and the input
-dimension of its consumers. Anything else (concatenation, the model's output, an unknown op,
-a grouped conv, a module called twice) blocks the space, with a reason naming the op.
+The analysis runs on what the model really computes on an example batch
+(``modelzip.graph.trace``): Python control flow in ``forward`` takes the example's branch.
+Every tensor that carries channels produced by a Conv/Linear has a *layout* along one of
+its dims: a list of pieces ``(space, lo, hi)`` (channels ``lo..hi`` of a channel space, in
+order) and a ratio of positions per channel (``flatten`` makes each channel ``H*W``
+features; splitting a feature dim into heads makes one position ``D`` channels).
+
+- Channel-preserving ops (activations, pooling, dropout) pass the layout on; BatchNorm
+  records itself as a member; reshapes, transposes and reductions over other dims move it.
+- ``torch.cat`` on the channel dim concatenates layouts (the consumer after it reads each
+  branch's channels at their offsets); ``chunk`` splits one (the sections keep equal size).
+- An elementwise add/mul of two layouts merges their spaces (residual connections).
+- A depthwise conv's output channels follow its input channels.
+- ``view`` to ``(..., heads, head_dim)``, attention (matmul or
+  ``scaled_dot_product_attention``) and the merge back make the query, key and value
+  projections one space removed in whole heads.
+
+A space is prunable when everything that touches it is understood; anything else (the
+model's output, LayerNorm over the channels, an unknown op, a module called twice) blocks
+it, with a reason naming the layer or op.
 
 Example:
     >>> groups = channel_groups(model, example_input)             # doctest: +SKIP
@@ -18,86 +30,32 @@ Example:
 from __future__ import annotations
 
 import math
-import operator
-from collections import Counter
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, cast
 
 import torch
-import torch.nn.functional as F
-from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
+from torch import nn
 
-from modelzip.errors import UnsupportedError
+from modelzip.graph import ops as opsets
+from modelzip.graph.trace import Graph, Node, record
 
-#: Modules whose output has the same channels, in the same place, as their input.
-PRESERVING_MODULES: tuple[type[nn.Module], ...] = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.PReLU,
-    nn.ELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Hardswish,
-    nn.Hardtanh,
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Identity,
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool2d,
-)
-PRESERVING_FUNCTIONS = {
-    F.relu,
-    F.relu6,
-    F.leaky_relu,
-    F.gelu,
-    F.silu,
-    F.elu,
-    F.hardswish,
-    F.dropout,
-    F.max_pool1d,
-    F.max_pool2d,
-    F.avg_pool1d,
-    F.avg_pool2d,
-    F.adaptive_avg_pool1d,
-    F.adaptive_avg_pool2d,
-    F.interpolate,
-    F.hardtanh,
-    torch.relu,
-    torch.sigmoid,
-    torch.tanh,
-}
-PRESERVING_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone", "detach"}
-ELEMENTWISE = {
-    operator.add,
-    operator.sub,
-    operator.mul,
-    operator.iadd,
-    operator.imul,
-    torch.add,
-    torch.sub,
-    torch.mul,
-}
-#: Reductions: fine while they reduce only the spatial dims (global average pooling).
-REDUCTIONS = {torch.mean, torch.sum, torch.amax}
-REDUCTION_METHODS = {"mean", "sum", "amax"}
-ELEMENTWISE_METHODS = {"add", "sub", "mul", "add_", "mul_"}
-RESHAPES = {torch.flatten}
-RESHAPE_METHODS = {"flatten", "view", "reshape"}
-#: Ops that only read metadata: they neither pass channels on nor constrain them.
-HARMLESS_METHODS = {"size", "dim"}
-#: Layers whose output channels can be removed.
 PRODUCERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+@dataclass(frozen=True)
+class Member:
+    """Where one layer holds a space's channels ``lo..hi``: on its output (``role`` "out":
+    weight rows, bias, BatchNorm vectors) or its input (``"in"``: weight dim 1), starting at
+    position ``offset`` of that dim, each channel ``repeat`` consecutive positions wide."""
+
+    layer: str
+    role: str
+    offset: int
+    lo: int
+    hi: int
+    repeat: int = 1
 
 
 @dataclass
@@ -107,16 +65,23 @@ class Group:
     Attributes:
         producers: layers whose outputs (dim 0 of the weight) are the channels.
         norms: BatchNorm layers normalizing these channels.
-        consumers: ``(layer, repeat)`` reading the channels on their input dimension;
-            ``repeat`` > 1 after a flatten (each channel became ``repeat`` features).
+        consumers: ``(layer, repeat)`` reading the channels on their input dimension.
+        followers: depthwise convolutions whose channels follow these.
+        members: every place the channels sit (what surgery slices).
         channels: how many channels the space has.
+        block: channels are removed in whole blocks of this size (attention heads).
+        sections: ``(lo, hi)`` ranges that must keep equal sizes (``chunk``).
         blocked: reasons the space cannot be pruned (empty when it can).
     """
 
     producers: list[str] = field(default_factory=list)
     norms: list[str] = field(default_factory=list)
     consumers: list[tuple[str, int]] = field(default_factory=list)
+    followers: list[str] = field(default_factory=list)
+    members: list[Member] = field(default_factory=list)
     channels: int = 0
+    block: int = 1
+    sections: list[tuple[int, int]] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)
 
     @property
@@ -124,32 +89,34 @@ class Group:
         return not self.blocked and bool(self.producers)
 
 
+Piece = tuple[int, int, int]  # (space, lo, hi)
+
+
 @dataclass(frozen=True)
-class _Ref:
-    """Where a space sits in one tensor: its id, channel dim and flatten repeat."""
+class Layout:
+    """The channels along dim ``dim`` of one tensor."""
 
-    space: int
     dim: int
-    repeat: int = 1
+    pieces: tuple[Piece, ...]
+    ratio: Fraction = Fraction(1)
+
+    def with_dim(self, dim: int) -> Layout:
+        return Layout(dim, self.pieces, self.ratio)
 
 
-class _Tracer(fx.Tracer):
-    # Layers we reason about stay leaves even when parametrized (prune masks, fake-quant).
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, (*PRODUCERS, *NORMS, *PRESERVING_MODULES, nn.Flatten)):
-            return True
-        return super().is_leaf_module(m, qualname)
+class _Spaces:
+    """Union-find over channel spaces, each with its Group."""
 
-
-class _Analysis:
     def __init__(self) -> None:
-        self.parent: dict[int, int] = {}
+        self.parent: list[int] = []
         self.groups: dict[int, Group] = {}
 
     def new(self, channels: int, producer: str | None = None) -> int:
         sid = len(self.parent)
-        self.parent[sid] = sid
+        self.parent.append(sid)
         self.groups[sid] = Group(producers=[producer] if producer else [], channels=channels)
+        if producer:
+            self.groups[sid].members.append(Member(producer, "out", 0, 0, channels))
         return sid
 
     def find(self, sid: int) -> int:
@@ -158,244 +125,165 @@ class _Analysis:
             sid = self.parent[sid]
         return sid
 
-    def group(self, ref: _Ref) -> Group:
-        return self.groups[self.find(ref.space)]
+    def group(self, sid: int) -> Group:
+        return self.groups[self.find(sid)]
 
-    def union(self, a: _Ref, b: _Ref) -> None:
-        ra, rb = self.find(a.space), self.find(b.space)
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
         if ra == rb:
             return
         ga, gb = self.groups.pop(rb), self.groups[ra]
         self.parent[rb] = ra
-        gb.producers += ga.producers
-        gb.norms += ga.norms
-        gb.consumers += ga.consumers
-        gb.blocked += ga.blocked
+        for name in ("producers", "norms", "consumers", "followers", "members", "sections"):
+            getattr(gb, name).extend(getattr(ga, name))
+        gb.blocked += [r for r in ga.blocked if r not in gb.blocked]
+        gb.block = math.lcm(gb.block, ga.block)
 
-    def block(self, ref: _Ref, reason: str) -> None:
-        g = self.group(ref)
-        if reason not in g.blocked:
-            g.blocked.append(reason)
-
-
-def _shape(node: Any) -> tuple[int, ...] | None:
-    meta = getattr(node, "meta", {}).get("tensor_meta")
-    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+    def block(self, layout: Layout | None, reason: str) -> None:
+        if layout is None:
+            return
+        for sid, _, _ in layout.pieces:
+            g = self.group(sid)
+            if reason not in g.blocked:
+                g.blocked.append(reason)
 
 
-def _op_name(node: fx.Node) -> str:
-    if node.op == "call_module":
-        return f"layer {node.target!r}"
-    if node.op == "call_method":
-        return f"method .{node.target}()"
-    return f"{getattr(node.target, '__name__', str(node.target))}()"
+def channel_groups(model: nn.Module, example: Any) -> dict[str, Group]:
+    """The dependency group of every Conv/Linear layer's output channels, by layer name
+    (depthwise convolutions map to the group their channels follow)."""
+    return analyze(model, record(model, example))
 
 
-def trace(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
-    """Symbolically trace ``model`` and record every tensor's shape on ``example``."""
-    try:
-        graph = _Tracer().trace(model)
-    except Exception as exc:
-        raise UnsupportedError(
-            f"structured pruning needs a model torch.fx can trace; tracing failed: "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        ) from None
-    gm = fx.GraphModule(model, graph)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        ShapeProp(gm).propagate(example)
-    model.train(was_training)
-    return gm
+def analyze(model: nn.Module, graph: Graph) -> dict[str, Group]:
+    """Dependency groups from a recorded forward pass (see ``channel_groups``)."""
+    an = _Analysis(model, graph)
+    for node in graph.nodes:
+        an.step(node)
+    for t in graph.outputs:
+        an.spaces.block(an.refs.get(id(t)), "its channels are the model's output")
+    return {name: an.spaces.group(sid) for name, sid in an.owner.items()}
 
 
-def channel_groups(model: nn.Module, example: torch.Tensor) -> dict[str, Group]:
-    """The dependency group of every Conv/Linear layer's output channels, by layer name."""
-    gm = trace(model, example)
-    modules = dict(model.named_modules())
-    calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
-    an = _Analysis()
-    refs: dict[fx.Node, _Ref] = {}
-    owner: dict[str, int] = {}
+class _Analysis:
+    def __init__(self, model: nn.Module, graph: Graph) -> None:
+        self.modules = dict(model.named_modules())
+        self.graph = graph
+        self.spaces = _Spaces()
+        self.refs: dict[int, Layout] = {}
+        self.owner: dict[str, int] = {}
 
-    def inputs(node: fx.Node) -> list[fx.Node]:
-        return [a for a in node.all_input_nodes if a in refs]
+    # -- helpers -------------------------------------------------------------------------
+    def ref(self, t: Any) -> Layout | None:
+        return self.refs.get(id(t)) if isinstance(t, torch.Tensor) else None
 
-    def block_all(node: fx.Node, why: str) -> None:
-        for a in inputs(node):
-            an.block(refs[a], why)
+    def block_inputs(self, node: Node, why: str) -> None:
+        for t in node.inputs:
+            self.spaces.block(self.ref(t), why)
 
-    for node in gm.graph.nodes:
-        if node.op in ("placeholder", "get_attr"):
-            continue
-        if node.op == "output":
-            block_all(node, "its channels are the model's output")
-            continue
-        ins = inputs(node)
-        first = refs.get(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
-        out_ref = _propagate(node, modules, calls, an, refs, ins, first, owner)
-        if out_ref is not None:
-            refs[node] = out_ref
-    out: dict[str, Group] = {}
-    for name, sid in owner.items():
-        out[name] = an.groups[an.find(sid)]
-    return out
+    def out(self, node: Node, layout: Layout | None, index: int = 0) -> None:
+        if layout is not None and index < len(node.outputs):
+            self.refs[id(node.outputs[index])] = layout
 
+    def add_member(self, layout: Layout, layer: str, role: str) -> None:
+        if layout.ratio.denominator != 1:
+            self.spaces.block(layout, f"layer {layer!r} reads them grouped into heads")
+            return
+        offset = 0
+        for sid, lo, hi in layout.pieces:
+            g = self.spaces.group(sid)
+            m = Member(layer, role, offset, lo, hi, int(layout.ratio))
+            g.members.append(m)
+            if role == "in":
+                g.consumers.append((layer, int(layout.ratio)))
+            offset += hi - lo
 
-def _propagate(
-    node: fx.Node,
-    modules: dict[str, nn.Module],
-    calls: Counter,
-    an: _Analysis,
-    refs: dict[fx.Node, _Ref],
-    ins: list[fx.Node],
-    first: _Ref | None,
-    owner: dict[str, int],
-) -> _Ref | None:
-    """Handle one node: record consumers/norms, and return the space of its output."""
-    why = f"{_op_name(node)} uses them"
-    shape_in = _shape(node.args[0]) if node.args else None
-    if node.op == "call_module":
+    def new_space(self, n: int, producer: str | None, dim: int) -> Layout:
+        sid = self.spaces.new(n, producer)
+        if producer:
+            self.owner[producer] = sid
+        return Layout(dim, ((sid, 0, n),))
+
+    # -- dispatch ------------------------------------------------------------------------
+    def step(self, node: Node) -> None:
+        if not any(id(t) in self.refs for t in node.inputs):
+            if node.kind == "module":
+                self.module(node, None)
+            return
+        if node.kind == "module":
+            self.module(node, self.ref(node.inputs[0]) if node.inputs else None)
+            return
+        opsets.handle(self, node)
+
+    def module(self, node: Node, first: Layout | None) -> None:
         name = str(node.target)
-        m = modules[name]
+        m = self.modules[name]
+        twice = self.graph.calls.get(name, 0) > 1
+        why_twice = f"layer {name!r} is called more than once"
         if isinstance(m, PRODUCERS):
-            return _producer(node, name, m, calls, an, refs, ins, shape_in, owner)
-        if isinstance(m, NORMS) and first is not None and first.dim == 1 and first.repeat == 1:
-            if calls[name] > 1:
-                an.block(first, f"{_op_name(node)} is called more than once")
-            an.group(first).norms.append(name)
-            return first
-        if isinstance(m, PRESERVING_MODULES):
-            return first
-        if isinstance(m, nn.Flatten) and first is not None:
-            return _flatten(node, an, first, shape_in, why)
-        for a in ins:
-            an.block(refs[a], why)
-        return None
-    if node.op == "call_function" and node.target in PRESERVING_FUNCTIONS:
-        return first
-    if node.op == "call_method" and node.target in PRESERVING_METHODS:
-        return first
-    if node.op == "call_method" and node.target in HARMLESS_METHODS:
-        return None
-    if node.op == "call_function" and node.target is getattr:
-        return None  # x.shape and friends
-    elementwise = (node.op == "call_function" and node.target in ELEMENTWISE) or (
-        node.op == "call_method" and node.target in ELEMENTWISE_METHODS
-    )
-    if elementwise:
-        return _elementwise(node, an, refs, ins, why)
-    reshape = (node.op == "call_function" and node.target in RESHAPES) or (
-        node.op == "call_method" and node.target in RESHAPE_METHODS
-    )
-    if reshape and first is not None:
-        return _flatten(node, an, first, shape_in, why)
-    reduction = (node.op == "call_function" and node.target in REDUCTIONS) or (
-        node.op == "call_method" and node.target in REDUCTION_METHODS
-    )
-    if reduction and first is not None:
-        shape_out = _shape(node)
-        spatial_only = (
-            first.dim == 1
-            and first.repeat == 1
-            and shape_in is not None
-            and shape_out is not None
-            and len(shape_out) >= 2
-            and shape_out[:2] == shape_in[:2]
-        )
-        if spatial_only:
-            return first
-        an.block(first, f"{why} (a reduction over the channels)")
-        return None
-    if node.op == "call_function" and node.target in (torch.cat, torch.concat, torch.stack):
-        why = f"{_op_name(node)} concatenates them (concatenation is not supported)"
-    for a in ins:
-        an.block(refs[a], why)
-    return None
+            self.producer(node, name, m, first, twice)
+            return
+        if isinstance(m, NORMS) and first is not None:
+            if twice:
+                self.spaces.block(first, why_twice)
+            if first.dim != 1:
+                self.spaces.block(first, f"layer {name!r} normalizes another dim")
+                return
+            for sid, _, _ in first.pieces:
+                self.spaces.group(sid).norms.append(name)
+            self.add_member(first, name, "out")
+            self.out(node, first)
+            return
+        if isinstance(m, nn.LayerNorm) and first is not None:
+            x = node.inputs[0]
+            if first.dim >= x.dim() - len(m.normalized_shape):
+                self.spaces.block(first, f"layer {name!r} (LayerNorm) normalizes over them")
+                return
+            self.out(node, first)
+            return
+        self.block_inputs(node, f"layer {name!r} uses them")
 
-
-def _producer(
-    node: fx.Node,
-    name: str,
-    m: nn.Module,
-    calls: Counter,
-    an: _Analysis,
-    refs: dict[fx.Node, _Ref],
-    ins: list[fx.Node],
-    shape_in: tuple[int, ...] | None,
-    owner: dict[str, int],
-) -> _Ref:
-    is_conv = isinstance(m, nn.Conv1d | nn.Conv2d)
-    grouped = is_conv and m.groups != 1
-    if ins:
-        ref = refs[ins[0]]
-        if calls[name] > 1:
-            an.block(ref, f"{_op_name(node)} is called more than once")
-        elif grouped:
-            an.block(ref, f"{_op_name(node)} is a grouped convolution (groups={m.groups})")
-        elif is_conv and (ref.dim != 1 or ref.repeat != 1):
-            an.block(ref, f"{_op_name(node)} does not read them as input channels")
-        elif not is_conv and shape_in is not None and ref.dim != len(shape_in) - 1:
-            an.block(ref, f"{_op_name(node)} does not read them as input features")
-        else:
-            an.group(ref).consumers.append((name, ref.repeat))
-    channels = cast(int, m.out_channels if is_conv else m.out_features)
-    sid = an.new(channels, name)
-    owner[name] = sid
-    out = _Ref(sid, 1 if is_conv else max(len(_shape(node) or (0, 0)) - 1, 1))
-    if calls[name] > 1:
-        an.block(out, f"{_op_name(node)} is called more than once")
-    if grouped:
-        an.block(out, f"{_op_name(node)} is a grouped convolution (groups={m.groups})")
-    return out
-
-
-def _flatten(
-    node: fx.Node, an: _Analysis, ref: _Ref, shape_in: tuple[int, ...] | None, why: str
-) -> _Ref | None:
-    shape_out = _shape(node)
-    if shape_in is None or shape_out is None:
-        an.block(ref, why)
-        return None
-    if shape_out == shape_in:
-        return ref
-    # (N, C, *S) -> (N, C * prod(S)), channels on dim 1: each becomes prod(S) features.
-    flat = len(shape_out) == 2 and shape_out == (shape_in[0], math.prod(shape_in[1:]))
-    if ref.dim == 1 and flat:
-        return _Ref(ref.space, 1, ref.repeat * math.prod(shape_in[2:]))
-    an.block(ref, f"{why} (a reshape that moves the channels)")
-    return None
-
-
-def _elementwise(
-    node: fx.Node, an: _Analysis, refs: dict[fx.Node, _Ref], ins: list[fx.Node], why: str
-) -> _Ref | None:
-    tensor_args = [a for a in node.all_input_nodes if _shape(a) is not None and _shape(a) != ()]
-    spaced = [refs[a] for a in ins]
-    if not spaced:
-        return None
-    out_shape = _shape(node) or ()
-    for a in tensor_args:
-        if a not in refs and _spans_channels(_shape(a) or (), out_shape, spaced[0].dim):
-            # A tensor with its own per-channel values (the model input, a parameter read
-            # with get_attr) and no prunable source pins the channels.
-            for r in spaced:
-                an.block(
-                    r,
-                    f"{_op_name(node)} combines them with {a.name!r}, which has no prunable source",
+    def producer(
+        self, node: Node, name: str, m: nn.Module, first: Layout | None, twice: bool
+    ) -> None:
+        is_conv = isinstance(m, nn.Conv1d | nn.Conv2d)
+        x = node.inputs[0]
+        y = node.outputs[0]
+        groups = cast(int, m.groups) if is_conv else 1
+        depthwise = is_conv and groups > 1 and groups == m.in_channels == m.out_channels
+        why_twice = f"layer {name!r} is called more than once"
+        if depthwise and first is not None and first.dim == 1 and first.ratio == 1:
+            # Channels pass through one filter each: the output follows the input.
+            if twice:
+                self.spaces.block(first, why_twice)
+            for sid, _, _ in first.pieces:
+                self.spaces.group(sid).followers.append(name)
+            self.add_member(first, name, "out")
+            self.owner[name] = first.pieces[0][0]
+            self.out(node, first)
+            return
+        if first is not None:
+            if twice:
+                self.spaces.block(first, why_twice)
+            elif groups != 1:
+                self.spaces.block(
+                    first, f"layer {name!r} is a grouped convolution (groups={groups})"
                 )
-            return None
-    base = spaced[0]
-    for r in spaced[1:]:
-        if (r.dim, r.repeat) != (base.dim, base.repeat):
-            an.block(base, why)
-            an.block(r, why)
-            return None
-        an.union(base, r)  # a residual connection: both sides keep the same channels
-    return base
+            elif is_conv and (first.dim != 1 or first.ratio != 1):
+                self.spaces.block(first, f"layer {name!r} does not read them as input channels")
+            elif not is_conv and first.dim != x.dim() - 1:
+                self.spaces.block(first, f"layer {name!r} does not read them as input features")
+            else:
+                self.add_member(first, name, "in")
+        n = cast(int, m.out_channels if is_conv else m.out_features)
+        out = self.new_space(n, name, 1 if is_conv else max(y.dim() - 1, 0))
+        if twice:
+            self.spaces.block(out, why_twice)
+        if groups != 1:
+            self.spaces.block(out, f"layer {name!r} is a grouped convolution (groups={groups})")
+        self.out(node, out)
 
 
-def _spans_channels(shape: tuple[int, ...], out_shape: tuple[int, ...], dim: int) -> bool:
-    """Whether a tensor of ``shape``, broadcast against ``out_shape``, varies along ``dim``."""
-    idx = dim - (len(out_shape) - len(shape))  # broadcasting aligns shapes on the right
-    return 0 <= idx < len(shape) and shape[idx] != 1
+def param_name(graph: Graph, t: torch.Tensor) -> str:
+    """How a message names a tensor without a prunable source."""
+    name = graph.params.get(id(t))
+    return repr(name) if name else f"a tensor of shape {tuple(t.shape)} with no prunable source"

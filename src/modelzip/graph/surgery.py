@@ -1,13 +1,24 @@
-"""Model surgery: remove output channels of a dependency group, so the tensors really shrink.
+"""Model surgery: remove channels of dependency groups, so the tensors really shrink.
 
 The modules are edited in place (weights sliced, constructor attributes such as
 ``out_channels`` updated), so the .mzip architecture record describes the smaller layers and
 ``modelzip.load`` rebuilds them. Pruning masks on a sliced weight are sliced with it;
 constraints that hold other state are refused.
+
+All groups of one pruning pass are cut together: a layer reading a concatenation of several
+groups (or a BatchNorm normalizing one) loses the positions of every group at once, so the
+offsets recorded by the analysis stay valid.
+
+A consumer whose input loses channels can take their mean contribution into its bias
+(``means``): exact when the removed channels were constant (a zeroed conv followed by a
+BatchNorm shift), a first-order repair otherwise. Only where that is exact for constants:
+Linear layers and convolutions without padding.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from typing import cast
 
 import torch
@@ -38,45 +49,107 @@ def _slice(module: nn.Module, layer: str, name: str, dim: int, idx: torch.Tensor
             old.detach().index_select(dim, idx).clone(), requires_grad=old.requires_grad
         )
         return
-    old = getattr(module, name)
-    if old is None:
+    current = getattr(module, name, None)
+    if current is None:
         return
-    new = old.detach().index_select(dim, idx).clone()
-    if isinstance(old, nn.Parameter):
-        setattr(module, name, nn.Parameter(new, requires_grad=old.requires_grad))
+    new = current.detach().index_select(dim, idx).clone()
+    if isinstance(current, nn.Parameter):
+        setattr(module, name, nn.Parameter(new, requires_grad=current.requires_grad))
     else:
         setattr(module, name, new)
 
 
-def remove_channels(model: nn.Module, group: Group, keep: torch.Tensor) -> None:
-    """Keep only channels ``keep`` (sorted indices) of ``group`` in every member layer."""
-    if not group.prunable:
-        raise UnsupportedError(
-            f"cannot remove channels of {', '.join(group.producers) or 'this group'}: "
-            f"{'; '.join(group.blocked)}"
-        )
-    keep = keep.to(torch.long)
-    n = int(keep.numel())
-    for name in group.producers:
+def removed_positions(
+    plan: Sequence[tuple[Group, torch.Tensor]],
+) -> dict[tuple[str, str], set[int]]:
+    """``(layer, role) -> positions to remove`` for keeping channels ``keep`` of each group."""
+    out: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for group, keep in plan:
+        if not group.prunable:
+            raise UnsupportedError(
+                f"cannot remove channels of {', '.join(group.producers) or 'this group'}: "
+                f"{'; '.join(group.blocked)}"
+            )
+        kept = set(keep.tolist())
+        gone = [c for c in range(group.channels) if c not in kept]
+        for m in group.members:
+            pos = out[(m.layer, m.role)]
+            for c in gone:
+                if m.lo <= c < m.hi:
+                    base = (m.offset + c - m.lo) * m.repeat
+                    pos.update(range(base, base + m.repeat))
+    return out
+
+
+def _compensate(layer: nn.Module, gone: list[int], mean: torch.Tensor) -> bool:
+    """Add the removed inputs' mean contribution to ``layer``'s bias (before slicing)."""
+    if isinstance(layer, nn.Conv1d | nn.Conv2d):
+        pad = layer.padding
+        if layer.groups != 1 or (pad != "valid" and any(cast(tuple, pad))):
+            return False
+    if parametrize.is_parametrized(layer, "bias"):
+        return False
+    w = cast(torch.Tensor, layer.weight).detach()
+    idx = torch.tensor(gone, dtype=torch.long, device=w.device)
+    cols = w.index_select(1, idx).reshape(w.shape[0], len(gone), -1).sum(2)
+    delta = cols @ mean.to(w.device, w.dtype).index_select(0, idx)
+    if layer.bias is None:
+        layer.bias = nn.Parameter(delta.clone())
+    else:
+        with torch.no_grad():
+            cast(torch.Tensor, layer.bias).add_(delta)
+    return True
+
+
+def remove_channels(
+    model: nn.Module,
+    plan: Sequence[tuple[Group, torch.Tensor]],
+    *,
+    means: Mapping[str, torch.Tensor] | None = None,
+) -> list[str]:
+    """Keep only channels ``keep`` (sorted indices) of each group in every member layer.
+
+    Args:
+        model: edited in place.
+        plan: ``(group, keep)`` pairs, cut together.
+        means: optional per-layer mean of each input position (dim 1 of the weight),
+            for bias compensation of the consumers.
+
+    Returns:
+        the consumers whose bias took the removed channels' mean contribution.
+    """
+    compensated = []
+    for (name, role), gone_set in removed_positions(plan).items():
         m = model.get_submodule(name)
+        width = cast(torch.Tensor, m.weight).shape[0 if role == "out" else 1]
+        if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+            width = m.num_features
+        gone = sorted(gone_set)
+        keep = torch.tensor([i for i in range(width) if i not in gone_set], dtype=torch.long)
+        n = int(keep.numel())
+        if role == "in":
+            if means is not None and name in means and gone and _compensate(m, gone, means[name]):
+                compensated.append(name)
+            _slice(m, name, "weight", 1, keep)
+            if isinstance(m, nn.Linear):
+                m.in_features = n
+            else:
+                cast("nn.Conv1d | nn.Conv2d", m).in_channels = n
+            continue
+        if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+            for t in ("weight", "bias", "running_mean", "running_var"):
+                _slice(m, name, t, 0, keep)
+            m.num_features = n
+            continue
         _slice(m, name, "weight", 0, keep)
         _slice(m, name, "bias", 0, keep)
         if isinstance(m, nn.Linear):
             m.out_features = n
         else:
-            cast("nn.Conv1d | nn.Conv2d", m).out_channels = n
-    for name in group.norms:
-        m = model.get_submodule(name)
-        for t in ("weight", "bias", "running_mean", "running_var"):
-            _slice(m, name, t, 0, keep)
-        cast("nn.BatchNorm1d | nn.BatchNorm2d", m).num_features = n
-    for name, repeat in group.consumers:
-        m = model.get_submodule(name)
-        # After a flatten, channel c became features c*repeat ... c*repeat + repeat - 1.
-        idx = (keep[:, None] * repeat + torch.arange(repeat)[None, :]).flatten()
-        _slice(m, name, "weight", 1, idx)
-        if isinstance(m, nn.Linear):
-            m.in_features = int(idx.numel())
-        else:
-            cast("nn.Conv1d | nn.Conv2d", m).in_channels = n
-    group.channels = n
+            conv = cast("nn.Conv1d | nn.Conv2d", m)
+            if conv.groups > 1:  # depthwise: one filter per channel
+                conv.groups = conv.in_channels = n
+            conv.out_channels = n
+    for group, keep in plan:
+        group.channels = int(keep.numel())
+    return compensated

@@ -15,20 +15,21 @@ Example (YAML)::
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from modelzip.config import MethodConfig
 from modelzip.context import Context
 from modelzip.errors import ConfigError, UnsupportedError
-from modelzip.nn.codebook import Codebook
+from modelzip.nn.codebook import Codebook, RowCodebook
 from modelzip.nn.constraints import constrain, original
 from modelzip.ops import affine, kmeans
+from modelzip.ops.gptq import fit_group_size
 from modelzip.registry import register
-from modelzip.targets import check_pattern, matches, per_layer, select
+from modelzip.targets import WEIGHT_LAYERS, check_pattern, matches, per_layer, select
 
 BITS_RANGE = (1, 16)
 
@@ -51,6 +52,18 @@ class ClusterConfig(MethodConfig):
     )
     include_bias: bool = Field(False, description="also share the values of each bias")
     layers: list[str] | None = Field(None, description="layer patterns to cluster (default: all)")
+    per: Literal["tensor", "row", "group"] = Field(
+        "tensor", description="one codebook per weight tensor, per output row, or per group"
+    )
+    group_size: int | None = Field(None, ge=2, le=1 << 16, description="for per: group")
+
+    @model_validator(mode="after")
+    def _per_fits(self) -> ClusterConfig:
+        if (self.per == "group") != (self.group_size is not None):
+            raise ValueError("per: group needs group_size, and group_size needs per: group")
+        if self.per != "tensor" and (self.shared is not False or self.include_bias):
+            raise ValueError(f"per: {self.per} works alone, without shared or include_bias")
+        return self
 
     @field_validator("bits")
     @classmethod
@@ -123,14 +136,37 @@ def _cluster_group(
     return report
 
 
+def _cluster_rows(name: str, mod: nn.Module, bits: int, cfg: ClusterConfig) -> dict[str, Any]:
+    """A k-means codebook per output row (or per group along it), fixed after fitting."""
+    w = cast(torch.Tensor, mod.weight).detach()
+    if not torch.isfinite(w).all():
+        raise UnsupportedError(f"{name}.weight holds NaN or inf values: cannot cluster it")
+    flat = w.reshape(w.shape[0], -1)
+    g = fit_group_size(flat.shape[1], cfg.group_size)  # width it does not divide: nearby
+    cb, idx = kmeans.rowwise_kmeans(flat.reshape(-1, g), 2**bits)
+    constrain(mod, "weight", RowCodebook(idx.reshape(w.shape), cb))
+    original(mod, "weight").requires_grad_(False)
+    return {
+        "bits": bits,
+        "per": cfg.per,
+        "group_size": g,
+        "codebooks": int(cb.shape[0]),
+        "sqnr_db": round(affine.sqnr_db(w, cast(torch.Tensor, mod.weight).detach()), 2),
+    }
+
+
 @register(ClusterConfig)
 def cluster(model: nn.Module, cfg: ClusterConfig, ctx: Context) -> nn.Module:
     """k-means weight sharing per layer (or per group), indices fixed, centroids trainable."""
-    layers = select(model, cfg.layers, example=ctx.example)
+    types = WEIGHT_LAYERS if cfg.layers is None else (*WEIGHT_LAYERS, nn.Embedding)
+    layers = select(model, cfg.layers, types=types, example=ctx.example)
     bits = per_layer(cfg.bits, layers, "bits")
     layers = {n: m for n, m in layers.items() if n in bits}
     gen = ctx.generator(offset=17)
     report: dict[str, dict[str, Any]] = {}
+    if cfg.per != "tensor":
+        ctx.notes["layers"] = {n: _cluster_rows(n, m, bits[n], cfg) for n, m in layers.items()}
+        return model
     for group in _groups(cfg, layers):
         group_bits = {bits[n] for n in group}
         if len(group_bits) > 1:

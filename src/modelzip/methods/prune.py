@@ -22,6 +22,11 @@ Example (YAML)::
     - method: prune                       # half of every conv's channels, real surgery
       pattern: channel
       sparsity: 0.5
+    - method: prune                       # channels masked on a cubic ramp while training,
+      pattern: channel                    # then cut; ranked by BatchNorm scale
+      criterion: bn_scale
+      schedule: gradual
+      epochs: 3
 """
 
 from __future__ import annotations
@@ -69,7 +74,9 @@ class PruneConfig(MethodConfig):
         description="one ranking across layers (global, the default for unstructured) "
         "or a target per layer (layer, the default for channel)",
     )
-    criterion: Literal["magnitude", "taylor", "random"] = "magnitude"
+    criterion: Literal["magnitude", "taylor", "random", "bn_scale"] = Field(
+        "magnitude", description="bn_scale (|gamma| of the BatchNorms) needs pattern channel"
+    )
     norm: Literal["l1", "l2"] = Field("l1", description="channel importance norm")
     threshold: ThresholdRule | None = None
     pattern: str = Field("unstructured", description=PATTERNS)
@@ -87,7 +94,19 @@ class PruneConfig(MethodConfig):
     )
     lr: float = Field(1e-3, gt=0, le=10)
     initial_sparsity: float = Field(0.0, ge=0, lt=1, description="gradual: starting sparsity")
-    calibration_batches: int = Field(8, ge=1, le=100_000, description="taylor: val batches")
+    calibration_batches: int = Field(
+        8, ge=1, le=100_000, description="taylor, bias repair: val batches"
+    )
+    fold_bn: bool = Field(
+        False,
+        description="pattern channel: fold BatchNorm into the layers first (off by default: "
+        "fine-tuning recovers far better with BatchNorm kept; quantize folds it later)",
+    )
+    bias_repair: bool = Field(
+        True,
+        description="pattern channel: consumers take the removed channels' mean into their "
+        "bias (Linear and unpadded conv)",
+    )
 
     @field_validator("sparsity")
     @classmethod
@@ -131,8 +150,8 @@ class PruneConfig(MethodConfig):
                 )
             if self.schedule != "oneshot":
                 raise ValueError("an N:M pattern is applied one shot; add a finetune stage")
-        if self.pattern == "channel" and self.schedule == "gradual":
-            raise ValueError("pattern channel supports schedules oneshot and iterative")
+        if self.criterion == "bn_scale" and self.pattern != "channel":
+            raise ValueError("criterion bn_scale ranks whole channels: it needs pattern channel")
         if self.schedule == "gradual" and self.epochs < 1:
             raise ValueError("schedule gradual trains while pruning: epochs must be >= 1")
         self._no_idle_options(given)
@@ -146,8 +165,15 @@ class PruneConfig(MethodConfig):
             "rounds": ("schedule", ("iterative", "gradual")),
             "lr": ("schedule", ("iterative", "gradual")),
             "initial_sparsity": ("schedule", ("gradual",)),
-            "calibration_batches": ("criterion", ("taylor",)),
+            "calibration_batches": (
+                "criterion",
+                ("taylor",)
+                if self.pattern != "channel"
+                else ("taylor", "magnitude", "bn_scale", "random"),
+            ),
             "norm": ("pattern", ("channel",)),
+            "fold_bn": ("pattern", ("channel",)),
+            "bias_repair": ("pattern", ("channel",)),
         }
         for name, (field, valid) in applies.items():
             if name in given and getattr(self, field) not in valid:

@@ -79,7 +79,7 @@ def qat(model: nn.Module, cfg: QATConfig, ctx: Context) -> nn.Module:
     skipped = {n: r for n, m in chosen.items() if (r := convert.why_not_convertible(m))}
     todo = {n: m for n, m in chosen.items() if n not in skipped}
     act = cfg.activations
-    stats = calibrate.observe(model, todo, batches)
+    stats = calibrate.observe(model, todo, batches, progress=ctx.trainer.progress)
     for name in [n for n in todo if not stats[n].seen]:
         skipped[name] = "never ran on the calibration data (no activation range)"
         del todo[name]

@@ -9,6 +9,14 @@ fp32 time at batch 1 and 1.1-1.15x at batch 256 for 784x300 and 800x500 layers (
 the scale applied after the matmul). Layers whose activations are quantized too do keep only
 int8 codes in memory (``nn.quantized``), since their kernels consume the codes directly.
 
+Embedding tables are quantized the same way when a pattern selects them (the class name
+``Embedding`` selects every table; the default selection is Linear and Conv only):
+``granularity: channel`` gives one scale (and zero point) per token row, ``granularity: group``
+one per run of ``group_size`` values along the embedding dimension. The codes go through the
+packer's integer codecs and the loaded table is the dequantized values, bit for bit. Example
+(YAML): ``{method: quantize, bits: 4, scheme: asymmetric, layers: [Embedding, Linear],
+granularity: group, group_size: 64}``.
+
 With ``activations`` (static post-training quantization): the fake-quant model runs
 ``calibration_batches`` of the validation split; an observer picks each layer's input range;
 optional bias correction removes the mean output error; then Linear and Conv2d layers are
@@ -84,6 +92,7 @@ class QuantizeConfig(MethodConfig):
     calibration_batches: int = Field(8, ge=1, le=100_000)
     bias_correction: bool = False
     layers: list[str] | None = Field(None, description="layer patterns to quantize (default: all)")
+    fold_bn: bool = Field(True, description="fold BatchNorm into the layer before it first")
 
     @field_validator("bits")
     @classmethod
@@ -205,11 +214,13 @@ def static_activations(
     act: ActivationConfig,
     batches: list[torch.Tensor],
     notes: dict[str, Any],
+    *,
+    progress: bool = False,
 ) -> nn.Module:
     """Calibrate input ranges, correct biases (optional), convert to integer layers."""
     skipped = {n: r for n, m in layers.items() if (r := convert.why_not_convertible(m))}
     todo = {n: m for n, m in layers.items() if n not in skipped}
-    stats = calibrate.observe(model, todo, batches)
+    stats = calibrate.observe(model, todo, batches, progress=progress)
     for name in [n for n in todo if not stats[n].seen]:
         skipped[name] = "never ran on the calibration data (no activation range)"
         del todo[name]
@@ -244,6 +255,10 @@ def static_activations(
 @register(QuantizeConfig)
 def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> nn.Module:
     """Uniform weight quantization (tensor/channel/group); W8A8 integer layers with activations."""
+    if cfg.fold_bn:
+        from modelzip.methods.fold_bn import fold_into
+
+        ctx.notes["fold_bn"] = fold_into(model, ctx)
     layers = select(
         model,
         cfg.layers,
@@ -262,7 +277,9 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> nn.Module:
         ctx.notes["observer"] = cfg.activations.observer
         ctx.notes["calibration_batches"] = len(batches)
         acts = cfg.activations
-        model = static_activations(model, chosen, float_w, cfg, acts, batches, ctx.notes)
+        model = static_activations(
+            model, chosen, float_w, cfg, acts, batches, ctx.notes, progress=ctx.trainer.progress
+        )
     elif cfg.bias_correction:
         bias_correction(model, chosen, float_w, {}, batches, ctx.notes)
     if ref is not None:

@@ -137,3 +137,54 @@ class Codebook(Constraint):
                     f"{table.numel()} entries"
                 )
         return lookup(table, idx)
+
+
+class RowCodebook(Constraint):
+    """One codebook per row (or per group of ``group_size`` values along each row):
+    ``weight.reshape(R, -1)[r, j] = codebook[r, indices[r, j]]`` with R = rows x groups.
+
+    The codebooks are fixed after fitting (``cluster`` with ``per: row|group``); the stored
+    form is the indices (the weight's shape) and the (R, K) tables."""
+
+    kind = "row-codebook"
+    indices: torch.Tensor
+    codebook: torch.Tensor
+
+    def __init__(self, indices: torch.Tensor, codebook: torch.Tensor) -> None:
+        super().__init__()
+        self._check(indices, codebook)
+        self.register_buffer("indices", indices)
+        self.register_buffer("codebook", codebook.float())
+
+    @staticmethod
+    def _check(idx: torch.Tensor, cb: torch.Tensor) -> None:
+        if idx.is_floating_point() or idx.dtype == torch.bool or idx.dim() < 1:
+            raise FormatError(f"row codebook indices must be integers, got {idx.dtype}")
+        if cb.dim() != 2 or not cb.is_floating_point() or cb.shape[0] == 0:
+            raise FormatError(f"row codebook must be a 2-D float table, got {tuple(cb.shape)}")
+        if idx.numel() % cb.shape[0]:
+            raise FormatError(
+                f"row codebook: {cb.shape[0]} tables do not divide {idx.numel()} indices"
+            )
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= cb.shape[1]):
+            raise FormatError(f"row codebook index out of range [0, {cb.shape[1]})")
+
+    @staticmethod
+    def _value(idx: torch.Tensor, cb: torch.Tensor) -> torch.Tensor:
+        flat = idx.reshape(cb.shape[0], -1).long()
+        return torch.gather(cb.float(), 1, flat).reshape(idx.shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._value(self.indices, self.codebook).to(x.dtype)
+
+    def encode(self, x: torch.Tensor) -> Encoded:
+        fields = {"indices": self.indices.clone(), "codebook": self.codebook.clone()}
+        return Encoded(self.kind, fields, {})
+
+    @classmethod
+    def decode(cls, fields: dict[str, torch.Tensor], meta: dict[str, Any]) -> torch.Tensor:
+        idx, cb = fields.get("indices"), fields.get("codebook")
+        if idx is None or cb is None:
+            raise FormatError("row codebook needs fields 'indices' and 'codebook'")
+        cls._check(idx, cb)
+        return cls._value(idx, cb)

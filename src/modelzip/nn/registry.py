@@ -13,8 +13,9 @@ from typing import TypeVar
 
 from torch import nn
 
-from modelzip.nn.codebook import Codebook
+from modelzip.nn.codebook import Codebook, RowCodebook
 from modelzip.nn.constraints import AffineQuant, Constraint
+from modelzip.nn.lowbit import GroupCodes
 from modelzip.nn.lowrank import LowRankConv2d, LowRankLinear
 from modelzip.nn.quantized import QuantConv2d, QuantLinear
 from modelzip.nn.specs import TORCH_TYPES
@@ -36,7 +37,7 @@ def closed_table(items: Iterable[T], key: Callable[[T], str]) -> dict[str, T]:
 #: Stored tensor kinds besides ``dense`` (subclasses such as the learned-step quantizer
 #: store themselves as their base kind and are not listed).
 CONSTRAINT_KINDS: dict[str, type[Constraint]] = closed_table(
-    [AffineQuant, Codebook], key=lambda cls: cls.kind
+    [AffineQuant, Codebook, GroupCodes, RowCodebook], key=lambda cls: cls.kind
 )
 
 #: Module types a file's architecture may name: torch's describable layers and modelzip's.

@@ -168,3 +168,39 @@ def empirical_entropy_bits(symbols: np.ndarray | torch.Tensor) -> float:
     _, counts = np.unique(s, return_counts=True)
     p = counts / s.size
     return float(-(counts * np.log2(p)).sum())
+
+
+def rowwise_kmeans(
+    x: torch.Tensor, k: int, *, iters: int = 12
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One 1-D k-means codebook per row of ``x`` (rows x n), all rows at once.
+
+    Centroids start at the rows' quantiles; Lloyd steps assign by the midpoints between
+    sorted centroids (``searchsorted``), so a step costs O(n log k) per row. Centroids end
+    fp16-exact (rounded, then every value reassigned to its nearest), so they store in 16
+    bits losslessly. Returns (codebooks rows x k, sorted; codes rows x n, uint8 when k <= 256).
+    """
+    x = x.detach().float()
+    rows, n = x.shape
+    k = max(1, min(k, n))
+    qs = torch.linspace(0, 1, k)
+    cb = torch.quantile(x, qs, dim=1).T.contiguous()  # (rows, k)
+    idx = torch.zeros(rows, n, dtype=torch.int64)
+    for step in range(iters + 1):
+        cb, _ = cb.sort(dim=1)
+        if step == iters:
+            cb = cb.half().float().sort(dim=1).values
+        mid = (cb[:, 1:] + cb[:, :-1]) / 2
+        new = torch.searchsorted(mid.contiguous(), x.contiguous())
+        if step == iters or (step and torch.equal(new, idx)):
+            idx = new
+            break
+        idx = new
+        sums = torch.zeros(rows, k).scatter_add_(1, idx, x)
+        counts = torch.zeros(rows, k).scatter_add_(1, idx, torch.ones_like(x))
+        cb = torch.where(counts > 0, sums / counts.clamp_min(1), cb)
+    if step != iters:  # converged early: still make the centroids fp16-exact
+        cb = cb.half().float().sort(dim=1).values
+        mid = (cb[:, 1:] + cb[:, :-1]) / 2
+        idx = torch.searchsorted(mid.contiguous(), x.contiguous())
+    return cb, idx.to(torch.uint8 if k <= 256 else torch.int32)

@@ -18,6 +18,7 @@ from torch import nn
 from modelzip.context import Context
 from modelzip.errors import DataError
 from modelzip.ops import affine, observers
+from modelzip.progress import bar
 
 
 @dataclass
@@ -69,19 +70,38 @@ def _hooks(layers: dict[str, nn.Module], fn: Callable) -> Iterator[None]:
             h.remove()
 
 
-def _run(model: nn.Module, batches: list[torch.Tensor]) -> None:
+def _run(
+    model: nn.Module, batches: list[torch.Tensor], advance: Callable[[], None] | None = None
+) -> None:
     was_training = model.training
     model.eval()
     with torch.no_grad():
         for x in batches:
             model(x)
+            if advance is not None:
+                advance()
     model.train(was_training)
 
 
 def observe(
-    model: nn.Module, layers: dict[str, nn.Module], batches: list[torch.Tensor]
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    batches: list[torch.Tensor],
+    *,
+    progress: bool = False,
 ) -> dict[str, LayerStats]:
-    """Input/output min-max and an input histogram of every layer (two passes)."""
+    """Input/output min-max and an input histogram of every layer (two passes); a progress
+    bar on a terminal when ``progress``."""
+    with bar("calibrate", 2 * len(batches), enabled=progress) as advance:
+        return _observe(model, layers, batches, advance)
+
+
+def _observe(
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    batches: list[torch.Tensor],
+    advance: Callable[[], None],
+) -> dict[str, LayerStats]:
     stats = {n: LayerStats() for n in layers}
 
     def ranges(name: str, _m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -90,7 +110,7 @@ def observe(
         s.out_lo, s.out_hi = min(s.out_lo, float(y.amin())), max(s.out_hi, float(y.amax()))
 
     with _hooks(layers, ranges):
-        _run(model, batches)
+        _run(model, batches, advance)
     for s in stats.values():
         s.hist = observers.new_histogram(s.in_lo, s.in_hi)
 
@@ -98,7 +118,7 @@ def observe(
         observers.add(cast(observers.Histogram, stats[name].hist), x)  # set by the first pass
 
     with _hooks(layers, fill):
-        _run(model, batches)
+        _run(model, batches, advance)
     return stats
 
 

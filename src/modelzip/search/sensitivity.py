@@ -23,6 +23,7 @@ from modelzip.bundle import DataBundle
 from modelzip.context import Context
 from modelzip.errors import ConfigError, UnsupportedError
 from modelzip.methods.prune import PruneConfig, prune
+from modelzip.progress import bar
 from modelzip.targets import select
 from modelzip.train import Trainer
 
@@ -40,6 +41,7 @@ def sensitivity(
     split: str = "val",
     max_drop: float = 0.01,
     seed: int = 0,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Accuracy of the model with each selected layer pruned alone, per sparsity.
 
@@ -69,41 +71,44 @@ def sensitivity(
     base = score(model)
     out_layers: dict[str, Any] = {}
     skipped: dict[str, str] = {}
-    for name, layer in chosen.items():
-        accs = []
-        for s in sparsities:
-            cfg = PruneConfig.parse(
-                {
-                    "sparsity": s,
-                    "scope": "layer",
-                    "layers": [name],
-                    "criterion": criterion,
-                    "pattern": pattern,
-                },
-                "sensitivity",
-            )
-            trial = copy.deepcopy(model)
-            ctx = Context(
-                data=data,
-                trainer=Trainer(progress=False, seed=seed),
-                teacher=original,
-                seed=seed,
-            )
-            try:
-                accs.append(round(score(prune(trial, cfg, ctx)), 6))
-            except UnsupportedError as exc:  # e.g. the output layer cannot lose channels
-                skipped[name] = str(exc)
-                break
-        if name in skipped:
-            continue
-        drops = [round(base - a, 6) for a in accs]
-        ok = [s for s, d in zip(sparsities, drops, strict=True) if d <= max_drop]
-        out_layers[name] = {
-            "params": cast(torch.Tensor, layer.weight).numel(),
-            "accuracy": accs,
-            "drop": drops,
-            "max_sparsity": max(ok) if ok else 0.0,
-        }
+    with bar("sensitivity", len(chosen) * len(sparsities), enabled=progress) as advance:
+        for name, layer in chosen.items():
+            accs = []
+            for s in sparsities:
+                cfg = PruneConfig.parse(
+                    {
+                        "sparsity": s,
+                        "scope": "layer",
+                        "layers": [name],
+                        "criterion": criterion,
+                        "pattern": pattern,
+                    },
+                    "sensitivity",
+                )
+                trial = copy.deepcopy(model)
+                ctx = Context(
+                    data=data,
+                    trainer=Trainer(progress=False, seed=seed),
+                    teacher=original,
+                    seed=seed,
+                )
+                try:
+                    accs.append(round(score(prune(trial, cfg, ctx)), 6))
+                except UnsupportedError as exc:  # e.g. the output layer cannot lose channels
+                    skipped[name] = str(exc)
+                    break
+                finally:
+                    advance(description=f"sensitivity {name} {s:.0%}")
+            if name in skipped:
+                continue
+            drops = [round(base - a, 6) for a in accs]
+            ok = [s for s, d in zip(sparsities, drops, strict=True) if d <= max_drop]
+            out_layers[name] = {
+                "params": cast(torch.Tensor, layer.weight).numel(),
+                "accuracy": accs,
+                "drop": drops,
+                "max_sparsity": max(ok) if ok else 0.0,
+            }
     if not out_layers:
         raise UnsupportedError(f"no selected layer can be pruned: {skipped}")
     return {

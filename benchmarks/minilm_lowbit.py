@@ -1,0 +1,238 @@
+"""4-bit and 3-bit all-MiniLM-L6-v2 (``zoo:minilm``): modelzip's low-bit methods vs a peer.
+
+Data: the ``english`` set of real English sentences; calibration reads its ``val`` split
+(1,000 sentences, of which ``calibration_batches`` x 64 are used) and every metric is measured
+on its ``test`` split (2,000 other sentences). For each configuration: bytes on disk and the
+ratio to the fp32 ``model.safetensors`` file, mean/min cosine of the sentence embeddings to
+fp32, top-10 neighbour overlap (for each test sentence, its 10 nearest other test sentences by
+cosine, fp32 vs compressed), time to compress (method + writing the file), time to load the
+file, and the time to embed the test set with the loaded model relative to fp32.
+
+The peer is HQQ (``hqq``, half-quadratic quantization, calibration-free), applied to the same
+layers with the same group size; its size is a ``torch.save`` file of its packed 4-bit codes,
+fp16 scales and zero points, and the remaining fp32 tensors. Install it with
+``pip install --no-deps hqq termcolor`` (its other dependencies are GPU-side).
+
+Run: ``HF_HUB_OFFLINE=1 PYTHONPATH=src python benchmarks/minilm_lowbit.py [--only NAME ...]``
+(writes ``benchmarks/results/minilm_lowbit.md``; rows measured earlier are kept in
+``benchmarks/results/minilm_lowbit.json`` so a run can be split).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import modelzip as mz
+from modelzip import mzip
+from modelzip.context import Context
+from modelzip.recipe import Recipe
+from modelzip.registry import get_method
+from modelzip.train import Trainer
+from modelzip.zoo.text import minilm_dir
+
+RESULTS = Path(__file__).parent / "results"
+CALIBRATION_BATCHES = 8
+#: (name, stages): each a list of (method, fields) run in order.
+CONFIGS: list[tuple[str, list[tuple[str, dict[str, Any]]]]] = [
+    ("RTN 4-bit g128", [("gptq", {"bits": 4, "group_size": 128, "algorithm": "rtn"})]),
+    ("GPTQ 4-bit g128 (recipe gptq-4bit)", [("recipe", {"name": "gptq-4bit"})]),
+    ("GPTQ+AWQ 4-bit g128", [("gptq", {"bits": 4, "group_size": 128, "awq": True})]),
+    ("RTN 3-bit g64", [("gptq", {"bits": 3, "group_size": 64, "algorithm": "rtn"})]),
+    ("GPTQ 3-bit g64 (recipe gptq-3bit)", [("recipe", {"name": "gptq-3bit"})]),
+    ("GPTQ mixed, average 3.25 bits", [("gptq", {"average_bits": 3.25, "group_size": 128})]),
+    ("k-means 4-bit (cluster, Linear only)", [("cluster", {"bits": 4})]),
+    (
+        "k-means 4-bit per row (cluster per: row, Linear+Embedding)",
+        [("cluster", {"bits": 4, "per": "row", "layers": ["Linear", "Embedding"]})],
+    ),
+]
+
+
+def embed(model: nn.Module, batches: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = torch.cat([model(x) for x in batches])
+    return torch.nn.functional.normalize(out.float(), dim=1), time.perf_counter() - t0
+
+
+def neighbour_overlap(ref: torch.Tensor, out: torch.Tensor, k: int = 10) -> float:
+    def top(e: torch.Tensor) -> torch.Tensor:
+        sim = e @ e.T
+        sim.fill_diagonal_(-2.0)
+        return sim.topk(k, dim=1).indices
+
+    a, b = top(ref), top(out)
+    hits = (a[:, :, None] == b[:, None, :]).any(dim=2).float().sum(dim=1)
+    return float(hits.mean() / k)
+
+
+def metrics(ref: torch.Tensor, out: torch.Tensor) -> dict[str, float]:
+    cos = (ref * out).sum(dim=1)
+    return {
+        "cosine_mean": round(float(cos.mean()), 5),
+        "cosine_min": round(float(cos.min()), 5),
+        "top10": round(neighbour_overlap(ref, out), 4),
+    }
+
+
+def apply_stages(model: nn.Module, stages: list, data: Any) -> tuple[nn.Module, dict]:
+    notes: dict[str, Any] = {}
+    for method, fields in stages:
+        if method == "recipe":
+            cfgs = list(Recipe.load(fields["name"]).stages)
+        else:
+            cfgs = [get_method(method).config.parse(fields)]
+        for cfg in cfgs:
+            ctx = Context(data=data, trainer=Trainer(progress=False))
+            model = get_method(cfg.method).apply(model, cfg, ctx)
+            notes = dict(ctx.notes)
+    return model, notes
+
+
+def hqq_row(base: nn.Module, test: list[torch.Tensor], ref: torch.Tensor, fp32_bytes: int) -> dict:
+    from hqq.core.quantize import BaseQuantizeConfig, Quantizer
+
+    model = copy.deepcopy(base)
+    t0 = time.perf_counter()
+    stored: dict[str, Any] = {}
+    cfg = BaseQuantizeConfig(nbits=4, group_size=128)["weight_quant_params"]
+    quantized = set()
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear | nn.Embedding):
+            w = mod.weight.detach()
+            q, meta = Quantizer.quantize(w, device="cpu", compute_dtype=torch.float32, **cfg)
+            stored[f"{name}.weight.q"] = q
+            stored[f"{name}.weight.scale"] = meta["scale"].half()
+            stored[f"{name}.weight.zero"] = meta["zero"].half()
+            with torch.no_grad():
+                mod.weight.copy_(Quantizer.dequantize(q, meta).reshape(w.shape))
+            quantized.add(f"{name}.weight")
+    for k, v in model.state_dict().items():
+        if k not in quantized:
+            stored[k] = v
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "hqq.pt"
+        torch.save(stored, path)
+        size = path.stat().st_size
+    seconds = time.perf_counter() - t0
+    out, _ = embed(model, test)
+    return {
+        "bytes": size,
+        "ratio": round(fp32_bytes / size, 2),
+        **metrics(ref, out),
+        "compress_s": round(seconds, 1),
+        "load_s": None,
+        "embed_vs_fp32": None,
+    }
+
+
+def cpu_line() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor()
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    flags = fields.get("Flags", "")
+    wanted = [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_int8") if f in flags.split()]
+    return f"{fields.get('Model name', '?').strip()}; flags: {', '.join(wanted)}"
+
+
+def write_markdown(rows: dict[str, dict], fp32_bytes: int, threads: int) -> None:
+    lines = [
+        "# Low-bit all-MiniLM-L6-v2 (`benchmarks/minilm_lowbit.py`)",
+        "",
+        f"CPU: {cpu_line()}; torch threads: {threads}. The machine was shared with other jobs",
+        "while this ran, so the times are indicative; the ratios are from one run.",
+        "",
+        f"Data: `english` (real sentences). Calibration: {CALIBRATION_BATCHES} x 64 sentences of",
+        "the `val` split; metrics on the 2,000 sentences of the `test` split (disjoint).",
+        f"fp32 reference: `model.safetensors`, {fp32_bytes:,} bytes.",
+        "",
+        "| configuration | bytes | ratio vs fp32 | cosine mean | cosine min | top-10 overlap "
+        "| compress s | load s | embed time vs fp32 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in rows.items():
+        lines.append(
+            f"| {name} | {r['bytes']:,} | {r['ratio']}x | {r['cosine_mean']} | {r['cosine_min']}"
+            f" | {r['top10']} | {r['compress_s']} | {r['load_s']} | {r['embed_vs_fp32']} |"
+        )
+    (RESULTS / "minilm_lowbit.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="configuration names (prefixes) to run")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    data = mz.load_data("english")
+    test = [x for x, _ in data.test]
+    fp32_bytes = (Path(minilm_dir()) / "model.safetensors").stat().st_size
+    base = mz.load_model("zoo:minilm")
+    ref, fp32_s = embed(base, test)
+    store = RESULTS / "minilm_lowbit.json"
+    rows: dict[str, dict] = json.loads(store.read_text()) if store.is_file() else {}
+    t0 = time.perf_counter()
+    mz.load_model("zoo:minilm")
+    rows["fp32"] = {
+        "bytes": fp32_bytes,
+        "ratio": 1.0,
+        **metrics(ref, ref),
+        "compress_s": 0,
+        "load_s": round(time.perf_counter() - t0, 2),
+        "embed_vs_fp32": 1.0,
+    }
+    wanted = args.only
+    todo = [c for c in CONFIGS if not wanted or any(c[0].startswith(w) for w in wanted)]
+    for name, stages in todo:
+        model = copy.deepcopy(base)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "m.mzip"
+            t0 = time.perf_counter()
+            model, notes = apply_stages(model, stages, data)
+            size = mzip.save(model, path)
+            compress_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            loaded, _ = mzip.load(path)
+            load_s = time.perf_counter() - t0
+        out, seconds = embed(loaded, test)
+        _, again = embed(base, test)  # fp32 timed next to it (shared machine)
+        rows[name] = {
+            "bytes": size,
+            "ratio": round(fp32_bytes / size, 2),
+            **metrics(ref, out),
+            "compress_s": round(compress_s, 1),
+            "load_s": round(load_s, 2),
+            "embed_vs_fp32": round(seconds / again, 2),
+        }
+        if "average_bits" in notes:
+            rows[name]["average_bits"] = notes["average_bits"]
+        print(name, rows[name], flush=True)
+        store.write_text(json.dumps(rows, indent=1))
+        write_markdown(rows, fp32_bytes, args.threads)
+    if not wanted or any("HQQ".startswith(w) or w.startswith("HQQ") for w in wanted):
+        try:
+            rows["HQQ 4-bit g128 (peer)"] = hqq_row(base, test, ref, fp32_bytes)
+            print("HQQ", rows["HQQ 4-bit g128 (peer)"], flush=True)
+        except ImportError as exc:
+            print(f"HQQ not installed ({exc}); skipped", flush=True)
+    store.write_text(json.dumps(rows, indent=1))
+    write_markdown(rows, fp32_bytes, args.threads)
+
+
+if __name__ == "__main__":
+    main()

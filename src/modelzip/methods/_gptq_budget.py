@@ -1,0 +1,65 @@
+"""Mixed precision for ``gptq``: spend an ``average_bits`` budget where it helps most.
+
+Each layer's sensitivity at ``b`` bits is the relative output error of rounding its weight to
+``b`` bits, ``sum_j E[x_j^2] ||dW[:, j]||^2 / sum_j E[x_j^2] ||W[:, j]||^2``, from the second
+moments of its calibration inputs (uniform for embedding tables, whose rows are looked up).
+Starting from the fewest bits, the layer whose next step removes the most error per added
+bit-weight gets it, until the budget (code bits per weight, averaged over all selected
+weights) is spent: a greedy Lagrangian allocation, deterministic for given data.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from modelzip.methods._gptq_calib import Stats
+from modelzip.ops import gptq as ops
+
+
+def sensitivity(
+    w: torch.Tensor, stats: Stats | None, choices: list[int], group_size: int | None
+) -> dict[int, float]:
+    """Relative output error of round-to-nearest at each of ``choices`` bits."""
+    d = stats.diag().float() if stats is not None and stats.rows else torch.ones(w.shape[1])
+    g = ops.fit_group_size(w.shape[1], group_size)
+    signal = float((w.pow(2) * d).sum()) or 1.0
+    out = {}
+    for b in choices:
+        w_hat = ops.rtn(w, bits=b, group_size=g).w_hat
+        out[b] = float(((w - w_hat).pow(2) * d).sum()) / signal
+    return out
+
+
+def allocate_bits(
+    weights: dict[str, torch.Tensor],
+    stats: dict[str, Stats],
+    choices: list[int],
+    average_bits: float,
+    group_size: int | None = 128,
+) -> tuple[dict[str, int], float]:
+    """Bits per layer within ``average_bits`` (weighted by weight count), and the average
+    reached. Raises ValueError when even the fewest bits exceed the budget."""
+    choices = sorted(choices)
+    sens = {n: sensitivity(w, stats.get(n), choices, group_size) for n, w in weights.items()}
+    size = {n: w.numel() for n, w in weights.items()}
+    total = sum(size.values())
+    level = dict.fromkeys(weights, 0)
+    used = choices[0] * total
+    budget = average_bits * total
+    while True:
+        best, best_gain = None, 0.0
+        for n in weights:
+            i = level[n]
+            if i + 1 >= len(choices):
+                continue
+            extra = (choices[i + 1] - choices[i]) * size[n]
+            if used + extra > budget + 1e-9:
+                continue
+            gain = (sens[n][choices[i]] - sens[n][choices[i + 1]]) / extra
+            if best is None or gain > best_gain:
+                best, best_gain = n, gain
+        if best is None:
+            break
+        used += (choices[level[best] + 1] - choices[level[best]]) * size[best]
+        level[best] += 1
+    return {n: choices[i] for n, i in level.items()}, round(used / total, 4)

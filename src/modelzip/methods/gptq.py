@@ -1,0 +1,278 @@
+"""``gptq``: low-bit group-wise weights by GPTQ (or round-to-nearest), AWQ scaling, mixed bits.
+
+Every selected layer's weight becomes fixed group-wise codes (``nn.lowbit.GroupCodes``):
+asymmetric ``bits``-wide codes with an fp16 scale and an integer zero point per row and group
+of ``group_size`` inputs. With ``algorithm: gptq`` (default) each Linear/Conv layer is
+quantized by GPTQ (``ops.gptq``) from the Hessian of its calibration inputs; layers are done
+in the order they run, and each one's inputs are captured from the model whose earlier layers
+are already quantized. Embedding tables (no input Hessian), grouped convolutions and layers
+that never ran on the calibration data are rounded to nearest, and the stage notes say so.
+
+Options:
+- ``awq: true`` searches per-input-channel scales on calibration data before quantizing
+  (AWQ); the weight is stored as ``Q(w * s) / s`` with ``s`` in the file.
+- ``average_bits: 3.5`` spends a bit budget by sensitivity: each layer's output error at each
+  of ``bits_choices`` (estimated from its inputs' second moments) decides where more bits go;
+  the chosen bits per layer are in the notes. The budget counts code bits per weight.
+- Too little calibration data (fewer input rows than a layer has inputs) makes the Hessian
+  rank-deficient and GPTQ would overfit it: such a layer falls back to round-to-nearest, and
+  the notes name it with its row count. NaN never reaches a weight.
+
+Example (YAML)::
+
+    - method: gptq
+      bits: {default: 4, Embedding: 4}
+      group_size: 128
+      act_order: true
+      awq: false
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal, cast
+
+import torch
+from pydantic import Field, field_validator, model_validator
+from torch import nn
+
+from modelzip.config import MethodConfig
+from modelzip.context import Context
+from modelzip.errors import DataError, ModelError, UnsupportedError
+from modelzip.methods import _gptq_calib as calib
+from modelzip.methods._gptq_budget import allocate_bits
+from modelzip.nn.constraints import constrain, constraints_of
+from modelzip.nn.lowbit import GroupCodes
+from modelzip.ops import gptq as ops
+from modelzip.quant.calibrate import calibration_batches
+from modelzip.registry import register
+from modelzip.targets import WEIGHT_LAYERS, per_layer, select
+
+#: Layers ``gptq`` quantizes by default (selected by class).
+LOWBIT_LAYERS: tuple[type[nn.Module], ...] = (*WEIGHT_LAYERS, nn.Embedding)
+
+
+class GPTQConfig(MethodConfig):
+    """Options of a low-bit weight stage.
+
+    Example (YAML): ``{method: gptq, bits: 4, group_size: 128, act_order: true}``
+    """
+
+    method: ClassVar[str] = "gptq"
+    bits: int | dict[str, int] = 4
+    group_size: int | None = Field(
+        128, ge=8, le=1 << 16, description="inputs per scale (null: one per row)"
+    )
+    algorithm: Literal["gptq", "rtn"] = "gptq"
+    act_order: bool = True
+    damp: float = Field(0.01, gt=0, le=10, description="relative dampening of the Hessian")
+    block_size: int = Field(128, ge=1, le=4096)
+    clip_search: bool = Field(True, description="search a shrunk range per group (MSE)")
+    awq: bool = Field(False, description="search AWQ per-input-channel scales first")
+    average_bits: float | None = Field(None, ge=2, le=8, description="mixed-precision budget")
+    edge_bits: int | None = Field(
+        None, description="bits for the first and last Linear/Conv layer to run (by role)"
+    )
+    bits_choices: list[int] = Field(default_factory=lambda: [2, 3, 4, 5, 6, 8])
+    calibration_batches: int = Field(8, ge=1, le=100_000)
+    calibration_split: Literal["val", "train"] = Field(
+        "val", description="split the calibration batches come from (never test)"
+    )
+    layers: list[str] | None = Field(None, description="layer patterns (default: all)")
+
+    @field_validator("bits")
+    @classmethod
+    def _valid_bits(cls, v: int | dict[str, int]) -> int | dict[str, int]:
+        for b in v.values() if isinstance(v, dict) else [v]:
+            if isinstance(b, bool) or b not in ops.LOWBIT_BITS:
+                raise ValueError(f"bits must be one of {list(ops.LOWBIT_BITS)}, got {b!r}")
+        return v
+
+    @field_validator("edge_bits")
+    @classmethod
+    def _valid_edge(cls, v: int | None) -> int | None:
+        if v is not None and v not in ops.LOWBIT_BITS:
+            raise ValueError(f"edge_bits must be one of {list(ops.LOWBIT_BITS)}, got {v!r}")
+        return v
+
+    @field_validator("bits_choices")
+    @classmethod
+    def _valid_choices(cls, v: list[int]) -> list[int]:
+        bad = [b for b in v if b not in ops.LOWBIT_BITS]
+        if bad or not v:
+            raise ValueError(f"bits_choices must be a non-empty subset of {ops.LOWBIT_BITS}")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _budget_fits(self) -> GPTQConfig:
+        b = self.average_bits
+        if b is not None and not min(self.bits_choices) <= b <= max(self.bits_choices):
+            raise ValueError(
+                f"average_bits {b} lies outside bits_choices {self.bits_choices}: no mix reaches it"
+            )
+        return self
+
+
+def matrix(layer: nn.Module) -> torch.Tensor:
+    """The layer's weight as (rows, inputs) in float32."""
+    w = cast(torch.Tensor, layer.weight).detach().float()
+    return w.reshape(w.shape[0], -1)
+
+
+def _attach(layer: nn.Module, codes: ops.Codes, bits: int, in_scale: torch.Tensor | None) -> None:
+    w = cast(torch.Tensor, layer.weight)
+    constrain(
+        layer,
+        "weight",
+        GroupCodes.from_codes(codes, bits=bits, shape=tuple(w.shape), in_scale=in_scale),
+    )
+    layer.parametrizations.weight.original.requires_grad_(False)  # type: ignore[union-attr]
+
+
+def _rel(err: float, signal: float) -> float:
+    return float(f"{err / signal:.4g}") if signal > 0 else 0.0
+
+
+def quantize_layer(
+    name: str,
+    layer: nn.Module,
+    bits: int,
+    cfg: GPTQConfig,
+    stats: calib.Stats | None,
+    reason: str | None,
+) -> dict[str, Any]:
+    """Quantize one layer in place; returns its notes."""
+    w = matrix(layer)
+    g = ops.fit_group_size(w.shape[1], cfg.group_size)
+    note: dict[str, Any] = {"bits": bits, "group_size": g}
+    rtn = ops.rtn(w, bits=bits, group_size=g, clip_search=cfg.clip_search)
+    if stats is None or stats.xtx is None:
+        _attach(layer, rtn, bits, None)
+        note["algorithm"] = "rtn"
+        if reason:
+            note["why_rtn"] = reason
+        return note
+    h = stats.hessian()
+    signal = ops.weighted_error(h, w, torch.zeros_like(w))
+    note["rtn_rel_error"] = _rel(ops.weighted_error(h, w, rtn.w_hat), signal)
+    in_scale = None
+    wq, hq = w, h
+    if cfg.awq:
+        s, alpha = ops.awq_scales(w, h, stats.act_mean(), bits=bits, group_size=g)
+        note["awq_alpha"] = alpha
+        if alpha > 0:
+            in_scale = s
+            wq, hq = w * s, h / (s.double()[:, None] * s.double()[None, :])
+    if cfg.algorithm == "rtn" or (stats.rows < w.shape[1] and cfg.algorithm == "gptq"):
+        if cfg.algorithm == "gptq":
+            note["why_rtn"] = (
+                f"{stats.rows} calibration rows < {w.shape[1]} inputs (rank-deficient "
+                "Hessian): round-to-nearest; give more calibration data"
+            )
+        codes = ops.rtn(wq, bits=bits, group_size=g, clip_search=cfg.clip_search)
+        note["algorithm"] = "rtn"
+    else:
+        codes = ops.gptq(
+            wq,
+            hq,
+            bits=bits,
+            group_size=g,
+            act_order=cfg.act_order,
+            damp=cfg.damp,
+            block_size=cfg.block_size,
+            clip_search=cfg.clip_search,
+        )
+        note["algorithm"] = "gptq"
+        note["damp"] = codes.damp
+    w_hat = codes.w_hat if in_scale is None else codes.w_hat / in_scale
+    if not bool(torch.isfinite(w_hat).all()):
+        raise ModelError(f"{name}: quantized weight is not finite (please report this)")
+    note["rel_error"] = _rel(ops.weighted_error(h, w, w_hat), signal)
+    note["calibration_rows"] = stats.rows
+    _attach(layer, codes, bits, in_scale)
+    return note
+
+
+def _calibration(ctx: Context, cfg: GPTQConfig) -> list[torch.Tensor]:
+    if cfg.calibration_split == "val":
+        return calibration_batches(ctx, cfg.calibration_batches)
+    data = getattr(ctx, "data", None)
+    if data is None or "train" not in getattr(data, "loaders", {}):
+        raise DataError("calibration_split 'train' needs data with a train split (--data)")
+    out = []
+    for x, _ in data.train:
+        out.append(x)
+        if len(out) >= cfg.calibration_batches:
+            break
+    if not out:
+        raise DataError(f"calibration needs data: the train split of {data.name!r} is empty")
+    return out
+
+
+def _check_layers(layers: dict[str, nn.Module]) -> None:
+    for name, layer in layers.items():
+        found = constraints_of(layer, "weight")
+        if found:
+            kinds = [getattr(c, "kind", type(c).__name__) for c in found]
+            raise UnsupportedError(
+                f"{name}.weight already carries {kinds}: gptq must be the first weight "
+                "constraint on a layer (run it before cluster/quantize, without pruning masks)"
+            )
+        w = cast(torch.Tensor, layer.weight)
+        if not bool(torch.isfinite(w).all()):
+            raise ModelError(f"{name}.weight holds NaN or inf values: refusing to quantize")
+
+
+@register(GPTQConfig)
+def gptq(model: nn.Module, cfg: GPTQConfig, ctx: Context) -> nn.Module:
+    """GPTQ / round-to-nearest group-wise low-bit weights (AWQ and mixed precision options)."""
+    layers = select(model, cfg.layers, types=LOWBIT_LAYERS)
+    bits = per_layer(cfg.bits, layers, "bits")
+    layers = {n: m for n, m in layers.items() if n in bits}
+    _check_layers(layers)
+    needs_data = cfg.algorithm == "gptq" or cfg.awq or cfg.average_bits is not None
+    batches = _calibration(ctx, cfg) if needs_data else []
+    order, diag = calib.call_order(model, layers, batches) if batches else ([], {})
+    if cfg.average_bits is not None:
+        bits, spent = allocate_bits(
+            {n: matrix(m) for n, m in layers.items()},
+            diag,
+            cfg.bits_choices,
+            cfg.average_bits,
+            cfg.group_size,
+        )
+        ctx.notes["average_bits"] = spent
+    if cfg.edge_bits is not None:
+        edges = [n for n in order if calib.why_no_hessian(layers[n]) is None]
+        for name in {edges[0], edges[-1]} if edges else set():
+            bits[name] = cfg.edge_bits
+        ctx.notes["edge_layers"] = sorted({edges[0], edges[-1]}) if edges else []
+    notes: dict[str, dict[str, Any]] = {}
+    pending: list[str] = []
+    for name, layer in layers.items():  # rounding-only layers first, in model order
+        reason = calib.why_no_hessian(layer)
+        if not batches or cfg.algorithm == "rtn" and not cfg.awq:
+            reason = reason or "algorithm rtn"
+        elif reason is None and name not in order:
+            reason = "never ran on the calibration data"
+        if reason is not None:
+            notes[name] = quantize_layer(name, layer, bits[name], cfg, None, reason)
+    pending = [n for n in order if n in layers and n not in notes]
+    while pending:
+        stats = calib.capture(model, layers, pending, batches)
+        done = [n for n in pending if n in stats] or pending[:1]
+        for name in done:
+            notes[name] = quantize_layer(
+                name,
+                layers[name],
+                bits[name],
+                cfg,
+                stats.get(name),
+                "no calibration input captured",
+            )
+        pending = [n for n in pending if n not in done]
+    ctx.notes["layers"] = {n: notes[n] for n in layers}
+    ctx.notes["calibration_batches"] = len(batches)
+    return model
+
+
+__all__ = ["GPTQConfig", "gptq"]

@@ -1,0 +1,224 @@
+"""Low-bit group-wise codes, GPTQ, AWQ scaling and the ``gptq`` method and recipes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import modelzip as mz
+from modelzip import mzip
+from modelzip.codec import codecs
+from modelzip.context import Context
+from modelzip.errors import FormatError, UnsupportedError
+from modelzip.nn.constraints import Encoded, constraints_of, decode, iter_state
+from modelzip.nn.lowbit import GroupCodes
+from modelzip.nn.registry import CONSTRAINT_KINDS
+from modelzip.ops import gptq as ops
+from modelzip.recipe import Recipe
+from modelzip.registry import get_method
+from modelzip.testing import user_models as um
+from modelzip.train import Trainer
+
+
+def correlated_inputs(n: int, k: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(k, k, generator=g) * 0.3 + torch.eye(k)
+    return torch.randn(n, k, generator=g) @ mix * (torch.rand(k, generator=g) * 3)
+
+
+@pytest.mark.parametrize(("bits", "group"), [(4, 32), (3, 64), (4, None), (2, 64)])
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_output_error_below_round_to_nearest(bits, group, act_order):
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(48, 128, generator=g)
+    both = correlated_inputs(2048, 128)
+    x, held_out = both[:1024], both[1024:]  # same distribution, other samples
+    res = ops.gptq(w, ops.hessian(x), bits=bits, group_size=group, act_order=act_order)
+    near = ops.rtn(w, bits=bits, group_size=group)
+    assert ops.output_error(x, w, res.w_hat) < 0.8 * ops.output_error(x, w, near.w_hat)
+    assert ops.output_error(held_out, w, res.w_hat) < ops.output_error(held_out, w, near.w_hat)
+    # the result is exactly its codes on the grid
+    assert int(res.qdata.max()) < 2**bits and res.qdata.dtype == torch.uint8
+    assert torch.equal(res.w_hat, ops.dequantize_grouped(res.qdata, res.scale, res.zero_point))
+    assert torch.equal(res.scale, res.scale.half().float())  # fp16-exact scales
+
+
+def test_rtn_is_within_half_a_step_without_clipping():
+    w = torch.randn(16, 256, generator=torch.Generator().manual_seed(0))
+    c = ops.rtn(w, bits=4, group_size=64, clip_search=False)
+    step = c.scale.repeat_interleave(64, dim=1)
+    assert bool(((w - c.w_hat).abs() <= step / 2 + 1e-6).all())
+    clipped = ops.rtn(w, bits=4, group_size=64)
+    assert ops.output_error(torch.eye(256), w, clipped.w_hat) <= ops.output_error(
+        torch.eye(256), w, c.w_hat
+    )
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_group_codes_pack_unpack_exact(bits, group):
+    w = torch.randn(24, 256, generator=torch.Generator().manual_seed(bits))
+    codes = ops.rtn(w, bits=bits, group_size=group)
+    c = GroupCodes.from_codes(codes, bits=bits, shape=(24, 256))
+    enc = c.encode(w)
+    stored = {}
+    for name, t in enc.fields.items():
+        codec, data = codecs.encode_smallest(t, "packed")
+        if name == "qdata":  # sub-byte bit packing: exactly ``bits`` bits a code
+            codec, data = "packed", codecs.get_codec("packed").encode(t)
+            assert len(data) <= t.numel() * bits // 8 + 16
+        if name == "scale":
+            assert codecs.get_codec("f16").applies_to(t)  # scales fit 16 bits exactly
+        flat = codecs.get_codec(codec).decode_shaped(memoryview(data), t.dtype, list(t.shape))
+        stored[name] = flat.reshape(t.shape)
+    assert torch.equal(decode(Encoded(enc.kind, stored, enc.meta), CONSTRAINT_KINDS), codes.w_hat)
+    assert torch.equal(c(w), codes.w_hat)
+
+
+def test_group_codes_refuse_fields_that_do_not_fit():
+    codes = ops.rtn(torch.randn(4, 64), bits=4, group_size=32)
+    fields = {"qdata": codes.qdata, "scale": codes.scale, "zero_point": codes.zero_point}
+    with pytest.raises(FormatError, match="do not fit"):
+        GroupCodes.decode({**fields, "scale": codes.scale[:2]}, {"bits": 4})
+    with pytest.raises(FormatError, match="exceeds 2 bits"):
+        GroupCodes.decode(fields, {"bits": 2})
+    with pytest.raises(FormatError, match="need field"):
+        GroupCodes.decode({"qdata": codes.qdata}, {"bits": 4})
+
+
+def test_awq_scales_never_worse_than_none():
+    w = torch.randn(32, 128, generator=torch.Generator().manual_seed(3))
+    x = correlated_inputs(2048, 128)
+    h = ops.hessian(x)
+    s, alpha = ops.awq_scales(w, h, x.abs().mean(0), bits=3, group_size=64)
+    plain = ops.weighted_error(h, w, ops.rtn(w, bits=3, group_size=64).w_hat)
+    scaled = ops.weighted_error(h, w, ops.rtn(w * s, bits=3, group_size=64).w_hat / s)
+    assert scaled <= plain and 0 <= alpha <= 1
+
+
+def test_rank_deficient_hessian_is_dampened_never_nan():
+    w = torch.randn(8, 64)
+    x = torch.randn(10, 64)  # 10 samples, 64 inputs
+    res = ops.gptq(w, ops.hessian(x), bits=4, group_size=32)
+    assert bool(torch.isfinite(res.w_hat).all())
+    zero_h = torch.zeros(64, 64)  # no information at all: plain rounding
+    res = ops.gptq(w, zero_h, bits=4, group_size=32)
+    assert torch.equal(res.w_hat, ops.rtn(w, bits=4, group_size=32).w_hat)
+
+
+class _Data:
+    """The one thing calibration reads: a ``val`` split of input batches."""
+
+    def __init__(self, batches):
+        self.loaders = {"val": [(x, x) for x in batches]}
+        self.name = "tiny"
+
+    @property
+    def val(self):
+        return self.loaders["val"]
+
+
+def run_gptq(model, batches, cfg=None, **fields):
+    method = get_method("gptq")
+    ctx = Context(data=_Data(batches), trainer=Trainer(progress=False))  # type: ignore[arg-type]
+    return method.apply(model, cfg or method.config.parse(fields), ctx), ctx.notes
+
+
+def test_too_small_calibration_set_falls_back_with_a_note():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4))
+    model, notes = run_gptq(model, [torch.randn(10, 64)], bits=4, group_size=32)
+    first = notes["layers"]["0"]
+    assert first["algorithm"] == "rtn" and "10 calibration rows < 64 inputs" in first["why_rtn"]
+    assert notes["layers"]["2"]["algorithm"] == "rtn"  # 10 rows < 32 inputs too
+    assert all(bool(torch.isfinite(m.weight).all()) for m in (model[0], model[2]))
+
+
+def test_layers_are_quantized_from_already_quantized_inputs():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.Tanh(), nn.Linear(64, 16))
+    x = torch.randn(512, 32)
+    ref = copy.deepcopy(model)
+    model, notes = run_gptq(model, [x], bits=3, group_size=32, act_order=True)
+    assert [notes["layers"][n]["algorithm"] for n in ("0", "2")] == ["gptq", "gptq"]
+    # the second layer's Hessian came from the first layer's *quantized* outputs
+    h_in = torch.tanh(x @ model[0].weight.T + model[0].bias)
+    rtn2 = ops.rtn(ref[2].weight.detach(), bits=3, group_size=32)
+    err_gptq = ops.output_error(h_in, ref[2].weight.detach(), model[2].weight.detach())
+    assert err_gptq < ops.output_error(h_in, ref[2].weight.detach(), rtn2.w_hat)
+    assert notes["layers"]["2"]["rel_error"] < notes["layers"]["2"]["rtn_rel_error"]
+
+
+def test_average_bits_budget_is_respected_and_noted():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.Linear(128, 8))
+    _, notes = run_gptq(model, [torch.randn(512, 64)], average_bits=3.5, group_size=32)
+    chosen = {n: r["bits"] for n, r in notes["layers"].items()}
+    sizes = {"0": 64 * 128, "2": 128 * 128, "3": 128 * 8}
+    avg = sum(chosen[n] * sizes[n] for n in sizes) / sum(sizes.values())
+    assert avg <= 3.5 and notes["average_bits"] == pytest.approx(avg, abs=1e-3)
+    assert len(set(chosen.values())) > 1  # really mixed
+
+
+def test_gptq_refuses_a_layer_that_already_has_a_constraint(digits):
+    model = nn.Sequential(nn.Linear(64, 10))
+    get_method("quantize").apply(
+        model, get_method("quantize").config.parse({"bits": 8}), Context(data=digits, trainer=None)
+    )
+    with pytest.raises(UnsupportedError, match="already carries"):
+        run_gptq(model, [torch.randn(256, 64)])
+
+
+def test_tiny_bert_gptq_4bit_compresses_saves_loads_and_embeds(tmp_path):
+    folder = um.write_tiny_bert(tmp_path / "bert")
+    data = mz.load_data("sentences")
+    model = mz.load_model(str(folder))
+    result = mz.compress(model, data, "gptq-4bit", out=tmp_path / "b.mzip", measure_latency=False)
+    notes = result["stages"][0]["notes"]["layers"]
+    assert notes["encoder.embeddings.word_embeddings"]["algorithm"] == "rtn"
+    assert notes["encoder.encoder.layer.1.output.dense"]["algorithm"] == "gptq"
+    assert result["compressed"]["cosine_mean"] > 0.95
+    assert result["ratio"] > 5
+    loaded = mz.load(tmp_path / "b.mzip")
+    x = data.example(4)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), result["model"](x))
+
+
+@pytest.mark.parametrize("factory", [um.residual_cnn, um.depthwise_cnn, um.concat_net])
+def test_gptq_recipes_fit_user_cnns(factory, digits):
+    torch.manual_seed(0)
+    model = factory().eval()
+    x = digits.example(8)
+    with torch.no_grad():
+        ref = model(x)
+    recipe = Recipe.load("gptq-3bit")
+    model, notes = run_gptq(model, [x for x, _ in digits.val], recipe.stages[0])
+    assert notes["layers"] and all(constraints_of(m, "weight") for m in notes_layers(model, notes))
+    back, _ = mzip.from_bytes(mzip.to_bytes(model), model=factory())
+    with torch.no_grad():
+        assert torch.equal(back(x), model(x))
+        assert torch.nn.functional.cosine_similarity(model(x), ref).mean() > 0.9
+    kinds = {enc.kind for _, enc in iter_state(model)}
+    assert "group-codes" in kinds
+
+
+def notes_layers(model, notes):
+    return [model.get_submodule(n) for n in notes["layers"]]
+
+
+@pytest.mark.parametrize("recipe", ["gptq-4bit", "gptq-3bit"])
+def test_gptq_recipes_keep_lenet300_accuracy(recipe, lenet300, digits):
+    from modelzip.eval.evaluate import accuracy
+
+    base = accuracy(lenet300, digits.test)
+    cfg = Recipe.load(recipe).stages[0]
+    ctx = Context(data=digits, trainer=Trainer(progress=False))
+    model = get_method("gptq").apply(copy.deepcopy(lenet300), cfg, ctx)
+    assert ctx.notes["edge_layers"] == ["fc1", "fc3"]
+    assert ctx.notes["layers"]["fc2"]["bits"] == int(recipe[5])
+    back, _ = mzip.from_bytes(mzip.to_bytes(model))
+    assert accuracy(back, digits.test) >= base - 0.03

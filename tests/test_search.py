@@ -1,0 +1,259 @@
+"""modelzip search: a real search on digits, its reproducible output, resume, budget misses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import modelzip as mz
+from modelzip.cli import main
+from modelzip.recipe import Recipe
+from modelzip.search.output import pareto_front, pick
+from modelzip.search.runner import EXIT_MISSED_BUDGET, STUDY_NAME
+from modelzip.search.space import Space
+from modelzip.testing import user_models as um
+
+EPOCHS = "1,0,0"  # full fidelity: 1 epoch of gradual pruning, no other training
+SEARCH = ["search", "zoo:lenet300", "--data", "digits", "--epochs", EPOCHS]
+
+
+def _run(argv: list[str], capsys) -> tuple[int, dict]:
+    code = main(argv)
+    out = capsys.readouterr().out
+    return code, json.loads(out) if out.strip() else {}
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """One 3-trial search on digits, shared by the tests that read its output."""
+    study = tmp_path_factory.mktemp("study")
+    code = main([*SEARCH, "--max-drop", "2", "--trials", "3", "--study", str(study), "--json"])
+    return code, study
+
+
+def test_search_finishes_and_its_recipe_reproduces_the_bytes(searched, tmp_path, capsys):
+    code, study = searched
+    assert code == 0
+    result = json.loads((study / "search.json").read_text())
+    assert result["trials"]["finished"] == 3 and result["met_budget"] is True
+    best = result["best"]
+    assert best["val_accuracy"] >= result["floor"]
+    assert best["bytes"] == (study / "best.mzip").stat().st_size
+    assert best["ratio"] > 5  # a real compression, not an fp32 copy
+    # the emitted YAML is an ordinary recipe: `modelzip compress` reruns it to the same file
+    Recipe.load(str(study / "best.yaml"))
+    out = tmp_path / "again.mzip"
+    argv = ["compress", "zoo:lenet300", "--data", "digits", "--recipe", str(study / "best.yaml")]
+    code, again = _run([*argv, "-o", str(out), "--json"], capsys)
+    assert code == 0
+    assert again["compressed"]["bytes"] == best["bytes"]
+    assert out.read_bytes() == (study / "best.mzip").read_bytes()
+    assert again["compressed"]["accuracy"] == pytest.approx(best["test_accuracy"])
+
+
+def test_pareto_front_is_recorded_and_non_dominated(searched):
+    _, study = searched
+    result = json.loads((study / "search.json").read_text())
+    front, points = result["pareto"], result["points"]
+    assert front and all({"bytes", "accuracy", "ratio", "trial"} <= set(p) for p in front)
+    for p in front:  # nothing recorded beats a front point on both axes
+        assert not any(
+            q["bytes"] <= p["bytes"]
+            and q["accuracy"] >= p["accuracy"]
+            and (q["bytes"], q["accuracy"]) != (p["bytes"], p["accuracy"])
+            for q in points
+        )
+    assert (study / "pareto.png").stat().st_size > 1000
+    assert (study / "pareto.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_rerun_of_a_finished_search_adds_no_trial_and_keeps_the_pick(searched, capsys):
+    _, study = searched
+    before = json.loads((study / "search.json").read_text())
+    code, again = _run(
+        [*SEARCH, "--max-drop", "2", "--trials", "3", "--study", str(study), "--json"], capsys
+    )
+    assert code == 0
+    assert again["trials"]["finished"] == 3
+    assert again["best"] == before["best"]  # the test split was not evaluated a second time
+
+
+def test_study_made_for_another_search_is_refused(searched, capsys):
+    _, study = searched
+    code = main([*SEARCH, "--max-drop", "1", "--trials", "3", "--study", str(study)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "another search" in err and "max_drop" in err
+
+
+def test_impossible_budget_exits_3_and_hands_over_the_closest_policy(tmp_path, capsys):
+    study = tmp_path / "s"
+    argv = ["search", "zoo:lenet300", "--data", "digits", "--epochs", "0,0,0", "--max-drop", "0"]
+    code = main([*argv, "--trials", "1", "--study", str(study)])
+    assert code == EXIT_MISSED_BUDGET
+    captured = capsys.readouterr()
+    assert "no trial met the budget" in captured.err
+    result = json.loads((study / "search.json").read_text())
+    assert result["met_budget"] is False and "best" not in result
+    closest = result["closest"]
+    assert closest["met_budget"] is False and closest["val_accuracy"] < result["floor"]
+    assert not (study / "best.yaml").exists()
+    assert "MISSES the budget" in (study / "closest.yaml").read_text()
+    assert (study / "closest.mzip").stat().st_size == closest["bytes"]
+
+
+def test_sigkill_mid_trial_resumes_without_losing_or_repeating_trials(tmp_path):
+    study = tmp_path / "s"
+    argv = [*SEARCH, "--max-drop", "2", "--trials", "2", "--study", str(study), "--json"]
+    cmd = [sys.executable, "-m", "modelzip.cli", *argv]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    storage = f"sqlite:///{study / 'study.db'}"
+    done_before: dict[int, float] = {}
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.3)
+        if not (study / "study.db").exists():
+            continue
+        try:
+            trials = optuna.load_study(study_name=STUDY_NAME, storage=storage).trials
+        except Exception:  # the study is being created
+            continue
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        if complete and running:
+            done_before = {t.number: t.value for t in complete}
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=30)
+    assert done_before, f"never saw a finished and a running trial: {proc.stderr.read()[-500:]}"
+    assert proc.returncode == -signal.SIGKILL
+    assert (study / "search.lock").exists()  # the killed process could not clean up
+    assert main(argv) in (0, EXIT_MISSED_BUDGET)  # the same command again, resumes
+    trials = optuna.load_study(study_name=STUDY_NAME, storage=storage).trials
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(finished) == 2  # exactly the requested count: none lost, none twice
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    for number, value in done_before.items():  # what finished before the kill is kept as is
+        assert trials[number].state == TrialState.COMPLETE and trials[number].value == value
+    assert failed  # the trial the kill interrupted ...
+    retried = {t.user_attrs.get("retry_of"): t for t in finished}
+    for t in failed:  # ... was run again with the same policy
+        assert retried[t.number].params == t.params
+
+
+def test_ray_engine_runs_trials_in_parallel_into_the_same_study(searched, tmp_path):
+    ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install modelzip[ray])")
+    from modelzip.search.runner import SearchConfig, search
+
+    data = mz.load_data("digits")
+    model = mz.load_model("zoo:lenet300", data=data)
+    cfg = SearchConfig(
+        max_drop=2,
+        trials=2,
+        engine="ray",
+        workers=2,
+        study=tmp_path / "s",
+        epochs=(1, 0, 0),
+        progress=False,
+    )
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        pytest.skip(f"Ray cannot start here: {exc}")
+    try:
+        result = search(model, data, cfg, model_spec="zoo:lenet300")
+    finally:
+        ray.shutdown()
+    assert result["trials"]["finished"] == 2 and result["trials"]["fail"] == 0
+    # the same seeded first policy gives the same file as the local engine's first trial
+    _, local_study = searched
+    local = json.loads((local_study / "search.json").read_text())
+    local_first = next(p for p in local["points"] if p["trial"] == 0)
+    ray_first = next(p for p in result["points"] if p["trial"] == 0)
+    assert ray_first["bytes"] == local_first["bytes"]
+
+
+def test_ray_missing_is_a_one_line_error_naming_the_extra(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    code = main([*SEARCH, "--max-drop", "1", "--engine", "ray", "--study", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "modelzip[ray]" in err and len(err.splitlines()) == 1
+
+
+def test_bad_objective_is_a_clear_error(tmp_path, capsys):
+    code = main([*SEARCH, "--max-drop", "1", "--objective", "speed", "--study", str(tmp_path)])
+    assert code == 2
+    assert "bytes, latency" in capsys.readouterr().err
+
+
+def test_pareto_and_pick_on_known_points():
+    pts = [
+        {"number": 0, "objective": 100, "accuracy": 0.90},
+        {"number": 1, "objective": 50, "accuracy": 0.80},
+        {"number": 2, "objective": 120, "accuracy": 0.85},  # dominated by 0
+        {"number": 3, "objective": 20, "accuracy": 0.50},
+    ]
+    assert [p["number"] for p in pareto_front(pts)] == [3, 1, 0]
+    assert pick(pts, 0.82) == (pts[0], True)
+    assert pick(pts, 0.95) == (pts[0], False)  # closest to the floor, labelled a miss
+
+
+def test_space_respects_first_and_last_layer_rules(lenet300):
+    space = Space.build(lenet300)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(30):
+        policy = space.suggest(study.ask())
+        assert policy["bits:fc1"] >= 4 and policy["bits:fc3"] >= 4
+        assert policy["density:fc3"] >= 0.1 and policy["density:fc1"] >= 0.01
+        assert policy["rank:fc1"] == policy["rank:fc3"] == "none"
+        Recipe.from_dict(space.recipe(policy).to_dict())  # every policy is a valid recipe
+
+
+def test_space_on_user_models(tmp_path, digits):
+    # a residual CNN with BatchNorm and control flow: one trial runs end to end
+    from modelzip.search.trial import run_recipe
+
+    model = mz.load_model(f"{um.__file__}:residual_cnn")
+    space = Space.build(model)
+    policy = space.defaults()
+    out = run_recipe(
+        model,
+        digits,
+        space.recipe(policy, fidelity=0.01).to_dict(),
+        seed=0,
+        latency=False,
+        keep_file=True,
+    )
+    assert out["metrics"]["nonzero"] < out["metrics"]["params"] and out["blob"]
+    # a transformer is searched per group: the block index becomes a glob
+    bert = mz.load_model(str(um.write_tiny_bert(tmp_path / "bert")))
+    units = Space.build(bert).units
+    assert any("*" in u.key and len(u.members) > 1 for u in units)
+    assert len(units) < len([n for n, m in bert.named_modules() if hasattr(m, "weight")])
+
+
+def test_search_works_without_ray_installed():
+    # no module of the search imports Ray at import time: only RayEngine, when asked for
+    import ast
+
+    import modelzip.search as pkg
+
+    for path in Path(pkg.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+        names = [a.name for n in top for a in n.names] + [
+            n.module or "" for n in top if isinstance(n, ast.ImportFrom)
+        ]
+        assert not any(n == "ray" or n.startswith("ray.") for n in names), path
