@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean bench-data
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
+
+# Full-size data for the benchmarks (not needed by `make test`): the 70,000-image Fashion-MNIST.
+bench-data:
+	@test -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz || \
+		{ apt-get update -q && apt-get install -y -q dataset-fashion-mnist; }
+	@dpkg -L dataset-fashion-mnist | grep 'idx.-ubyte'
 
 clean:
 	rm -rf $(VENV) modelzip-demo .pytest_cache

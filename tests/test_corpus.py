@@ -34,7 +34,7 @@ def test_english_splits_are_disjoint_and_sized(english):
     assert {k: len(v) for k, v in splits.items()} == corpus.ENGLISH_SPLITS
     test, val, train = (set(splits[k]) for k in ("test", "val", "train"))
     assert not (test & val) and not (test & train) and not (val & train)
-    assert english.task == "embedding" and english.sizes == corpus.ENGLISH_SPLITS
+    assert english.task.name == "embedding" and english.sizes == corpus.ENGLISH_SPLITS
     ids, idx = next(iter(english.test))
     assert ids.dtype == torch.int64 and ids.shape[1] == 32 and int(ids[0, 0]) == 101
     assert corpus.english_splits() == splits  # deterministic
@@ -61,7 +61,7 @@ def test_a_user_text_file_splits_into_disjoint_sets(tmp_path):
     lines = _lines(40)
     path.write_text("\ufeff" + "\n\n".join(lines + lines[:5]) + "\n", encoding="utf-8")
     data = mz.load_data(str(path))
-    assert data.task == "embedding" and sum(data.sizes.values()) == 40
+    assert data.task.name == "embedding" and sum(data.sizes.values()) == 40
     assert data.sizes == {"train": 24, "val": 6, "test": 10}
     ids, _ = next(iter(data.val))
     assert ids.shape == (6, 32)
@@ -71,7 +71,7 @@ def test_a_parquet_text_column_is_read_as_sentences(tmp_path):
     path = tmp_path / "mine.parquet"
     pq.write_table(pa.table({"text": _lines(20), "id": list(range(20))}), path)
     data = mz.load_data(str(path))
-    assert data.task == "embedding" and sum(data.sizes.values()) == 20
+    assert data.task.name == "embedding" and sum(data.sizes.values()) == 20
 
 
 @pytest.mark.parametrize(

@@ -261,9 +261,17 @@ def test_the_issue_recipe_runs_saves_and_reloads(digits, teacher, tmp_path: Path
     out = tmp_path / "issue.mzip"
     result = mz.compress(copy.deepcopy(teacher), digits, str(recipe_path), out=out)
     lowrank_stage, distill_stage = result["stages"]
-    for rec in lowrank_stage["notes"]["layers"].values():
-        assert rec["params_after"] <= 0.25 * rec["params_before"]
-    assert distill_stage["accuracy"] > lowrank_stage["accuracy"] + 0.03  # it recovers
+    # one ratio is a global budget by default: the factored layers and those left dense
+    # together hold at most a quarter of the weights
+    notes = lowrank_stage["notes"]
+    assert notes["scope"] == "global"
+    weights = {n: m.weight.numel() for n, m in teacher.named_modules() if hasattr(m, "weight")}
+    kept = sum(r["params_after"] for r in notes["layers"].values())
+    kept += sum(weights[n] for n in notes["skipped"])
+    assert kept <= 0.25 * sum(weights.values()) + 1
+    # energy-aware global ranks keep the 10-class head's rank: little to recover from
+    assert lowrank_stage["accuracy"] >= result["baseline"]["accuracy"] - 0.03
+    assert distill_stage["accuracy"] >= result["baseline"]["accuracy"] - 0.02
     back = mz.load(out)
     x = digits.example(32)
     with torch.no_grad():
@@ -311,7 +319,8 @@ def test_cli_builtin_lowrank_distill_recipe(tmp_path: Path, capsys):
     assert main([*argv, "-o", str(out), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert [s["method"] for s in result["stages"]] == ["lowrank", "distill"]
-    assert result["compressed"]["params"] <= 0.26 * result["baseline"]["params"]
+    # a quarter of the big layers; the 10-class head (1% of the weights) stays dense
+    assert result["compressed"]["params"] <= 0.27 * result["baseline"]["params"]
     assert result["compressed"]["accuracy"] > 0.85
     assert main(["evaluate", str(out), "--data", "digits", "--json"]) == 0
     again = json.loads(capsys.readouterr().out)

@@ -124,11 +124,20 @@ def test_lowrank_stage_factorizes_and_reports(digits, lenet300):
 
 def test_ratio_reduces_parameters_per_layer(digits, lenet300):
     model = _copy(lenet300)
-    out, notes = _apply(model, digits, ratio=0.25)
+    out, notes = _apply(model, digits, ratio=0.25, scope="layer")
     for rec in notes["layers"].values():
         assert rec["params_after"] <= 0.25 * rec["params_before"] or rec["rank"] == 1
     dense = sum(p.numel() for p in lenet300.parameters())
     assert sum(p.numel() for p in out.parameters()) < 0.3 * dense
+
+
+def test_one_ratio_is_a_global_budget_by_default(digits, lenet300):
+    _, notes = _apply(_copy(lenet300), digits, ratio=0.5)
+    assert notes["scope"] == "global"
+    # the 10-class head is not cut to half its rank as a per-layer ratio would
+    assert notes["layers"].get("fc3", {"rank": 10})["rank"] > 5
+    _, notes = _apply(_copy(lenet300), digits, ratio={"default": 0.5, "role:last": 0.9})
+    assert notes["scope"] == "layer"
 
 
 def test_global_scope_hits_the_budget_and_keeps_accuracy(digits, lenet300):
@@ -142,13 +151,13 @@ def test_global_scope_hits_the_budget_and_keeps_accuracy(digits, lenet300):
 
 
 def test_layers_where_factoring_does_not_pay_are_skipped_with_a_reason(digits):
-    out, notes = _apply(_zoo("lenet5", digits), digits, ratio=0.8)
+    out, notes = _apply(_zoo("lenet5", digits), digits, ratio=0.8, scope="layer")
     assert all(r["params_after"] < 0.9 * r["params_before"] for r in notes["layers"].values())
     assert isinstance(out.conv2, LowRankConv2d)
     _, notes = _apply(_zoo("lenet5", digits), digits, energy=1.0, min_saving=0)
     assert "conv1" in notes["skipped"] and "saves 0.0%" not in notes["skipped"]["conv1"]
     assert "ranks below 11.1 pay" in notes["skipped"]["conv1"]  # 20x25: r * 45 < 500
-    _, notes = _apply(_zoo("lenet5", digits), digits, ratio=0.95)  # saves < 10%: stays dense
+    _, notes = _apply(_zoo("lenet5", digits), digits, ratio=0.95, scope="layer")  # < 10%: dense
     assert "below min_saving 10%" in notes["skipped"]["conv2"]
     model = _zoo("lenet5", digits)
     _, notes = _apply(model, digits, ratio=0.25, scope="global")

@@ -5,6 +5,7 @@ import torch
 
 from modelzip import api, mzip
 from modelzip.recipe import Recipe
+from modelzip.task import EMBEDDING
 
 
 @pytest.fixture(scope="module")
@@ -13,7 +14,7 @@ def sentences():
 
 
 def test_sentences_split_and_tokens(sentences):
-    assert sentences.task == "embedding"
+    assert sentences.task == EMBEDDING and sentences.task.metric == "cosine_mean"
     assert sentences.sizes == {"train": 700, "val": 100, "test": 200}
     ids, _ = next(iter(sentences.test))
     assert ids.dtype == torch.int64 and ids.shape[1] == 32

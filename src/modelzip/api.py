@@ -189,7 +189,7 @@ def evaluate(
         model = load_model(model, data=data, architecture=architecture)
     check_fits(model, data)
     reference = None
-    if data.task == "embedding":
+    if data.task.needs_reference:
         source = source_of(model)
         if source is None or not source.pretrained:
             raise ModelError(

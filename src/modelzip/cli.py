@@ -32,7 +32,12 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 
-DataOpt = Annotated[str, typer.Option("--data", help="digits | mnist5k | FILE.npz/.parquet/.csv")]
+DataOpt = Annotated[
+    str,
+    typer.Option(
+        "--data", help="digits | mnist5k | fashion-mnist | FILE.npz/.parquet/.csv | IDX folder"
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print exactly one JSON object on stdout")]
 WeightsOpt = Annotated[
     Path | None, typer.Option("--weights", help="state_dict for a FILE.py:FACTORY model")

@@ -26,6 +26,35 @@ class MethodConfig(BaseModel):
         # Fields as the user set them (nested options keep what was written, not {}).
         return {"method": self.method, **self.model_dump(mode="json", exclude_unset=True)}
 
+    def relaxed(self) -> tuple[MethodConfig, list[str]] | None:
+        """A gentler version of this stage for an accuracy budget's back-off, and what changed
+        (``["sparsity 0.8 -> 0.7", ...]``), or None when nothing can be relaxed.
+
+        Lower sparsity (keep 1.5x the weights), more bits (+2, up to 8), a higher low-rank
+        ratio or energy, and 1.5x the training epochs, on the fields the stage has; a method
+        may override this. A change its config refuses (an option idle in its mode) is dropped.
+        """
+        fields = self.model_dump(exclude_unset=True)
+        changes: list[str] = []
+        for name, rule in _RELAX.items():
+            if name not in type(self).model_fields:
+                continue
+            old = getattr(self, name)
+            if name == "epochs" and name not in fields:
+                continue  # an epochs field the stage does not use (e.g. a one-shot prune)
+            new = {k: rule(v) for k, v in old.items()} if isinstance(old, dict) else rule(old)
+            if isinstance(old, int | float | dict) and new != old:
+                trial = {**fields, name: new}
+                try:
+                    type(self).model_validate(trial)
+                except ValidationError:
+                    continue
+                fields = trial
+                changes.append(f"{name} {old} -> {new}")
+        if not changes:
+            return None
+        return type(self).model_validate(fields), changes
+
     @classmethod
     def parse(cls, fields: dict[str, Any], where: str = "") -> MethodConfig:
         """Validate ``fields`` into this config, turning pydantic errors into one line."""
@@ -33,6 +62,22 @@ class MethodConfig(BaseModel):
             return cls.model_validate(fields)
         except ValidationError as exc:
             raise ConfigError(describe_validation_error(exc, cls, where)) from None
+
+
+def _relax_number(fn: Any) -> Any:
+    def rule(v: Any) -> Any:
+        return fn(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+
+    return rule
+
+
+_RELAX: dict[str, Any] = {
+    "sparsity": _relax_number(lambda s: round(max(0.0, 1 - (1 - s) * 1.5), 4) if s > 0 else s),
+    "bits": _relax_number(lambda b: min(8, b + 2) if b < 8 else b),
+    "ratio": _relax_number(lambda r: round(min(0.95, r * 1.5), 4) if r < 0.95 else r),
+    "energy": _relax_number(lambda e: round(1 - (1 - e) / 2, 6) if e < 1 else e),
+    "epochs": _relax_number(lambda e: min(1000, -(-e * 3 // 2)) if e > 0 else e),
+}
 
 
 def describe_validation_error(exc: ValidationError, cls: type[BaseModel], where: str = "") -> str:

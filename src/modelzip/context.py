@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from modelzip.errors import ConfigError
-from modelzip.train import LossFn, cross_entropy
+from modelzip.task import LossFn
 
 if TYPE_CHECKING:
+    from modelzip.bundle import DataBundle
     from modelzip.train import Trainer
-    from modelzip.zoo.data import DataBundle
 
 
 @dataclass
@@ -42,20 +42,15 @@ class Context:
     notes: dict[str, Any] = field(default_factory=dict)
 
     def default_loss(self) -> LossFn:
-        """The training loss for this task: cross-entropy on labels for classifiers; for
-        embedding models, cosine distance to the original model's (the teacher's) outputs."""
-        if self.data.task != "embedding":
-            return cross_entropy
-        teacher = self.teacher
-        if teacher is None:
-            raise ConfigError("training an embedding model needs the original model as teacher")
-
-        def cosine_to_teacher(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                target = teacher(x)
-            return (1 - torch.nn.functional.cosine_similarity(model(x), target, dim=-1)).mean()
-
-        return cosine_to_teacher
+        """The training loss of the data's task (``modelzip.task``): cross-entropy on labels
+        for classifiers; for embedding models, cosine distance to the original model's (the
+        teacher's) outputs."""
+        task = self.data.task
+        if task.needs_reference and self.teacher is None:
+            raise ConfigError(
+                f"training for a {task.name} task needs the original model as teacher"
+            )
+        return task.loss_fn(reference=self.teacher if task.needs_reference else None)
 
     def fit(self, model: nn.Module, *, loss_fn: LossFn | None = None, **options: Any) -> float:
         """Train ``model`` on the train split with the task's loss (``default_loss``) unless
@@ -63,6 +58,10 @@ class Context:
         return self.trainer.fit(
             model, self.data.train, loss_fn=loss_fn or self.default_loss(), **options
         )
+
+    def example(self) -> Any:
+        """A small batch of real inputs (for tracing and layer roles); None without data."""
+        return self.data.example_inputs() if self.data is not None else None
 
     def generator(self, offset: int = 0) -> torch.Generator:
         """A torch generator seeded from the run's seed (offset for independent streams)."""

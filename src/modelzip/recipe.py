@@ -19,16 +19,23 @@ from modelzip.config import MethodConfig
 from modelzip.errors import ModelzipError, RecipeError, choices_text, did_you_mean
 from modelzip.registry import get_method
 
-TOP_LEVEL_KEYS = ("name", "description", "stages")
+TOP_LEVEL_KEYS = ("name", "description", "max_drop", "stages")
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """A validated recipe: typed stage configs in order."""
+    """A validated recipe: typed stage configs in order.
+
+    ``max_drop`` (points of accuracy on the val split, e.g. 0.5) opts into an accuracy budget:
+    the pipeline checks after every stage and, when the finished recipe has lost more than
+    the budget, runs it again relaxed (lower sparsity, more bits, more fine-tuning) until it is
+    within budget or nothing is left to relax, and reports what it did (``pipeline.run``).
+    """
 
     stages: tuple[MethodConfig, ...]
     name: str = ""
     description: str = ""
+    max_drop: float | None = None
 
     @classmethod
     def from_dict(cls, obj: Any, *, where: str = "recipe") -> Recipe:
@@ -61,7 +68,22 @@ class Recipe:
             except RecipeError as exc:
                 raise RecipeError(f"{here}: {exc}") from None
             parsed.append(method.config.parse(fields, where=here))
-        return cls(tuple(parsed), str(obj.get("name", "")), str(obj.get("description", "")))
+        max_drop = obj.get("max_drop")
+        if max_drop is not None and (
+            isinstance(max_drop, bool)
+            or not isinstance(max_drop, int | float)
+            or not 0 <= max_drop <= 100
+        ):
+            raise RecipeError(
+                f"{where}: max_drop = {max_drop!r}: give the accuracy budget in points, "
+                "a number in [0, 100] (e.g. 0.5)"
+            )
+        return cls(
+            tuple(parsed),
+            str(obj.get("name", "")),
+            str(obj.get("description", "")),
+            float(max_drop) if max_drop is not None else None,
+        )
 
     @classmethod
     def from_yaml(cls, text: str, *, where: str = "recipe") -> Recipe:
@@ -100,6 +122,8 @@ class Recipe:
             out["name"] = self.name
         if self.description:
             out["description"] = self.description
+        if self.max_drop is not None:
+            out["max_drop"] = self.max_drop
         out["stages"] = [s.to_dict() for s in self.stages]
         return out
 

@@ -12,15 +12,14 @@ from torch import nn
 
 from modelzip.errors import ConfigError
 from modelzip.progress import bar
+from modelzip.task import Inputs, LossFn, run_model, split_batch, to_device
 
-#: loss(model, x, y) -> scalar; distillation and other stages plug their own in.
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 OPTIMIZERS = ("adam", "sgd", "adamw")
 
 
-def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Plain classification loss."""
-    return F.cross_entropy(model(x), y)
+def cross_entropy(model: nn.Module, x: Inputs, y: torch.Tensor) -> torch.Tensor:
+    """Plain classification loss (the ``Classification`` task's)."""
+    return F.cross_entropy(run_model(model, x), y)
 
 
 @dataclass
@@ -77,8 +76,9 @@ class Trainer:
         with bar(description, steps, enabled=self.progress) as advance:
             for _ in range(epochs):
                 total, count = 0.0, 0
-                for x, y in loader:
-                    x, y = x.to(self.device), y.to(self.device)
+                for batch in loader:  # (x, y) or (x1, x2, ..., y)
+                    x, y = split_batch(batch)
+                    x, y = to_device(x, self.device), y.to(self.device)
                     opt.zero_grad(set_to_none=True)
                     loss = loss_fn(model, x, y)
                     loss.backward()
@@ -86,7 +86,7 @@ class Trainer:
                     step += 1
                     if on_step is not None:
                         on_step(step)
-                    total += float(loss.detach()) * len(y)
+                    total += float(loss.detach()) * len(y)  # targets: one per sample
                     count += len(y)
                     advance()
                 last = total / max(count, 1)

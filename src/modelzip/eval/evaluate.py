@@ -7,62 +7,39 @@ from typing import Any
 import torch
 from torch import nn
 
+from modelzip.bundle import DataBundle
 from modelzip.errors import DataError
 from modelzip.eval.latency import latency
 from modelzip.eval.size import count_params, torch_save_bytes
-from modelzip.zoo.data import DataBundle
+from modelzip.task import CLASSIFICATION, EMBEDDING, run_model
 
 
 def accuracy(model: nn.Module, loader: Any) -> float:
     """Top-1 accuracy (0..1) of a classifier over a loader."""
-    model.eval()
-    correct = total = 0
-    with torch.inference_mode():
-        for x, y in loader:
-            pred = model(x).argmax(dim=-1)
-            correct += int((pred == y).sum())
-            total += len(y)
-    if total == 0:
-        raise DataError("the evaluation split is empty")
-    return correct / total
+    return CLASSIFICATION.score(model, loader)
 
 
 def cosine_mean(model: nn.Module, reference: nn.Module, loader: Any) -> float:
     """Mean cosine similarity between the model's outputs and the reference model's."""
-    model.eval()
-    reference.eval()
-    total, count = 0.0, 0
-    with torch.inference_mode():
-        for x, _ in loader:
-            cos = torch.nn.functional.cosine_similarity(model(x), reference(x), dim=-1)
-            total += float(cos.sum())
-            count += len(cos)
-    if count == 0:
-        raise DataError("the evaluation split is empty")
-    return total / count
+    return EMBEDDING.score(model, loader, reference=reference)
 
 
 def check_fits(model: nn.Module, data: DataBundle, model_name: str = "the model") -> None:
     """Run one real batch through the model; a shape mismatch becomes one clear line."""
-    x = data.example(2)
+    x = data.example_inputs(2)
     try:
         with torch.inference_mode():
-            out = model.eval()(x)
+            out = run_model(model.eval(), x)
     except RuntimeError as exc:
         msg = str(exc).splitlines()[0]
         raise DataError(
             f"data {data.name!r} (sample shape {tuple(data.sample_shape)}) does not fit "
             f"{model_name}: {msg}"
         ) from None
-    if data.task == "embedding":
-        if out.dim() != 2:
-            raise DataError(f"{model_name} outputs shape {tuple(out.shape)}, not (batch, dim)")
-        return
-    if out.dim() != 2 or out.shape[1] < data.num_classes:
-        raise DataError(
-            f"{model_name} outputs shape {tuple(out.shape)} but data {data.name!r} has "
-            f"{data.num_classes} classes"
-        )
+    try:
+        data.task.check_output(out, data.num_classes, model_name)
+    except DataError as exc:
+        raise DataError(f"{exc} (data {data.name!r})") from None
 
 
 def evaluate(
@@ -83,8 +60,8 @@ def evaluate(
         file_bytes: size of the model's file; default is the fp32 ``torch.save`` size.
         measure_latency: skip the latency timing when False (tests, inner loops).
         batch_n: the large batch size for ``latency_ms.bN``.
-        reference: for embedding tasks, the original model whose outputs are the target;
-            ``accuracy`` is then ``cosine_mean``, the mean cosine similarity to them.
+        reference: the original model, for tasks whose metric compares with its outputs
+            (embedding: ``accuracy`` is then ``cosine_mean``, the mean cosine similarity).
 
     Returns:
         ``accuracy``, ``params``, ``nonzero``, ``bytes``, ``bits_per_weight`` and
@@ -96,14 +73,10 @@ def evaluate(
     """
     params, nonzero = count_params(model)
     size = file_bytes if file_bytes is not None else torch_save_bytes(model)
-    if data.task == "embedding":
-        if reference is None:
-            raise DataError(
-                f"{data.name} is an embedding task: evaluation needs the reference model"
-            )
-        score = cosine_mean(model, reference, data.loader(split))
-    else:
-        score = accuracy(model, data.loader(split))
+    task = data.task
+    if task.needs_reference and reference is None:
+        raise DataError(f"{data.name} is an {task.name} task: evaluation needs the reference model")
+    score = task.score(model, data.loader(split), reference=reference)
     out: dict[str, Any] = {
         "accuracy": score,
         "split": split,
@@ -113,10 +86,11 @@ def evaluate(
         "bytes": size,
         "bits_per_weight": round(8 * size / params, 4) if params else 0.0,
     }
-    if data.task == "embedding":
-        out["cosine_mean"] = score
+    out[task.metric] = score  # "accuracy" holds the task's metric too (DESIGN.md's JSON keys)
     if measure_latency:
-        out["latency_ms"] = latency(model, data.example(64), batch_n)
+        example = data.example_inputs(64)
+        if isinstance(example, torch.Tensor):  # latency is timed for one-input models
+            out["latency_ms"] = latency(model, example, batch_n)
     return out
 
 

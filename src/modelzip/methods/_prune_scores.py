@@ -10,13 +10,13 @@ from collections.abc import Mapping
 from typing import cast
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from modelzip.context import Context
 from modelzip.errors import DataError
 from modelzip.nn.constraints import Mask, constrain, constraints_of, original
 from modelzip.ops import pruning
+from modelzip.task import split_batch, to_device
 
 
 def effective_weight(layer: nn.Module) -> torch.Tensor:
@@ -28,7 +28,8 @@ def effective_weight(layer: nn.Module) -> torch.Tensor:
 def calibration_grads(
     model: nn.Module, layers: Mapping[str, nn.Module], ctx: Context, batches: int
 ) -> dict[str, list[torch.Tensor]]:
-    """Gradients of the loss w.r.t. each layer's weight, one per calibration batch (val split).
+    """Gradients of the task's loss w.r.t. each layer's weight, one per calibration batch (val
+    split): cross-entropy for classifiers, cosine distance to the original for embeddings.
 
     The gradient is taken w.r.t. the stored tensor under the constraints; through a mask it
     is the masked gradient, so pruned entries score zero, as they should.
@@ -38,11 +39,13 @@ def calibration_grads(
     was_training = model.training
     model.eval()  # calibration must not update BatchNorm statistics or drop units
     try:
-        for i, (x, y) in enumerate(ctx.data.val):
+        loss_fn = ctx.default_loss()  # the task's loss (cross-entropy, cosine to the original)
+        for i, batch in enumerate(ctx.data.val):
             if i >= batches:
                 break
+            x, y = split_batch(batch)
             with torch.enable_grad():
-                loss = F.cross_entropy(model(x.to(ctx.device)), y.to(ctx.device))
+                loss = loss_fn(model, to_device(x, ctx.device), y.to(ctx.device))
                 got = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
             for n, g in zip(params, got, strict=True):
                 grads[n].append(torch.zeros_like(params[n]) if g is None else g.detach())

@@ -159,7 +159,7 @@ def _cluster_rows(name: str, mod: nn.Module, bits: int, cfg: ClusterConfig) -> d
 def cluster(model: nn.Module, cfg: ClusterConfig, ctx: Context) -> nn.Module:
     """k-means weight sharing per layer (or per group), indices fixed, centroids trainable."""
     types = WEIGHT_LAYERS if cfg.layers is None else (*WEIGHT_LAYERS, nn.Embedding)
-    layers = select(model, cfg.layers, types=types)
+    layers = select(model, cfg.layers, types=types, example=ctx.example)
     bits = per_layer(cfg.bits, layers, "bits")
     layers = {n: m for n, m in layers.items() if n in bits}
     gen = ctx.generator(offset=17)

@@ -34,13 +34,14 @@ from torch import nn
 from modelzip.config import MethodConfig
 from modelzip.context import Context
 from modelzip.errors import ConfigError, DataError, UnsupportedError, choices_text
-from modelzip.eval.evaluate import accuracy, check_fits
+from modelzip.eval.evaluate import check_fits
 from modelzip.eval.size import count_params
 from modelzip.factory import call_factory, factory_label
 from modelzip.mzip import mark_base
-from modelzip.ops.distill import feature_loss, kd_loss
+from modelzip.ops.distill import feature_loss
 from modelzip.registry import register
 from modelzip.source import ATTR, ModelSource, user_source
+from modelzip.task import run_model, to_device
 
 
 def _is_factory(spec: str) -> bool:
@@ -216,10 +217,10 @@ def distill(model: nn.Module, cfg: DistillConfig, ctx: Context) -> nn.Module:
         tapped(teacher, t_names, "teacher") as t_feat,
         tapped(student, s_names, "student") as s_feat,
     ):
-        x = ctx.data.example(2).to(ctx.device)
+        x = to_device(ctx.data.example_inputs(2), ctx.device)
         teacher.to(ctx.device)
         with torch.no_grad():
-            t_out, s_out = teacher(x), student.eval()(x)
+            t_out, s_out = run_model(teacher, x), run_model(student.eval(), x)
         if t_out.shape != s_out.shape:
             raise DataError(
                 f"distill: teacher outputs {tuple(t_out.shape[1:])} per sample but the student "
@@ -230,10 +231,14 @@ def distill(model: nn.Module, cfg: DistillConfig, ctx: Context) -> nn.Module:
             make_adapter(s_feat[s].shape, t_feat[t].shape, f"[{t}, {s}]") for t, s in cfg.features
         ).to(ctx.device)
 
-        def loss_fn(net: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        task = ctx.data.task  # classifiers: soft targets + labels; embeddings: cosine
+
+        def loss_fn(net: nn.Module, xb: Any, yb: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
-                t_logits = teacher(xb)
-            loss = kd_loss(net(xb), t_logits, yb, alpha=cfg.alpha, temperature=cfg.temperature)
+                t_out = run_model(teacher, xb)
+            loss = task.distill_loss(
+                run_model(net, xb), t_out, yb, alpha=cfg.alpha, temperature=cfg.temperature
+            )
             for (t, s), adapt in zip(cfg.features, adapters, strict=True):
                 loss = loss + cfg.feature_weight * feature_loss(adapt(s_feat[s]), t_feat[t])
             return loss
@@ -259,7 +264,10 @@ def distill(model: nn.Module, cfg: DistillConfig, ctx: Context) -> nn.Module:
         {
             "teacher": teacher_desc,
             "teacher_params": t_params,
-            "teacher_accuracy": round(accuracy(teacher, ctx.data.test), 6),
+            # the task's metric (accuracy; for embeddings cosine_mean against the original)
+            f"teacher_{task.metric}": round(
+                task.score(teacher, ctx.data.test, reference=ctx.teacher), 6
+            ),
             "student": cfg.student or "the current model",
             "student_params": s_params,
             "param_ratio": round(t_params / max(s_params, 1), 3),

@@ -37,9 +37,11 @@ class LowrankConfig(MethodConfig):
     """Options of a low-rank factorization stage: give one of ``ratio``, ``energy``, ``rank``.
 
     Each takes a number or a ``{default: x, "pattern": y}`` map. With none given, ``ratio``
-    is 0.5 (half of each factorized layer's weight parameters). With ``scope: global`` the
-    ratio is one budget for all selected layers together, spent where it keeps the most
-    singular-value energy (small layers such as a 10-class head keep a higher rank).
+    is 0.5. With ``scope: global`` the ratio is one budget for all selected layers together,
+    spent where it keeps the most singular-value energy (small layers such as a 10-class head
+    keep a higher rank); that is the default for a single number ``ratio`` (or none), since one
+    ratio per layer would cut a 10-class head to rank 4. A per-layer map (or ``scope: layer``)
+    gives each layer its own target, e.g. ``ratio: {default: 0.3, "role:last": 0.9}``.
     A layer whose factors would save less than ``min_saving`` of its weights stays dense: the
     extra layer costs latency for next to no size.
 
@@ -50,7 +52,9 @@ class LowrankConfig(MethodConfig):
     ratio: Number | None = None
     energy: Number | None = None
     rank: int | dict[str, int] | None = None
-    scope: Literal["layer", "global"] = "layer"
+    scope: Literal["layer", "global"] | None = Field(
+        None, description="global (one ratio budget) is the default for a single ratio number"
+    )
     min_saving: float = Field(
         0.1, ge=0, lt=1, description="leave a layer dense when its factors save less than this"
     )
@@ -90,6 +94,14 @@ class LowrankConfig(MethodConfig):
         ):
             raise ValueError("scope 'global' takes one number 'ratio' (a budget for all layers)")
         return self
+
+    @property
+    def resolved_scope(self) -> str:
+        """``global`` for one number ``ratio`` (or no rule) unless told otherwise."""
+        if self.scope is not None:
+            return self.scope
+        plain_ratio = self.energy is None and self.rank is None and not isinstance(self.ratio, dict)
+        return "global" if plain_ratio else "layer"
 
     def rule(self) -> tuple[str, Any]:
         """Which rank rule applies and its value (ratio 0.5 by default)."""
@@ -190,7 +202,7 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 @register(LowrankConfig)
 def lowrank(model: nn.Module, cfg: LowrankConfig, ctx: Context) -> nn.Module:
     """Truncated-SVD factorization of Linear and Conv2d layers where it saves parameters."""
-    layers = select(model, cfg.layers, types=WEIGHT_LAYERS)
+    layers = select(model, cfg.layers, types=WEIGHT_LAYERS, example=ctx.example)
     inside = {
         f"{owner}.{child}" if owner else child
         for owner, m in model.named_modules()
@@ -212,7 +224,8 @@ def lowrank(model: nn.Module, cfg: LowrankConfig, ctx: Context) -> nn.Module:
             skipped[name] = reason
     spectra = {n: lr.singular_values(_matrix(layer)) for n, layer in eligible.items()}
     shapes = {n: _shape(layer) for n, layer in eligible.items()}
-    if cfg.scope == "global":
+    ctx.notes["scope"] = cfg.resolved_scope
+    if cfg.resolved_scope == "global":
         budget = int(float(value) * sum(m * n for m, n in shapes.values()))
         ranks = _global_ranks(shapes, spectra, budget, cfg.min_saving, skipped)
     else:

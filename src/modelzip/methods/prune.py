@@ -199,13 +199,19 @@ class PruneConfig(MethodConfig):
 @register(PruneConfig)
 def prune(model: nn.Module, cfg: PruneConfig, ctx: Context) -> nn.Module:
     """Prune weights (magnitude, Taylor or random), unstructured, N:M or whole channels."""
-    layers = select(model, cfg.layers)
+    layers = select(model, cfg.layers, example=ctx.example)
     ctx.notes.update({"criterion": cfg.criterion, "pattern": cfg.pattern, "schedule": cfg.schedule})
     if cfg.pattern == "channel":
         from modelzip.methods._prune_channels import prune_channels
 
         return prune_channels(model, layers, cfg, ctx)
     targets = per_layer(cfg.sparsity, layers, "sparsity")
+    # A target of 0 keeps a layer dense: it stays out of a global ranking too (a recipe's
+    # ``"params<2000": 0`` or ``"role:last": 0`` rule).
+    dense = [n for n, s in targets.items() if s == 0 and cfg.threshold is None]
+    if dense:
+        ctx.notes["kept_dense"] = dense
+    targets = {n: s for n, s in targets.items() if n not in dense}
     layers = {n: m for n, m in layers.items() if n in targets}
     if cfg.nm is not None:
         layers = _nm_capable(layers, cfg.nm[1], ctx)

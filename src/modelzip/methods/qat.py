@@ -57,7 +57,7 @@ class QATConfig(MethodConfig):
 @register(QATConfig)
 def qat(model: nn.Module, cfg: QATConfig, ctx: Context) -> nn.Module:
     """Quantization-aware training (STE, optional LSQ), then real int8 layers."""
-    layers = select(model, cfg.layers)
+    layers = select(model, cfg.layers, example=ctx.example)
     bits = per_layer(cfg.bits, layers, "bits")
     chosen = {n: layers[n] for n in bits}
     for name, layer in chosen.items():

@@ -259,7 +259,12 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> nn.Module:
         from modelzip.methods.fold_bn import fold_into
 
         ctx.notes["fold_bn"] = fold_into(model, ctx)
-    layers = select(model, cfg.layers, types=WEIGHT_LAYERS if cfg.layers is None else QUANTIZABLE)
+    layers = select(
+        model,
+        cfg.layers,
+        types=WEIGHT_LAYERS if cfg.layers is None else QUANTIZABLE,
+        example=ctx.example,
+    )
     bits = per_layer(cfg.bits, layers, "bits")
     chosen = {n: layers[n] for n in bits}
     needs_data = cfg.activations is not None or cfg.bias_correction

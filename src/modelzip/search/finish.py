@@ -97,7 +97,7 @@ def finish(
         "objective": cfg.objective,
         # what "accuracy" means in every point: top-1, or for embedding models the mean
         # cosine similarity to the original model's embeddings (floor 1 - max_drop/100)
-        "metric": "cosine_mean" if data.task == "embedding" else "accuracy",
+        "metric": data.task.metric,
         "max_drop": cfg.max_drop,
         "seed": cfg.seed,
         "baseline": {

@@ -35,7 +35,7 @@ def seed_policies(
     from modelzip.search.sensitivity import sensitivity
 
     grouped = any(len(u.members) > 1 for u in space.units)
-    if data.task == "embedding" or grouped:
+    if data.task.needs_reference or grouped:
         return []
     pattern = "channel" if space.objective == "latency" else "unstructured"
     try:

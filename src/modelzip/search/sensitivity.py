@@ -19,14 +19,13 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from modelzip.bundle import DataBundle
 from modelzip.context import Context
 from modelzip.errors import ConfigError, UnsupportedError
-from modelzip.eval.evaluate import accuracy
 from modelzip.methods.prune import PruneConfig, prune
 from modelzip.progress import bar
 from modelzip.targets import select
 from modelzip.train import Trainer
-from modelzip.zoo.data import DataBundle
 
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 
@@ -61,9 +60,15 @@ def sensitivity(
     for s in sparsities:
         if not 0.0 <= s < 1.0:
             raise ConfigError(f"sparsities: each value must be in [0, 1), got {s}")
-    chosen = select(model, layers)
+    chosen = select(model, layers, example=data.example_inputs)
     loader = data.loader(split)
-    base = accuracy(model, loader)
+    original = copy.deepcopy(model).eval()  # the reference of tasks that compare outputs
+    task = data.task
+
+    def score(m: nn.Module) -> float:
+        return task.score(m, loader, reference=original)
+
+    base = score(model)
     out_layers: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     with bar("sensitivity", len(chosen) * len(sparsities), enabled=progress) as advance:
@@ -81,9 +86,14 @@ def sensitivity(
                     "sensitivity",
                 )
                 trial = copy.deepcopy(model)
-                ctx = Context(data=data, trainer=Trainer(progress=False, seed=seed), seed=seed)
+                ctx = Context(
+                    data=data,
+                    trainer=Trainer(progress=False, seed=seed),
+                    teacher=original,
+                    seed=seed,
+                )
                 try:
-                    accs.append(round(accuracy(prune(trial, cfg, ctx), loader), 6))
+                    accs.append(round(score(prune(trial, cfg, ctx)), 6))
                 except UnsupportedError as exc:  # e.g. the output layer cannot lose channels
                     skipped[name] = str(exc)
                     break

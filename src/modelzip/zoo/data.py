@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,51 +22,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
+from modelzip.bundle import SPLITS, DataBundle
 from modelzip.errors import DataError
 
-SPLITS = ("train", "val", "test")
-BUILTIN = ("digits", "mnist5k", "sentences", "english")
+BUILTIN = ("digits", "mnist5k", "fashion-mnist", "sentences", "english")
 #: Fractions of the whole set that go to val and test (the rest is train).
 VAL_FRACTION, TEST_FRACTION = 0.1, 0.2
 SPLIT_SEED = 0
 LABEL_COLUMNS = ("y", "label", "target")
-
-
-@dataclass
-class DataBundle:
-    """A task's data: loaders per split and what a model needs to know about the inputs."""
-
-    name: str
-    sample_shape: tuple[int, ...]
-    num_classes: int
-    loaders: dict[str, DataLoader]
-    sizes: dict[str, int]
-    #: "classification" (y are class labels) or "embedding" (outputs are compared with the
-    #: original model's: the metric is cosine_mean, fine-tuning matches the original).
-    task: str = "classification"
-
-    def loader(self, split: str) -> DataLoader:
-        """The loader of one split; unknown names raise a DataError listing the splits."""
-        if split not in self.loaders:
-            raise DataError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-        return self.loaders[split]
-
-    @property
-    def train(self) -> DataLoader:
-        return self.loaders["train"]
-
-    @property
-    def val(self) -> DataLoader:
-        return self.loaders["val"]
-
-    @property
-    def test(self) -> DataLoader:
-        return self.loaders["test"]
-
-    def example(self, n: int = 2) -> torch.Tensor:
-        """A small batch of real test inputs (for tracing, shape checks and latency)."""
-        x, _ = next(iter(self.loaders["test"]))
-        return x[:n]
+__all__ = ["SPLITS", "DataBundle", "check_finite", "check_labels", "load_data", "split_indices"]
 
 
 def load_data(spec: str, *, batch_size: int = 64, seed: int = 0) -> DataBundle:
@@ -91,6 +54,10 @@ def load_data(spec: str, *, batch_size: int = 64, seed: int = 0) -> DataBundle:
     if spec == "mnist5k":
         x, y = _mnist5k_arrays()
         return _in_memory("mnist5k", x, y, batch_size, seed)
+    if spec == "fashion-mnist":
+        from modelzip.zoo.idx import fashion_mnist_dir
+
+        return _from_idx_folder(fashion_mnist_dir(), batch_size, seed, name="fashion-mnist")
     if spec == "sentences":
         from modelzip.zoo.text import load_sentences
 
@@ -100,11 +67,13 @@ def load_data(spec: str, *, batch_size: int = 64, seed: int = 0) -> DataBundle:
 
         return load_english(batch_size=batch_size, seed=seed)
     path = Path(spec)
+    if path.is_dir():
+        return _from_idx_folder(path, batch_size, seed, name=path.name)
     suffix = path.suffix.lower()
     if suffix not in (".npz", ".parquet", ".csv", ".txt"):
         raise DataError(
-            f"unknown data {spec!r}; valid: {', '.join(BUILTIN)}, or a .npz/.parquet/.csv file "
-            "or a .txt file of sentences"
+            f"unknown data {spec!r}; valid: {', '.join(BUILTIN)}, a .npz/.parquet/.csv file, "
+            "a .txt file of sentences, or a folder of IDX files"
         )
     if not path.is_file():
         raise DataError(f"data file not found: {spec}")
@@ -157,6 +126,58 @@ def _from_npz(path: Path, batch_size: int, seed: int) -> DataBundle:
     return _in_memory(path.name, x, y.astype(np.int64), batch_size, seed)
 
 
+@functools.cache
+def _idx_arrays(folder: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[str, ...]]:
+    from modelzip.zoo.idx import idx_folder_arrays
+
+    pairs, names = idx_folder_arrays(folder)
+    return pairs, tuple(names)
+
+
+def _from_idx_folder(folder: Path, batch_size: int, seed: int, *, name: str) -> DataBundle:
+    """A folder of IDX files: its own test split when it has one (``t10k-*``/``test-*``),
+    train/val split stratified from the train files; otherwise one stratified 3-way split."""
+    pairs, _ = _idx_arrays(str(folder.resolve()))
+    arrays = {}
+    for split, (x, y) in pairs.items():
+        where = folder / f"{split} files"
+        if len(x) == 0:
+            raise DataError(f"{where}: no rows; the file holds no samples")
+        if x.dtype != np.uint8:
+            check_finite(where, "images", x)
+        check_labels(where, "labels", y)
+        scale = 255.0 if x.dtype == np.uint8 else 1.0
+        xs = (x.astype(np.float32) / scale).reshape(
+            len(x), *((1,) if x.ndim == 3 else ()), *x.shape[1:]
+        )
+        arrays[split] = (xs, y.astype(np.int64))
+    if "test" not in arrays:
+        x, y = arrays["train"]
+        return _in_memory(name, x, y, batch_size, seed)
+    (xtr, ytr), (xte, yte) = arrays["train"], arrays["test"]
+    if xtr.shape[1:] != xte.shape[1:]:
+        raise DataError(
+            f"{folder}: train images are {xtr.shape[1:]} but test images {xte.shape[1:]}"
+        )
+    tr, va = stratified_split(ytr, VAL_FRACTION)
+    x = np.concatenate([xtr, xte])
+    y = np.concatenate([ytr, yte])
+    parts = {"train": tr, "val": va, "test": np.arange(len(ytr), len(y))}
+    return _bundle(name, x, y, parts, batch_size, seed)
+
+
+def stratified_split(y: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed, stratified (rest, part) indices with ``fraction`` of the samples in ``part``."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y))
+    try:
+        rest, part = train_test_split(idx, test_size=fraction, random_state=SPLIT_SEED, stratify=y)
+    except ValueError:  # too few samples per class to stratify: plain shuffled split
+        rest, part = train_test_split(idx, test_size=fraction, random_state=SPLIT_SEED)
+    return np.sort(rest), np.sort(part)
+
+
 def split_indices(y: np.ndarray) -> dict[str, np.ndarray]:
     """Stratified, fixed train/val/test indices (the data may be stored sorted by class)."""
     from sklearn.model_selection import train_test_split
@@ -179,7 +200,17 @@ def split_indices(y: np.ndarray) -> dict[str, np.ndarray]:
 def _in_memory(name: str, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> DataBundle:
     if len(x) < 10:
         raise DataError(f"{name}: {len(x)} samples are too few to split into train/val/test")
-    parts = split_indices(y)
+    return _bundle(name, x, y, split_indices(y), batch_size, seed)
+
+
+def _bundle(
+    name: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    parts: dict[str, np.ndarray],
+    batch_size: int,
+    seed: int,
+) -> DataBundle:
     xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
     loaders = {}
     for split, idx in parts.items():

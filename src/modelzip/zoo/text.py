@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from modelzip.errors import DataError
+from modelzip.task import EMBEDDING
 from modelzip.zoo import corpus
 from modelzip.zoo.data import DataBundle, split_indices
 
@@ -165,7 +166,7 @@ def text_bundle(
         num_classes=0,
         loaders=loaders,
         sizes=sizes,
-        task="embedding",
+        task=EMBEDDING,
     )
 
 

@@ -1,0 +1,236 @@
+"""What a model is for: one ``Task`` object with its loss, its metric and what it compares with.
+
+Training, evaluation, importance scores (Taylor pruning), distillation reports and search all
+ask the data's task instead of branching on a name:
+
+- ``Classification``: targets are class labels; the loss is cross-entropy, the metric top-1
+  ``accuracy``.
+- ``Embedding``: the model maps inputs to vectors and the target is the original model's
+  vectors (the *reference*, the frozen model before compression); the loss is the cosine
+  distance to them, the metric ``cosine_mean``.
+
+A batch is ``(x, y)`` or ``(x1, x2, ..., y)``: every element but the last is an input of the
+model (``model(x1, x2, ...)``), the last is the target.
+
+Example:
+    >>> task = Classification()
+    >>> task.metric
+    'accuracy'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modelzip.errors import DataError
+from modelzip.ops.distill import kd_loss
+
+#: A model's inputs: one tensor, or a tuple of them.
+Inputs = torch.Tensor | tuple[torch.Tensor, ...]
+#: loss(model, inputs, target) -> scalar, what the trainer minimises.
+LossFn = Callable[[nn.Module, Any, torch.Tensor], torch.Tensor]
+
+
+def split_batch(batch: Any) -> tuple[Inputs, torch.Tensor]:
+    """``(inputs, target)`` of a batch: the last element is the target, the rest inputs."""
+    if not isinstance(batch, tuple | list) or len(batch) < 2:
+        raise DataError(
+            f"a batch must be (inputs..., target), got {type(batch).__name__} "
+            f"of length {len(batch) if isinstance(batch, tuple | list) else 1}"
+        )
+    *xs, y = batch
+    return (xs[0] if len(xs) == 1 else tuple(xs)), y
+
+
+def run_model(model: nn.Module, x: Inputs) -> torch.Tensor:
+    """``model(x)`` for one input tensor, ``model(*x)`` for several."""
+    return model(*x) if isinstance(x, tuple) else model(x)
+
+
+def to_device(x: Inputs, device: torch.device | str) -> Inputs:
+    """Move one input tensor or each of several to ``device``."""
+    return tuple(t.to(device) for t in x) if isinstance(x, tuple) else x.to(device)
+
+
+def batch_len(x: Inputs) -> int:
+    return len(x[0]) if isinstance(x, tuple) else len(x)
+
+
+class Task:
+    """Base of the tasks: subclasses define the loss and the per-batch metric."""
+
+    name: ClassVar[str] = ""
+    #: the key of the quality metric in evaluation results
+    metric: ClassVar[str] = "accuracy"
+    #: whether the loss and metric compare with a reference model's outputs
+    needs_reference: ClassVar[bool] = False
+
+    def loss(
+        self, out: torch.Tensor, target: torch.Tensor, ref_out: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The training loss of one batch's outputs."""
+        raise NotImplementedError
+
+    def batch_metric(
+        self, out: torch.Tensor, target: torch.Tensor, ref_out: torch.Tensor | None
+    ) -> tuple[float, int]:
+        """(sum of the metric over the batch, number of samples)."""
+        raise NotImplementedError
+
+    def check_output(self, out: torch.Tensor, num_classes: int, where: str) -> None:
+        """A DataError when the model's outputs cannot serve this task."""
+
+    def distill_loss(
+        self,
+        out: torch.Tensor,
+        teacher_out: torch.Tensor,
+        target: torch.Tensor,
+        *,
+        alpha: float,
+        temperature: float,
+    ) -> torch.Tensor:
+        """The loss of a student learning from a teacher's outputs: by default the task's
+        loss with the teacher's outputs as the reference."""
+        return self.loss(out, target, teacher_out)
+
+    # --- shared plumbing, the same for every task ------------------------------------
+
+    def _reference(self, reference: nn.Module | None) -> nn.Module | None:
+        if not self.needs_reference:
+            return None  # the metric does not use it: never run it
+        if reference is None:
+            raise DataError(
+                f"{self.name} tasks compare with the original model's outputs: "
+                "pass the reference model"
+            )
+        return reference
+
+    def loss_fn(self, reference: nn.Module | None = None) -> LossFn:
+        """``loss(model, inputs, target)`` for the trainer."""
+        ref = self._reference(reference)
+
+        def task_loss(model: nn.Module, x: Any, y: torch.Tensor) -> torch.Tensor:
+            ref_out = None
+            if ref is not None:
+                with torch.no_grad():
+                    ref_out = run_model(ref, x)
+            return self.loss(run_model(model, x), y, ref_out)
+
+        return task_loss
+
+    def score(
+        self,
+        model: nn.Module,
+        loader: Iterable[Any],
+        *,
+        reference: nn.Module | None = None,
+        limit: int | None = None,
+    ) -> float:
+        """The metric over a loader (or its first ``limit`` batches), in eval mode."""
+        ref = self._reference(reference)
+        model.eval()
+        if ref is not None:
+            ref.eval()
+        total, count = 0.0, 0
+        with torch.inference_mode():
+            for i, batch in enumerate(loader):
+                if limit is not None and i >= limit:
+                    break
+                x, y = split_batch(batch)
+                ref_out = run_model(ref, x) if ref is not None else None
+                s, n = self.batch_metric(run_model(model, x), y, ref_out)
+                total += s
+                count += n
+        if count == 0:
+            raise DataError("the evaluation split is empty")
+        return total / count
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+
+class Classification(Task):
+    """Class labels: cross-entropy loss, top-1 accuracy."""
+
+    name: ClassVar[str] = "classification"
+    metric: ClassVar[str] = "accuracy"
+
+    def loss(
+        self, out: torch.Tensor, target: torch.Tensor, ref_out: torch.Tensor | None
+    ) -> torch.Tensor:
+        return F.cross_entropy(out, target)
+
+    def batch_metric(
+        self, out: torch.Tensor, target: torch.Tensor, ref_out: torch.Tensor | None
+    ) -> tuple[float, int]:
+        return float((out.argmax(dim=-1) == target).sum()), len(target)
+
+    def distill_loss(
+        self,
+        out: torch.Tensor,
+        teacher_out: torch.Tensor,
+        target: torch.Tensor,
+        *,
+        alpha: float,
+        temperature: float,
+    ) -> torch.Tensor:
+        """Hinton et al.: soft teacher targets at ``temperature`` mixed with the labels."""
+        return kd_loss(out, teacher_out, target, alpha=alpha, temperature=temperature)
+
+    def check_output(self, out: torch.Tensor, num_classes: int, where: str) -> None:
+        if out.dim() != 2 or out.shape[1] < num_classes:
+            raise DataError(
+                f"{where} outputs shape {tuple(out.shape)} but the data has {num_classes} classes"
+            )
+
+
+class Embedding(Task):
+    """Vectors compared with the original model's: cosine distance loss, ``cosine_mean``."""
+
+    name: ClassVar[str] = "embedding"
+    metric: ClassVar[str] = "cosine_mean"
+    needs_reference: ClassVar[bool] = True
+
+    def loss(
+        self, out: torch.Tensor, target: torch.Tensor, ref_out: torch.Tensor | None
+    ) -> torch.Tensor:
+        assert ref_out is not None
+        return (1 - F.cosine_similarity(out, ref_out, dim=-1)).mean()
+
+    def batch_metric(
+        self, out: torch.Tensor, target: torch.Tensor, ref_out: torch.Tensor | None
+    ) -> tuple[float, int]:
+        assert ref_out is not None
+        cos = F.cosine_similarity(out, ref_out, dim=-1)
+        return float(cos.sum()), len(cos)
+
+    def check_output(self, out: torch.Tensor, num_classes: int, where: str) -> None:
+        if out.dim() != 2:
+            raise DataError(f"{where} outputs shape {tuple(out.shape)}, not (batch, dim)")
+
+
+CLASSIFICATION = Classification()
+EMBEDDING = Embedding()
+
+#: Tasks by name, for data that names its task (``DataBundle(task="embedding")``).
+TASKS: dict[str, Task] = {t.name: t for t in (CLASSIFICATION, EMBEDDING)}
+
+
+def get_task(task: Task | str) -> Task:
+    """A task object, or the task of that name; unknown names list the valid ones."""
+    if isinstance(task, Task):
+        return task
+    if task not in TASKS:
+        raise DataError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+    return TASKS[task]
