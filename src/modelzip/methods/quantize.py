@@ -13,6 +13,9 @@ With ``activations`` (static post-training quantization): the fake-quant model r
 ``calibration_batches`` of the validation split; an observer picks each layer's input range;
 optional bias correction removes the mean output error; then Linear and Conv2d layers are
 replaced by integer-kernel layers (``nn.quantized``) that the .mzip rebuilds as they are.
+A CPU feature decides how they run: with AVX-512 VNNI (or on qnnpack) the engine's int8 kernels,
+without it the exact fp32 reference (``nn.int8_runtime``), decided on each machine at run time;
+the stage notes' ``int8_kernels`` say which ran here and how far the engine is from the reference.
 Layers that cannot run int8 kernels keep fake-quant weights and float activations, and the
 stage notes say which and why.
 """
@@ -234,6 +237,7 @@ def static_activations(
         notes["layers"][name]["int8_kernel"] = True
     notes["chained"] = [f"{a}->{b}" for a, b in convert.chain_sequential(model)]
     notes["float_activations"] = skipped
+    notes["int8_kernels"] = convert.kernel_report(model, batches)
     return model
 
 

@@ -11,6 +11,11 @@ quantized input whose qparams match is used as it is (``modelzip.quant.convert``
 consecutive layers that way inside ``nn.Sequential``). The kernel accumulates in int32 and
 requantizes to (``out_scale``, ``out_zero_point``); ``out_float`` layers return fp32.
 
+Exactness on every CPU: ``modelzip.nn.int8_runtime`` decides in each process whether the engine's
+kernels are exact on this CPU (x86 with AVX-512 VNNI, or qnnpack); where they could saturate (x86
+without VNNI, e.g. AVX2-only AMD EPYC) the layers compute their fake-quant reference in fp32 on the
+dequantized codes instead: same results, no int8 speed-up. Nothing about that choice is stored.
+
 Kernel choice (measured on this project's CPU, 1 thread, LeNet-5 shapes): the ``x86`` engine
 (fbgemm + oneDNN; torch's default on x86) ran fc 800x500 at 0.81x (b1) and 0.35x (b256) the
 fp32 time and conv 20->50 5x5 at 0.33x / 0.15x; ``qnnpack`` was 3-4x slower than fp32 and
@@ -22,12 +27,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from modelzip.errors import FormatError
+from modelzip.nn import int8_runtime
 from modelzip.nn.specs import Buildable
 
 #: Largest weight (elements) a spec may ask for, as the container's per-tensor limit.
@@ -125,6 +132,30 @@ class _QuantBase(Buildable):
                 self._packed = (engine, self._prepack(), *qp)
         return self._packed[1:]
 
+    def reference_weight(self) -> torch.Tensor:
+        """The dequantized fp32 weight the reference path multiplies by (cached)."""
+        if self._packed is None or self._packed[0] != "reference":
+            self._packed = ("reference", self.dequantized_weight())
+        return cast(torch.Tensor, self._packed[1])
+
+    def _reference_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The real values of the layer's uint8 input codes, as the engine would see them."""
+        s, zp = float(self.in_scale), int(self.in_zero_point)
+        if x.is_quantized:
+            if x.q_scale() == s and x.q_zero_point() == zp:
+                return x.dequantize()
+            x = x.dequantize()
+        return torch.fake_quantize_per_tensor_affine(x.float(), s, zp, 0, 255)
+
+    def _reference_output(self, y: torch.Tensor) -> torch.Tensor:
+        """Round to the output grid as the engine's requantization does."""
+        s, zp = float(self.out_scale), int(self.out_zero_point)
+        if self.out_float:
+            return torch.fake_quantize_per_tensor_affine(y, s, zp, 0, 255)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_DEPRECATION, category=UserWarning)
+            return torch.quantize_per_tensor(y, s, zp, torch.quint8)
+
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
         self._packed = None  # rebuilt from the loaded buffers on first use
@@ -189,6 +220,9 @@ class QuantLinear(_QuantBase):
         return torch.ops.quantized.linear_prepack(self._qweight_tensor(), self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not int8_runtime.kernels().exact_engine:
+            w = self.reference_weight()
+            return self._reference_output(F.linear(self._reference_input(x), w, self.bias))
         packed, in_s, in_zp, out_s, out_zp = self.packed()
         y = torch.ops.quantized.linear(self._quantize_input(x, in_s, in_zp), packed, out_s, out_zp)
         return self._finish(y)
@@ -246,6 +280,10 @@ class QuantConv2d(_QuantBase):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not int8_runtime.kernels().exact_engine:
+            xd, w = self._reference_input(x), self.reference_weight()
+            y = F.conv2d(xd, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            return self._reference_output(y)
         packed, in_s, in_zp, out_s, out_zp = self.packed()
         y = torch.ops.quantized.conv2d(self._quantize_input(x, in_s, in_zp), packed, out_s, out_zp)
         return self._finish(y)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from modelzip.nn import int8_runtime
 from modelzip.nn.constraints import AffineQuant, constraints_of
 from modelzip.nn.quantized import QuantConv2d, QuantLinear, _QuantBase
 
@@ -128,3 +129,25 @@ def _passes_codes(m: nn.Module) -> bool:
     if parametrize.is_parametrized(m) or m._forward_hooks or m._forward_pre_hooks:
         return False
     return type(m) in PASS_THROUGH
+
+
+def kernel_report(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, object]:
+    """Which int8 kernels this CPU runs and how far they are from the exact reference.
+
+    The reference (fp32 on the dequantized codes) is what CPUs without VNNI run; measuring the
+    engine against it on the calibration batches gives the precision cost of either choice.
+    """
+    info: dict[str, object] = dict(int8_runtime.describe())
+    if not batches or not any(isinstance(m, _QuantBase) for m in model.modules()):
+        return info
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        with int8_runtime.use("reference"):
+            ref = torch.cat([model(x).float() for x in batches])
+        out = torch.cat([model(x).float() for x in batches])
+    model.train(was_training)
+    diff = (out - ref).abs()
+    info["max_abs_diff_vs_reference"] = float(f"{float(diff.max()):.4g}")
+    info["mean_abs_diff_vs_reference"] = float(f"{float(diff.mean()):.4g}")
+    return info

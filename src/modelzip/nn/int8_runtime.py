@@ -1,0 +1,148 @@
+"""Which int8 kernel is exact on the CPU running now (decided at run time, never stored).
+
+PyTorch's x86 quantized engine runs ``Linear`` on FBGEMM and ``Conv2d`` on oneDNN. Without
+VNNI both form each pair of uint8 x int8 products with ``vpmaddubsw``, which *saturates in 16
+bits*: two products of a full-range activation (up to 255) and a large weight (up to 127) reach
+64,770 > 32,767, so the int32 accumulator is silently wrong (measured here with the ISA capped to
+AVX2: errors of ~100 output steps on a layer with large activations and weights). With VNNI
+(``vpdpbusd``, AVX-512 VNNI; AMX on newer Xeons) the products accumulate straight into int32 and
+the kernels are exact.
+
+So every process decides, from the CPU it runs on:
+
+- ``engine``: the quantized engine's kernels, used when they cannot saturate: an x86 CPU with
+  AVX-512 VNNI (FBGEMM has no kernel for the 256-bit AVX-VNNI of some desktop CPUs, so those count
+  as without), or the ``qnnpack`` engine (ARM; it widens to 16 bits before multiplying).
+- ``reference``: everywhere else. The layer computes in fp32 on the dequantized integer codes
+  (input grid, weight grid, bias, then rounding to the output grid), which is the layer's
+  fake-quant reference by definition: no precision is lost, only the int8 speed-up.
+
+The library caps that people use to emulate an older CPU are honoured:
+``FBGEMM_ENABLE_INSTRUCTIONS`` (``AVX2``, ``AVX512``, ``AVX512_256`` select FBGEMM kernels
+without VNNI) and ``ONEDNN_MAX_CPU_ISA`` / ``DNNL_MAX_CPU_ISA``
+(``SSE41``, ``AVX``, ``AVX2``, ``AVX512_CORE`` and the like have no VNNI).
+``ATEN_CPU_CAPABILITY`` only changes ATen's vectorized element-wise kernels, not these GEMMs, so it
+plays no part. ``MODELZIP_INT8_KERNELS=engine|reference`` forces a choice (``auto`` by default), for
+example to show the saturation on purpose.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import platform
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+import torch
+
+#: FBGEMM ISA names (``FBGEMM_ENABLE_INSTRUCTIONS``) whose int8 kernels pair products in int16.
+_FBGEMM_NO_VNNI = {"AVX2", "AVX512", "AVX512_256"}
+#: oneDNN ISA caps with VNNI or better; any other recognised cap means no VNNI.
+_ONEDNN_VNNI = ("AVX512_CORE_VNNI", "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX")
+_ONEDNN_ANY = ("", "ALL", "DEFAULT")
+_CHOICES = ("auto", "engine", "reference")
+#: A scoped override (``use``), e.g. to measure the engine against the reference in one run.
+_OVERRIDE: ContextVar[str | None] = ContextVar("modelzip_int8_kernels", default=None)
+
+
+@dataclass(frozen=True)
+class Int8Kernels:
+    """The choice for this process: ``kernel`` is ``engine`` or ``reference``; ``why`` says why."""
+
+    kernel: str
+    why: str
+
+    @property
+    def exact_engine(self) -> bool:
+        """Whether the quantized engine's own kernels run (they are exact here)."""
+        return self.kernel == "engine"
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags the kernel reports (Linux ``/proc/cpuinfo``); empty elsewhere."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def is_x86() -> bool:
+    """Whether this is an x86 CPU (where the saturating instruction exists)."""
+    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+
+
+def _isa_cap() -> str | None:
+    """The first environment cap that removes VNNI from the kernels, as ``NAME=value``."""
+    fb = os.environ.get("FBGEMM_ENABLE_INSTRUCTIONS", "").strip().upper()
+    if fb in _FBGEMM_NO_VNNI:
+        return f"FBGEMM_ENABLE_INSTRUCTIONS={fb}"
+    for var in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        isa = os.environ.get(var, "").strip().upper()
+        if isa not in _ONEDNN_ANY and not isa.startswith(_ONEDNN_VNNI):
+            return f"{var}={isa}"
+    return None
+
+
+def decide(engine: str, flags: frozenset[str], x86: bool, cap: str | None) -> Int8Kernels:
+    """The pure rule: which kernels are exact for this engine, CPU flags and ISA cap."""
+    if engine == "qnnpack" or not x86:
+        return Int8Kernels("engine", f"{engine} engine on {platform.machine()}: no int16 pairing")
+    if cap is not None:
+        return Int8Kernels("reference", f"{cap} caps the kernels below VNNI (int16 pairs saturate)")
+    if "avx512_vnni" in flags:
+        return Int8Kernels("engine", "CPU has AVX-512 VNNI: int8 products accumulate in int32")
+    return Int8Kernels(
+        "reference",
+        "CPU has no AVX-512 VNNI: the engine's uint8 x int8 pairs saturate in int16, so layers "
+        "compute their exact fake-quant reference in fp32",
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _select(engine: str, forced: str) -> Int8Kernels:
+    if forced not in _CHOICES:
+        raise ValueError(f"MODELZIP_INT8_KERNELS={forced!r} is not one of {', '.join(_CHOICES)}")
+    if forced != "auto":
+        return Int8Kernels(forced, f"forced by MODELZIP_INT8_KERNELS={forced}")
+    return decide(engine, cpu_flags(), is_x86(), _isa_cap())
+
+
+def kernels() -> Int8Kernels:
+    """The int8 kernels for the current quantized engine on this CPU (cached per process)."""
+    scoped = _OVERRIDE.get()
+    if scoped is not None:
+        return Int8Kernels(scoped, "chosen for a measurement (int8_runtime.use)")
+    forced = os.environ.get("MODELZIP_INT8_KERNELS", "auto").strip().lower() or "auto"
+    return _select(torch.backends.quantized.engine, forced)
+
+
+@contextlib.contextmanager
+def use(kernel: str) -> Iterator[None]:
+    """Run the block with ``kernel`` (``engine`` or ``reference``), e.g. to compare the two."""
+    if kernel not in _CHOICES[1:]:
+        raise ValueError(f"kernel {kernel!r} is not one of {', '.join(_CHOICES[1:])}")
+    token = _OVERRIDE.set(kernel)
+    try:
+        yield
+    finally:
+        _OVERRIDE.reset(token)
+
+
+def describe() -> dict[str, str | bool]:
+    """What stage notes record about the choice on the machine that ran the stage."""
+    k = kernels()
+    flags = cpu_flags()
+    return {
+        "kernel": k.kernel,
+        "why": k.why,
+        "engine": torch.backends.quantized.engine,
+        "cpu_vnni": "avx512_vnni" in flags,
+        "decided": "at run time on each machine (the file stores no kernel choice)",
+    }
