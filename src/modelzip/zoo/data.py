@@ -1,5 +1,8 @@
 """Data sets: built-in ``digits`` and ``mnist5k``, and user files (.npz, .parquet, .csv).
 
+Text for sentence encoders: ``sentences`` (templates), ``english`` (real sentences from PyTorch's
+documentation, ``zoo.corpus``), ``FILE.txt`` or a ``.parquet`` with a ``text`` column.
+
 Every data set yields ``(x, y)`` batches of float32 inputs and int64 class labels, split into
 ``train`` (training, fine-tuning), ``val`` (anything that chooses: calibration, search) and
 ``test`` (every reported accuracy). In-memory sets are split stratified with a fixed seed;
@@ -22,7 +25,7 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 from modelzip.errors import DataError
 
 SPLITS = ("train", "val", "test")
-BUILTIN = ("digits", "mnist5k", "sentences")
+BUILTIN = ("digits", "mnist5k", "sentences", "english")
 #: Fractions of the whole set that go to val and test (the rest is train).
 VAL_FRACTION, TEST_FRACTION = 0.1, 0.2
 SPLIT_SEED = 0
@@ -91,14 +94,23 @@ def load_data(spec: str, *, batch_size: int = 64, seed: int = 0) -> DataBundle:
         from modelzip.zoo.text import load_sentences
 
         return load_sentences(batch_size=batch_size, seed=seed)
+    if spec == "english":
+        from modelzip.zoo.text import load_english
+
+        return load_english(batch_size=batch_size, seed=seed)
     path = Path(spec)
     suffix = path.suffix.lower()
-    if suffix not in (".npz", ".parquet", ".csv"):
+    if suffix not in (".npz", ".parquet", ".csv", ".txt"):
         raise DataError(
-            f"unknown data {spec!r}; valid: {', '.join(BUILTIN)}, or a .npz/.parquet/.csv file"
+            f"unknown data {spec!r}; valid: {', '.join(BUILTIN)}, or a .npz/.parquet/.csv file "
+            "or a .txt file of sentences"
         )
     if not path.is_file():
         raise DataError(f"data file not found: {spec}")
+    if suffix == ".txt" or (suffix == ".parquet" and _has_text_column(path)):
+        from modelzip.zoo.text import load_text_file
+
+        return load_text_file(path, batch_size=batch_size, seed=seed)
     if suffix == ".npz":
         return _from_npz(path, batch_size, seed)
     return _streamed(path, batch_size, seed)
@@ -302,6 +314,12 @@ def _streamed(path: Path, batch_size: int, seed: int) -> DataBundle:
         loaders=loaders,
         sizes={s: int((groups == i).sum()) for i, s in enumerate(SPLITS)},
     )
+
+
+def _has_text_column(path: Path) -> bool:
+    from modelzip.zoo.corpus import parquet_text_column
+
+    return parquet_text_column(path) is not None
 
 
 def _label_column(path: Path, names: list[str]) -> str:

@@ -10,11 +10,14 @@ the task compares a compressed model's embeddings with the original model's.
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from modelzip.errors import DataError
+from modelzip.zoo import corpus
 from modelzip.zoo.data import DataBundle, split_indices
 
 SUBJECTS = [
@@ -141,22 +144,52 @@ def tokenize(texts: list[str], tokenizer_dir: str | None = None) -> torch.Tensor
     return enc["input_ids"].to(torch.int64)
 
 
-def load_sentences(*, batch_size: int = 64, seed: int = 0) -> DataBundle:
-    """The ``sentences`` data set: fixed train/val/test split of token-id sequences."""
-    ids = tokenize(sentences())
-    idx = np.arange(len(ids))
-    parts = split_indices(np.zeros(len(ids), dtype=np.int64))
-    loaders = {}
-    for split, sel in parts.items():
-        ds = TensorDataset(ids[sel], torch.from_numpy(idx[sel]))
+def text_bundle(
+    name: str, splits: dict[str, list[str]], *, batch_size: int, seed: int
+) -> DataBundle:
+    """An embedding-task data set from sentences per split (token ids, labels = row index)."""
+    loaders, sizes, start = {}, {}, 0
+    for split in ("train", "val", "test"):
+        texts = splits[split]
+        ids = tokenize(texts) if texts else torch.zeros((0, MAX_TOKENS), dtype=torch.int64)
+        idx = torch.arange(start, start + len(texts))
+        start += len(texts)
+        ds = TensorDataset(ids, idx)
         shuffle = split == "train"
         gen = torch.Generator().manual_seed(seed) if shuffle else None
         loaders[split] = DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen)
+        sizes[split] = len(texts)
     return DataBundle(
-        name="sentences",
+        name=name,
         sample_shape=(MAX_TOKENS,),
         num_classes=0,
         loaders=loaders,
-        sizes={k: len(v) for k, v in parts.items()},
+        sizes=sizes,
         task="embedding",
     )
+
+
+def load_sentences(*, batch_size: int = 64, seed: int = 0) -> DataBundle:
+    """The ``sentences`` data set: fixed train/val/test split of template sentences."""
+    texts = sentences()
+    parts = split_indices(np.zeros(len(texts), dtype=np.int64))
+    splits = {k: [texts[i] for i in sel] for k, sel in parts.items()}
+    return text_bundle("sentences", splits, batch_size=batch_size, seed=seed)
+
+
+def load_english(*, batch_size: int = 64, seed: int = 0) -> DataBundle:
+    """The ``english`` data set: real sentences from PyTorch's documentation (``zoo.corpus``)."""
+    return text_bundle("english", corpus.english_splits(), batch_size=batch_size, seed=seed)
+
+
+def load_text_file(path: Path, *, batch_size: int = 64, seed: int = 0) -> DataBundle:
+    """A user's sentences: ``.txt`` (one per line) or ``.parquet`` with a text column."""
+    if path.suffix.lower() == ".parquet":
+        column = corpus.parquet_text_column(path)
+        if column is None:
+            raise DataError(f"{path}: no text column (name one {' or '.join(corpus.TEXT_COLUMNS)})")
+        lines = corpus.read_parquet_text(path, column)
+    else:
+        lines = corpus.read_lines(path)
+    splits = corpus.split_user_sentences(str(path), lines)
+    return text_bundle(path.name, splits, batch_size=batch_size, seed=seed)
