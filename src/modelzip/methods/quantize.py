@@ -9,6 +9,14 @@ fp32 time at batch 1 and 1.1-1.15x at batch 256 for 784x300 and 800x500 layers (
 the scale applied after the matmul). Layers whose activations are quantized too do keep only
 int8 codes in memory (``nn.quantized``), since their kernels consume the codes directly.
 
+Embedding tables are quantized the same way when a pattern selects them (the class name
+``Embedding`` selects every table; the default selection is Linear and Conv only):
+``granularity: channel`` gives one scale (and zero point) per token row, ``granularity: group``
+one per run of ``group_size`` values along the embedding dimension. The codes go through the
+packer's integer codecs and the loaded table is the dequantized values, bit for bit. Example
+(YAML): ``{method: quantize, bits: 4, scheme: asymmetric, layers: [Embedding, Linear],
+granularity: group, group_size: 64}``.
+
 With ``activations`` (static post-training quantization): the fake-quant model runs
 ``calibration_batches`` of the validation split; an observer picks each layer's input range;
 optional bias correction removes the mean output error; then Linear and Conv2d layers are
