@@ -132,7 +132,8 @@ def test_recipe_shape_from_the_issue_parses():
         ({"bitz": 8}, r"unknown field 'bitz'.*did you mean 'bits'"),
         (
             {"activations": {"bit": 8}},
-            r"unknown field 'activations.bit'.*'bits'.*valid fields: bits, observer, percentile$",
+            r"unknown field 'activations.bit'.*'bits'.*valid fields: bits, min_sqnr_db, mode, "
+            r"observer, percentile, smoothquant, static_margin_db$",
         ),
     ],
 )
