@@ -104,6 +104,13 @@ class DynQuantLinear(Buildable):
         x2 = x.reshape(-1, self.in_features).float()
         if not bool((self.smooth == 1).all()):
             x2 = x2 / self.smooth
+        if torch.onnx.is_in_onnx_export():
+            from modelzip.nn.onnx_int8 import DynLinearOnnx
+
+            b = self.bias if self.bias is not None else torch.zeros(self.out_features)
+            w_t = self.qweight.t().contiguous()
+            y = DynLinearOnnx.apply(x2, w_t, self.w_scale, b)
+            return y.reshape(*shape[:-1], self.out_features)
         codes, s_row = quantize_rows(x2)
         kernel = int8_runtime.matmul_kernel()
         acc = int8_runtime.int8_mm(codes, self._packed_weight(kernel), kernel)
