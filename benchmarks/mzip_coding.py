@@ -33,8 +33,9 @@ import zstandard
 from torch import nn
 
 import modelzip as mz
-from modelzip import api, pipeline
-from modelzip.codec import container
+from modelzip import api, mzip, pipeline
+from modelzip.codec import format as fmt
+from modelzip.codec import pack as packing
 from modelzip.codec import zstd as zstd_codecs
 from modelzip.codec.inspect import inspect_bytes
 from modelzip.context import Context
@@ -73,15 +74,15 @@ def best_ms(fn, repeat: int = 5) -> float:
 def pack(model: nn.Module, label: str, info: dict | None = None) -> bytes:
     choice = CODERS[label]
     if choice is None:
-        return container.to_bytes(model, info=info)
-    before = [getattr(model, a, None) for a in (container.CODER_ATTR, container.BUDGET_ATTR)]
-    setattr(model, container.CODER_ATTR, choice[0])
-    setattr(model, container.BUDGET_ATTR, choice[1])
+        return mzip.to_bytes(model, info=info)
+    before = [getattr(model, a, None) for a in (packing.CODER_ATTR, packing.BUDGET_ATTR)]
+    setattr(model, packing.CODER_ATTR, choice[0])
+    setattr(model, packing.BUDGET_ATTR, choice[1])
     try:
-        return container.to_bytes(model, info=info)
+        return mzip.to_bytes(model, info=info)
     finally:
-        setattr(model, container.CODER_ATTR, before[0])
-        setattr(model, container.BUDGET_ATTR, before[1])
+        setattr(model, packing.CODER_ATTR, before[0])
+        setattr(model, packing.BUDGET_ATTR, before[1])
 
 
 # ------------------------------------------------------------------------ 1. deep compression
@@ -96,13 +97,13 @@ def deep_compression(seed: int, data) -> dict:
     model, _ = pipeline.run(model, recipe, ctx)
     info = {"recipe": api.recipe_record(recipe), "data": data.name, "seed": seed}  # as compress
     blobs = {label: pack(model, label, info) for label in CODERS}
-    deployed, _ = container.from_bytes(blobs["recipe"])
+    deployed, _ = mzip.from_bytes(blobs["recipe"])
     for label in CODERS:  # every coder decodes to the same weights
-        other, _ = container.from_bytes(blobs[label])
+        other, _ = mzip.from_bytes(blobs[label])
         for a, b in zip(deployed.state_dict().values(), other.state_dict().values(), strict=True):
             assert torch.equal(a, b)
     sizes = {c: len(b) for c, b in blobs.items()}
-    load_ms = {c: best_ms(lambda b=b: container.from_bytes(b)) for c, b in blobs.items()}
+    load_ms = {c: best_ms(lambda b=b: mzip.from_bytes(b)) for c, b in blobs.items()}
     sizes["zstd(raw codes)"] = len(zstandard.ZstdCompressor(level=19).compress(blobs["raw"]))
     sizes["lzma(raw codes)"] = len(lzma.compress(blobs["raw"], preset=9 | lzma.PRESET_EXTREME))
     return {
@@ -205,7 +206,7 @@ def entropy_share_ms(header: dict, parts: dict, file_bytes: int) -> float:
         best = math.inf
         for _ in range(5):
             spent.clear()
-            container.decode_state(header, parts, file_bytes=file_bytes)
+            packing.decode_state(header, parts, file_bytes=file_bytes)
             best = min(best, sum(spent))
     finally:
         zstd_codecs.decompress = original
@@ -233,22 +234,22 @@ def minilm_throughput() -> dict:
     out: dict = {"params": n_weights, "clustered": clustered, "bytes": len(blob)}
     out["ans_bytes"] = len(ans_blob)
     out["t_cluster"], out["t_enc"] = t_cluster, t_enc
-    header, parts = container.read_header(blob)
-    ans_header, ans_parts = container.read_header(ans_blob)
-    out["decode_ms"] = best_ms(lambda: container.decode_state(header, parts, file_bytes=len(blob)))
+    header, parts = fmt.read_header(blob)
+    ans_header, ans_parts = fmt.read_header(ans_blob)
+    out["decode_ms"] = best_ms(lambda: packing.decode_state(header, parts, file_bytes=len(blob)))
     out["entropy_ms"] = entropy_share_ms(header, parts, len(blob))
     out["ans_decode_ms"] = best_ms(
-        lambda: container.decode_state(ans_header, ans_parts, file_bytes=len(ans_blob)), 2
+        lambda: packing.decode_state(ans_header, ans_parts, file_bytes=len(ans_blob)), 2
     )
     out["build_ms"] = best_ms(lambda: source.build(empty=True))
-    loaded, _ = container.from_bytes(blob)
+    loaded, _ = mzip.from_bytes(blob)
     want = {k: v.detach() for k, v in effective_weights(model).items()}
     for k, v in effective_weights(loaded).items():  # bit-exact against the clustered model
         assert torch.equal(v, want[k]), k
     state = {k: v.clone() for k, v in loaded.state_dict().items()}
     with tempfile.TemporaryDirectory(dir=Path(__file__).parent) as d:
         path, pt = Path(d) / "minilm.mzip", Path(d) / "minilm.pt"
-        container.write_atomic(path, blob)
+        fmt.write_atomic(path, blob)
         torch.save(state, pt)
         out["fp32_bytes"] = pt.stat().st_size
 
@@ -257,7 +258,7 @@ def minilm_throughput() -> dict:
             m.load_state_dict(torch.load(pt, weights_only=True), assign=True)
 
         def mzip_load() -> None:
-            container.load(path)
+            mzip.load(path)
 
         out["read_warm_ms"] = best_ms(path.read_bytes)
         out["fp32_torch_load_ms"] = best_ms(lambda: torch.load(pt, weights_only=True))

@@ -78,9 +78,9 @@ def test_user_factory_with_weights(capsys, tmp_path, recipe):
         "def build():\n"
         "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))\n"
     )
-    from modelzip.source import ModelSource
+    from modelzip.factory import call_factory
 
-    model = ModelSource("factory", f"{src}:build").build()
+    model = call_factory(f"{src}:build")
     torch.save(model.state_dict(), tmp_path / "w.pt")
     out = tmp_path / "u.mzip"
     code, stdout, err = run(
@@ -98,8 +98,18 @@ def test_user_factory_with_weights(capsys, tmp_path, recipe):
         "--json",
     )
     assert code == 0, err
-    code, stdout, _ = run(capsys, "evaluate", str(out), "--data", "digits", "--json")
-    assert code == 0 and json.loads(stdout)["params"] == 64 * 32 + 32 + 32 * 10 + 10
+    compressed = json.loads(stdout)["compressed"]
+    # The file names no code to run: without the architecture it says what to pass ...
+    code, _, err = run(capsys, "evaluate", str(out), "--data", "digits", "--json")
+    assert code == 2 and "--model FILE.py:FACTORY" in err and "net.py:build" in err
+    # ... and with the user's factory it reports what compress measured.
+    code, stdout, err = run(
+        capsys, "evaluate", str(out), "--model", f"{src}:build", "--data", "digits", "--json"
+    )
+    assert code == 0, err
+    got = json.loads(stdout)
+    assert got["params"] == 64 * 32 + 32 + 32 * 10 + 10
+    assert got["accuracy"] == compressed["accuracy"] and got["bytes"] == compressed["bytes"]
 
 
 @pytest.mark.parametrize(

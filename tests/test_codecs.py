@@ -183,7 +183,8 @@ def test_zstd_gathers_table_values_while_decoding(bits: int) -> None:
 
 
 def test_codebook_models_load_through_the_gather_path() -> None:
-    from modelzip.codec import container
+    from modelzip import mzip
+    from modelzip.codec import format as fmt
     from modelzip.nn.codebook import Codebook
     from modelzip.nn.constraints import constrain
 
@@ -193,10 +194,10 @@ def test_codebook_models_load_through_the_gather_path() -> None:
     p = np.exp(-0.5 * ((np.arange(16) - 7.5) / 3) ** 2)  # bell-shaped, like real k-means codes
     idx = torch.from_numpy(rng.choice(16, w.shape, p=p / p.sum()).astype(np.uint8))
     constrain(model.fc1, "weight", Codebook(idx, torch.randn(16)))
-    blob = container.to_bytes(model)
-    header, _ = container.read_header(blob)
+    blob = mzip.to_bytes(model)
+    header, _ = fmt.read_header(blob)
     assert header["tensors"]["fc1.weight"]["fields"]["indices"]["codec"] == "zstd"
-    back, _ = container.from_bytes(blob)
+    back, _ = mzip.from_bytes(blob)
     assert torch.equal(back.fc1.weight, model.fc1.weight)
 
 

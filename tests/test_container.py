@@ -11,7 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import modelzip as mz
-from modelzip.codec import container
+from modelzip import mzip
+from modelzip.codec import format as fmt
+from modelzip.codec import pack
 from modelzip.codec.bits import Reader, varint
 from modelzip.codec.inspect import inspect_bytes
 from modelzip.context import Context
@@ -33,9 +35,9 @@ def _compressed(lenet300):
 def test_round_trip_is_bit_exact(lenet300, digits, tmp_path):
     model = _compressed(lenet300)
     path = tmp_path / "m.mzip"
-    size = container.save(model, path)
+    size = mzip.save(model, path)
     assert size == path.stat().st_size
-    loaded, header = container.load(path)
+    loaded, header = mzip.load(path)
     with torch.no_grad():
         for name in ("fc1.weight", "fc2.weight", "fc3.weight", "fc1.bias"):
             mod, attr = name.split(".")
@@ -50,9 +52,9 @@ def test_round_trip_is_bit_exact(lenet300, digits, tmp_path):
 
 def test_stored_codes_are_integers_on_the_grid(lenet300):
     model = _compressed(lenet300)
-    blob = container.to_bytes(model)
-    header, parts = container.read_header(blob)
-    fields = container.decode_fields(header, parts, 1 << 24)
+    blob = mzip.to_bytes(model)
+    header, parts = fmt.read_header(blob)
+    fields = pack.decode_fields(header, parts, 1 << 24)
     q = fields["fc1.weight"]["qdata"]
     assert q.dtype == torch.int8 and q.abs().max() <= 127
     assert (q[~(lenet300.fc1.parametrizations.weight[0].mask)] == 0).all()
@@ -63,14 +65,14 @@ def test_stored_codes_are_integers_on_the_grid(lenet300):
 
 
 def test_truncated_and_corrupted_files_fail_clearly(lenet300, tmp_path):
-    data = container.to_bytes(_compressed(lenet300))
+    data = mzip.to_bytes(_compressed(lenet300))
     for bad in (data[:7], data[:100], data[: len(data) // 2], b"", b"\x00" * 64):
         with pytest.raises(FormatError):
-            container.from_bytes(bad)
+            mzip.from_bytes(bad)
     flipped = bytearray(data)
     flipped[-10] ^= 0xFF  # inside the last payload
     with pytest.raises(FormatError, match="checksum"):
-        container.from_bytes(bytes(flipped))
+        mzip.from_bytes(bytes(flipped))
 
 
 def test_wrong_version_and_foreign_safetensors(lenet300):
@@ -78,24 +80,24 @@ def test_wrong_version_and_foreign_safetensors(lenet300):
 
     foreign = save({"w": torch.zeros(3)}, metadata={"x": "y"})
     with pytest.raises(FormatError, match="not a .mzip"):
-        container.from_bytes(foreign)
-    data = container.to_bytes(lenet300)
+        mzip.from_bytes(foreign)
+    data = mzip.to_bytes(lenet300)
     newer = data[:4] + bytes([9]) + data[5:]
     with pytest.raises(FormatError, match="version 9"):
-        container.from_bytes(newer)
+        mzip.from_bytes(newer)
 
 
 def test_write_is_atomic_when_interrupted(lenet300, tmp_path, monkeypatch):
     path = tmp_path / "m.mzip"
-    container.save(lenet300, path)
+    mzip.save(lenet300, path)
     before = path.read_bytes()
 
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(container.os, "fsync", boom)
+    monkeypatch.setattr(fmt.os, "fsync", boom)
     with pytest.raises(KeyboardInterrupt):
-        container.save(_compressed(lenet300), path)
+        mzip.save(_compressed(lenet300), path)
     assert path.read_bytes() == before  # old file intact
     assert [p.name for p in tmp_path.iterdir()] == ["m.mzip"]  # no temp left behind
 
@@ -125,41 +127,39 @@ def packed():
         }
     )
     model, _ = run(model, recipe, Context(data=data, trainer=Trainer(progress=False)))
-    return model, container.to_bytes(model, info={"note": "test"})
+    return model, mzip.to_bytes(model, info={"note": "test"})
 
 
 def _split(blob: bytes):
     """(json header, [(payload bytes)]) of a valid file."""
-    _, _, _, head_len, _ = container.FIXED.unpack_from(blob)
-    r = Reader(blob[container.FIXED.size :])
+    _, _, _, head_len, _ = fmt.FIXED.unpack_from(blob)
+    r = Reader(blob[fmt.FIXED.size :])
     head = bytes(r.take(head_len))
     count = r.varint()
     lengths = []
     for _ in range(count):
         lengths.append(r.varint())
         r.take(4)
-    d = zlib.decompressobj(-15, zdict=container.ZDICT)
+    d = zlib.decompressobj(-15, zdict=fmt.ZDICT)
     obj = json.loads(d.decompress(head))
     payloads = [bytes(r.take(n)) for n in lengths]
     return obj, payloads
 
 
-def _join(obj, payloads, version=container.VERSION) -> bytes:
+def _join(obj, payloads, version=fmt.VERSION) -> bytes:
     """A file with valid checksums around (possibly hostile) content."""
-    c = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zdict=container.ZDICT)
+    c = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zdict=fmt.ZDICT)
     head = c.compress(json.dumps(obj, separators=(",", ":")).encode()) + c.flush()
     table = varint(len(payloads)) + b"".join(
-        varint(len(p)) + struct.pack("<I", container.crc32(p)) for p in payloads
+        varint(len(p)) + struct.pack("<I", fmt.crc32(p)) for p in payloads
     )
-    fixed = container.FIXED.pack(
-        container.MAGIC, version, 0, len(head), container.crc32(head + table)
-    )
+    fixed = fmt.FIXED.pack(fmt.MAGIC, version, 0, len(head), fmt.crc32(head + table))
     return fixed + head + table + b"".join(payloads)
 
 
 def test_roundtrip_is_bit_exact(packed) -> None:
     model, blob = packed
-    back, header = container.from_bytes(blob)
+    back, header = mzip.from_bytes(blob)
     want, got = effective_weights(model), effective_weights(back)
     assert want.keys() == got.keys()
     for k in want:
@@ -182,7 +182,7 @@ def test_truncated_file(packed) -> None:
     _, blob = packed
     for cut in (0, 3, 13, 20, len(blob) // 2, len(blob) - 1):
         with pytest.raises(FormatError):
-            container.from_bytes(blob[:cut])
+            mzip.from_bytes(blob[:cut])
 
 
 def test_flipped_bytes_are_detected(packed) -> None:
@@ -191,16 +191,16 @@ def test_flipped_bytes_are_detected(packed) -> None:
         bad = bytearray(blob)
         bad[pos] ^= 0x40
         with pytest.raises(FormatError):
-            container.from_bytes(bytes(bad))
+            mzip.from_bytes(bytes(bad))
 
 
 def test_wrong_version_and_magic(packed) -> None:
     _, blob = packed
     obj, payloads = _split(blob)
     with pytest.raises(FormatError, match="version 3"):
-        container.from_bytes(_join(obj, payloads, version=3))
+        mzip.from_bytes(_join(obj, payloads, version=3))
     with pytest.raises(FormatError, match="magic"):
-        container.from_bytes(b"PK\x03\x04" + blob[4:])
+        mzip.from_bytes(b"PK\x03\x04" + blob[4:])
 
 
 @pytest.mark.parametrize("shape", [[10**12], [2**30, 2**30], [-1, 3], [1] * 20, "big", [2**20, 64]])
@@ -210,7 +210,7 @@ def test_absurd_shapes_are_refused_without_allocating(packed, shape) -> None:
     rec = next(r for r in obj["t"] if r[0] == "fc1.weight")
     rec[3][0][3] = shape
     with pytest.raises(FormatError):
-        container.from_bytes(_join(obj, payloads))
+        mzip.from_bytes(_join(obj, payloads))
 
 
 def test_absurd_lengths_and_architecture(packed) -> None:
@@ -219,25 +219,25 @@ def test_absurd_lengths_and_architecture(packed) -> None:
     # a payload table that claims more bytes than the file has
     bad = bytearray(_join(obj, payloads))
     with pytest.raises(FormatError):
-        container.from_bytes(bytes(bad[:-5]))
+        mzip.from_bytes(bytes(bad[:-5]))
     obj2, _ = _split(blob)
     obj2["arch"]["fc1"] = {
         "type": "Linear",
         "args": {"in_features": 10**9, "out_features": 300, "bias": True},
     }
     with pytest.raises(FormatError, match="too large"):
-        container.from_bytes(_join(obj2, payloads))
+        mzip.from_bytes(_join(obj2, payloads))
     obj4, _ = _split(blob)
     obj4["source"]["kwargs"]["in_shape"] = [10**6, 10**6]
     with pytest.raises(FormatError, match="too large"):
-        container.from_bytes(_join(obj4, payloads))
+        mzip.from_bytes(_join(obj4, payloads))
     obj4["source"] = {"kind": "zoo", "ref": "no-such-model", "kwargs": {}}
     with pytest.raises(FormatError, match="cannot build"):
-        container.from_bytes(_join(obj4, payloads))
+        mzip.from_bytes(_join(obj4, payloads))
     obj3, _ = _split(blob)
     obj3["t"][0][3][0][1] = "zip-bomb"
     with pytest.raises(FormatError, match="unknown codec"):
-        container.from_bytes(_join(obj3, payloads))
+        mzip.from_bytes(_join(obj3, payloads))
 
 
 def test_codebook_index_out_of_range(packed) -> None:
@@ -252,7 +252,7 @@ def test_codebook_index_out_of_range(packed) -> None:
     payloads[i] = get_codec("raw").encode(torch.tensor([0.5, -0.5]))
     rec[3][1][1:] = ["raw", "f32", [2]]
     with pytest.raises(FormatError, match="index out of range"):
-        container.from_bytes(_join(obj, payloads))
+        mzip.from_bytes(_join(obj, payloads))
 
 
 @settings(
@@ -285,7 +285,7 @@ def test_fuzz_decoder_never_crashes(packed, data) -> None:
         )
         candidate = _join(obj, payloads)
     with contextlib.suppress(FormatError):
-        container.from_bytes(candidate)
+        mzip.from_bytes(candidate)
 
 
 def test_cli_inspect_json(packed, tmp_path) -> None:
@@ -295,7 +295,7 @@ def test_cli_inspect_json(packed, tmp_path) -> None:
 
     _, blob = packed
     path = tmp_path / "m.mzip"
-    container.write_atomic(path, blob)
+    fmt.write_atomic(path, blob)
     res = CliRunner().invoke(app, ["inspect", str(path), "--json"])
     assert res.exit_code == 0, res.output
     info = json.loads(res.stdout)
@@ -316,7 +316,7 @@ def test_pruned_weights_are_positive_zeros_and_coded_sparse(lenet300):
     constrain(lenet300.fc1, "weight", Mask(w.abs() > w.abs().quantile(0.9)))
     pruned = lenet300.fc1.weight.detach()
     assert not torch.signbit(pruned[pruned == 0]).any()  # no -0.0 from negative weights
-    info = inspect_bytes(container.to_bytes(lenet300))
+    info = inspect_bytes(mzip.to_bytes(lenet300))
     fc1 = next(t for t in info["tensors"] if t["name"] == "fc1.weight")
     # 10% of 19,200 fp32 values + an index: far below the 76,800 raw bytes
     assert fc1["bytes"] < 0.15 * w.numel() * 4
@@ -345,14 +345,15 @@ def make(n=10):
 
 
 def test_loading_skips_init_keeps_ties_and_derived_buffers(tmp_path) -> None:
-    """The loader builds parameters on the meta device and assigns the decoded tensors: the
-    result has real values everywhere, tied weights stay one object, and buffers that no
-    state_dict holds keep what the constructor computed."""
+    """The loader assigns the decoded tensors into the caller's architecture: the result has
+    real values everywhere, tied weights stay one object, and buffers that no state_dict
+    holds keep what the constructor computed."""
     (tmp_path / "tied.py").write_text(TIED_FACTORY)
-    model = mz.load_model(f"{tmp_path / 'tied.py'}:make")
+    spec = f"{tmp_path / 'tied.py'}:make"
+    model = mz.load_model(spec)
     with torch.no_grad():
         model.emb.weight.copy_(torch.arange(40, dtype=torch.float32).reshape(10, 4) / 8)
-    back, _ = container.from_bytes(container.to_bytes(model))
+    back, _ = mzip.from_bytes(mzip.to_bytes(model), model=lambda: mz.load_model(spec))
     assert not any(p.is_meta for p in back.parameters())
     assert back.head.weight is back.emb.weight
     assert torch.equal(back.emb.weight, model.emb.weight)
@@ -372,9 +373,9 @@ def test_threaded_decode_is_identical_and_reports_errors(packed) -> None:
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        back, _ = container.from_bytes(blob)
+        back, _ = mzip.from_bytes(blob)
         with pytest.raises(FormatError, match="fc3.weight/codebook"):
-            container.from_bytes(bad)
+            mzip.from_bytes(bad)
     finally:
         torch.set_num_threads(before)
     want, got = effective_weights(model), effective_weights(back)
@@ -419,8 +420,9 @@ def test_models_whose_constructor_reads_parameters_still_load(tmp_path, how) -> 
         )
         assert "self.wmax = " in text
     (tmp_path / "derived.py").write_text(text)
-    model = mz.load_model(f"{tmp_path / 'derived.py'}:make")
-    back, _ = container.from_bytes(container.to_bytes(model))
+    spec = f"{tmp_path / 'derived.py'}:make"
+    model = mz.load_model(spec)
+    back, _ = mzip.from_bytes(mzip.to_bytes(model), model=mz.load_model(spec))
     assert not any(t.is_meta for t in [*back.parameters(), *back.buffers()])
     assert torch.equal(back.lin.weight, model.lin.weight)
     assert back(torch.ones(2, 4)).shape == (2, 3)
@@ -475,8 +477,9 @@ def make():
 
 def test_shared_parameters_and_buffers_stay_shared(tmp_path) -> None:
     (tmp_path / "shared.py").write_text(SHARED_FACTORY)
-    model = mz.load_model(f"{tmp_path / 'shared.py'}:make")
-    back, _ = container.from_bytes(container.to_bytes(model))
+    spec = f"{tmp_path / 'shared.py'}:make"
+    model = mz.load_model(spec)
+    back, _ = mzip.from_bytes(mzip.to_bytes(model), model=lambda: mz.load_model(spec))
     assert back.a.weight is back.b.weight and back.a.table is back.b.table
     assert len(list(back.parameters())) == len(list(model.parameters()))
     x = torch.ones(2, 3)
@@ -486,7 +489,7 @@ def test_shared_parameters_and_buffers_stay_shared(tmp_path) -> None:
 def test_stored_dtypes_are_cast_to_the_architecture(lenet300) -> None:
     """A file that declares another dtype than the layer's loads as the layer's dtype (as
     copying into the built model would), so kernels never see a foreign dtype."""
-    obj, payloads = _split(container.to_bytes(lenet300))
+    obj, payloads = _split(mzip.to_bytes(lenet300))
     names = [f"{r[0]}/{f[0]}" for r in obj["t"] for f in r[3]]
     i = names.index("fc3.bias/values")
     rec = next(r for r in obj["t"] if r[0] == "fc3.bias")
@@ -494,6 +497,6 @@ def test_stored_dtypes_are_cast_to_the_architecture(lenet300) -> None:
 
     payloads[i] = get_codec("raw").encode(lenet300.fc3.bias.detach().double())
     rec[3][0][1:3] = ["raw", "f64"]
-    back, _ = container.from_bytes(_join(obj, payloads))
+    back, _ = mzip.from_bytes(_join(obj, payloads))
     assert back.fc3.bias.dtype == torch.float32
     assert torch.equal(back.fc3.bias, lenet300.fc3.bias)

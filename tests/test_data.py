@@ -62,3 +62,99 @@ def test_table_without_label_column(tmp_path):
     path.write_text("a,b\n1,2\n3,4\n")
     with pytest.raises(DataError, match="no label column"):
         load_data(str(path))
+
+
+# ----------------------------------------------------------------- bad data is refused (#10)
+
+
+def _table(fmt: str, path, rows: int = 60, *, nan_at=None, labels=None, float_labels=False):
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.random((rows, 3)), columns=["a", "b", "c"])
+    if nan_at is not None:
+        df.iloc[nan_at[0], nan_at[1]] = nan_at[2]
+    y = rng.integers(0, 3, rows) if labels is None else np.asarray(labels)
+    df["label"] = y.astype(np.float64) if float_labels else y
+    df.to_csv(path, index=False) if fmt == "csv" else df.to_parquet(path)
+    return path
+
+
+def _npz(path, x, y):
+    np.savez(path, x=x, y=y)
+    return path
+
+
+def _bad_files(tmp_path):
+    """(file, fragment of the one-line error) for each bad-data case and reader."""
+    rng = np.random.default_rng(0)
+    x = rng.random((60, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 60)
+    x_nan = x.copy()
+    x_nan[7, 2] = np.nan
+    x_nan[9, 0] = np.inf
+    y_neg = y.copy()
+    y_neg[5] = -1
+    cases = [
+        (_npz(tmp_path / "empty.npz", x[:0], y[:0]), "no rows"),
+        (
+            _npz(tmp_path / "nan.npz", x_nan, y),
+            "2 non-finite value(s) (NaN/inf); first nan at x[7, 2]",
+        ),
+        (_npz(tmp_path / "neg.npz", x, y_neg), "1 negative label(s); first -1 at row 5"),
+        (_npz(tmp_path / "floaty.npz", x, y.astype(np.float32)), "float type"),
+    ]
+    for fmt in ("csv", "parquet"):
+        t = tmp_path
+        cases += [
+            (_table(fmt, t / f"empty.{fmt}", rows=0), "no rows"),
+            (
+                _table(fmt, t / f"nan.{fmt}", nan_at=(41, 1, np.nan)),
+                "column 'b' has 1 missing value(s) (empty, NA or NaN) in rows 0..59; first at row 41",  # noqa: E501
+            ),
+            (
+                _table(fmt, t / f"inf.{fmt}", nan_at=(3, 0, -np.inf)),
+                "first -inf at row 3, column 'a'",
+            ),
+            (_table(fmt, t / f"neg.{fmt}", labels=[0, 1, -2] * 20), "first -2 at row 2"),
+            (_table(fmt, t / f"floaty.{fmt}", float_labels=True), "float type"),
+        ]
+    return cases
+
+
+def test_bad_data_is_refused_with_a_one_line_data_error(tmp_path):
+    for path, fragment in _bad_files(tmp_path):
+        with pytest.raises(DataError) as exc:
+            load_data(str(path))
+        msg = str(exc.value)
+        assert msg.startswith(str(path)) and fragment in msg and "\n" not in msg, (path, msg)
+
+
+def test_bad_data_on_the_command_line_exits_2_and_writes_nothing(tmp_path, capsys):
+    from modelzip.cli import main
+
+    for path, fragment in _bad_files(tmp_path):
+        out = tmp_path / "out.mzip"
+        code = main(
+            ["compress", "zoo:lenet300", "--data", str(path), "--recipe", "quick", "-o", str(out)]
+        )
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, (path, err)
+        assert str(path) in err and fragment in err, (path, err)
+        assert not out.exists()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_streamed_batches_are_checked_too(tmp_path, fmt):
+    path = _table(fmt, tmp_path / f"t.{fmt}", rows=300)
+    data = load_data(str(path), batch_size=16)
+    assert sum(len(y) for _, y in data.train) == data.sizes["train"]
+    # The file changes on disk after it was checked: the next pass refuses it mid-stream.
+    _table(fmt, path, rows=300, nan_at=(250, 2, np.inf))
+    with pytest.raises(DataError, match="first inf at row 250, column 'c'"):
+        for _ in data.train:
+            pass
+    _table(fmt, path, rows=300, labels=[0, 1, 2, 7] * 75)  # class 7 of a 3-class set
+    with pytest.raises(DataError, match=r"outside 0\.\.2; first 7 at row 3"):
+        for _ in data.test:
+            pass

@@ -15,6 +15,7 @@ import modelzip as mz
 from modelzip.cli import main
 from modelzip.context import Context
 from modelzip.errors import ConfigError, ModelError
+from modelzip.factory import call_factory
 from modelzip.methods.distill import DistillConfig, distill
 from modelzip.nn.lowrank import LowRankLinear
 from modelzip.ops.distill import kd_loss
@@ -355,7 +356,7 @@ def test_named_teachers_from_mzip_and_from_a_factory_with_weights(digits, teache
     # ... and from FILE.py:FACTORY with a state_dict, which must be the weights it uses.
     (tmp_path / "net.py").write_text(FACTORY)
     torch.manual_seed(0)
-    trained = ModelSource("factory", f"{tmp_path / 'net.py'}:build", {}).build()
+    trained = call_factory(f"{tmp_path / 'net.py'}:build")
     Trainer(progress=False).fit(trained, digits.train, epochs=3, lr=3e-3)
     torch.save(trained.state_dict(), tmp_path / "w.pt")
     spec = {"teacher": f"{tmp_path / 'net.py'}:build", "teacher_weights": str(tmp_path / "w.pt")}

@@ -5,7 +5,8 @@ import math
 import torch
 
 import modelzip as mz
-from modelzip.codec import container
+from modelzip import mzip
+from modelzip.codec import format as fmt
 from modelzip.codec.codecs import Option, choose
 from modelzip.context import Context
 from modelzip.recipe import Recipe, builtin_recipes
@@ -37,10 +38,10 @@ def test_coders_change_bytes_not_weights() -> None:
     for label, cfg in choices.items():
         enc = get_method("encode")
         model = enc.apply(model, enc.config.parse(cfg), ctx)
-        blob = container.to_bytes(model)
+        blob = mzip.to_bytes(model)
         sizes[label] = len(blob)
-        states[label] = container.from_bytes(blob)[0].state_dict()
-        header, _ = container.read_header(blob)
+        states[label] = mzip.from_bytes(blob)[0].state_dict()
+        header, _ = fmt.read_header(blob)
         codecs[label] = {
             f["codec"] for t in header["tensors"].values() for f in t["fields"].values()
         }
@@ -75,8 +76,8 @@ def test_round_floats_is_explicit_and_stored_in_16_bits() -> None:
     enc = get_method("encode")
     model = enc.apply(model, enc.config.parse({"round_floats": "fp16"}), ctx)
     n = model.fc1.weight.numel()
-    _, parts = container.read_header(container.to_bytes(model))
+    _, parts = fmt.read_header(mzip.to_bytes(model))
     assert len(parts["fc1.weight/values"]) <= 2 * n  # 16 bits or fewer per value
     plain = mz.load_model("zoo:lenet300", data=data)
-    _, parts = container.read_header(container.to_bytes(plain))
+    _, parts = fmt.read_header(mzip.to_bytes(plain))
     assert len(parts["fc1.weight/values"]) > 3 * n  # fp32 weights: no silent rounding

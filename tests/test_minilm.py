@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from modelzip import api
-from modelzip.codec import container
+from modelzip import api, mzip
 from modelzip.recipe import Recipe
 
 
@@ -57,7 +56,7 @@ def test_quantized_minilm_keeps_embeddings_and_round_trips(sentences, tmp_path):
     assert result["compressed"]["bytes"] < result["baseline"]["bytes"]
     again = api.evaluate(str(tmp_path / "m.mzip"), sentences, measure_latency=False)
     assert again["cosine_mean"] == pytest.approx(result["compressed"]["cosine_mean"], abs=1e-6)
-    loaded, _ = container.load(tmp_path / "m.mzip")
+    loaded, _ = mzip.load(tmp_path / "m.mzip")
     x = sentences.example(4)
     with torch.no_grad():
         assert torch.equal(loaded(x), result["model"](x))

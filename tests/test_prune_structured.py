@@ -11,9 +11,9 @@ from torch import nn
 
 import modelzip as mz
 from modelzip.errors import UnsupportedError
+from modelzip.factory import call_factory
 from modelzip.graph import channel_groups
 from modelzip.methods.prune import PruneConfig, prune
-from modelzip.source import ModelSource
 
 RESNETS = Path(__file__).parent / "prune_models.py"
 
@@ -77,7 +77,7 @@ def test_channel_pruning_after_masks_slices_the_masks(digits):
 
 
 def _resnet(kind: str) -> nn.Module:
-    return ModelSource("factory", f"{RESNETS}:{kind}", {}).build().eval()
+    return call_factory(f"{RESNETS}:{kind}").eval()
 
 
 def test_residual_add_couples_channels_and_stays_exact(digits, tmp_path):
@@ -97,7 +97,7 @@ def test_residual_add_couples_channels_and_stays_exact(digits, tmp_path):
     assert ["stem", "conv_b"] in ctx.notes["coupled"] or ["conv_b", "stem"] in ctx.notes["coupled"]
     assert model(x).shape == ref.shape
     mz.save(model, tmp_path / "res.mzip")
-    loaded = mz.load(tmp_path / "res.mzip")
+    loaded = mz.load(tmp_path / "res.mzip", model=_resnet("residual"))
     assert torch.equal(loaded(x), model(x))
 
 
@@ -180,7 +180,8 @@ def test_resnet_with_downsample_couples_each_stage(digits, tmp_path):
     assert all(v == 0.5 for v in ctx.notes["layer_sparsity"].values())
     x = digits.example(8)
     mz.save(model, tmp_path / "resnet.mzip")
-    assert torch.equal(mz.load(tmp_path / "resnet.mzip")(x), model.eval()(x))
+    back = mz.load(tmp_path / "resnet.mzip", model=lambda: _resnet("mini_resnet"))
+    assert torch.equal(back(x), model.eval()(x))
 
 
 def test_per_channel_parameter_blocks_the_space_before_any_surgery(digits):

@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import modelzip as mz
-from modelzip.codec import container
+from modelzip import mzip
 from modelzip.context import Context
 from modelzip.errors import ConfigError, DataError, ModelError, UnsupportedError
 from modelzip.eval.evaluate import accuracy
@@ -51,7 +51,7 @@ def test_mixed_precision_map_and_file_round_trip(lenet300, digits):
     w2 = model.fc2.weight.detach()
     scale = w2.abs().amax(dim=1, keepdim=True) / 7
     assert torch.equal(torch.round(w2 / scale).abs().max(), torch.tensor(7.0))
-    back, header = container.from_bytes(container.to_bytes(model))
+    back, header = mzip.from_bytes(mzip.to_bytes(model))
     assert header["tensors"]["fc2.weight"]["kind"] == "affine"
     for name in ("fc1", "fc2", "fc3"):
         assert torch.equal(getattr(back, name).weight, getattr(model, name).weight.detach())
@@ -68,7 +68,7 @@ def test_mixed_precision_map_and_file_round_trip(lenet300, digits):
 def test_schemes_and_granularities_round_trip_exactly(lenet300, digits, fields, expect):
     model, notes = run_stage(lenet300, digits, **fields)
     assert notes["layers"]["fc1"]["bits"] == expect
-    back, _ = container.from_bytes(container.to_bytes(model))
+    back, _ = mzip.from_bytes(mzip.to_bytes(model))
     x = digits.example(8)
     with torch.no_grad():
         assert torch.equal(back(x), model(x))

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from modelzip.nn.constraints import AffineQuant, Encoded, decode
+from modelzip.nn.registry import CONSTRAINT_KINDS
 from modelzip.ops import affine, observers
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=32)
@@ -87,7 +88,7 @@ def test_affine_encode_decode_is_bit_exact(kw):
     c = AffineQuant(**kw)
     enc = c.encode(w)
     assert enc.fields["qdata"].dtype in (torch.int8, torch.uint8, torch.int16, torch.int32)
-    again = decode(Encoded(enc.kind, enc.fields, enc.meta))
+    again = decode(Encoded(enc.kind, enc.fields, enc.meta), CONSTRAINT_KINDS)
     assert torch.equal(again, c(w))
 
 

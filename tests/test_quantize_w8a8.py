@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import modelzip as mz
-from modelzip.codec import container
+from modelzip import mzip
 from modelzip.context import Context
 from modelzip.eval.evaluate import accuracy
 from modelzip.nn.fakequant import ActQuant, LearnedAffineQuant, attach_input_quant
@@ -62,8 +62,8 @@ def test_w8a8_replaces_layers_with_int8_kernels_and_keeps_accuracy(lenet5, digit
 
 def test_w8a8_file_round_trip_gives_identical_outputs(w8a8, digits):
     model, _ = w8a8
-    blob = container.to_bytes(model)
-    back, header = container.from_bytes(blob)
+    blob = mzip.to_bytes(model)
+    back, header = mzip.from_bytes(blob)
     assert isinstance(back.fc1, QuantLinear) and back.fc1.out_float is False
     assert header["tensors"]["fc1.qweight"]["fields"]["values"]["codec"]
     x = torch.cat([digits.example(64), digits.example(64)])
@@ -145,7 +145,7 @@ def test_qat_stage_trains_then_converts_to_int8(digits, lsq):
     assert notes["chained"] == ["fc1->fc2", "fc2->fc3"] and notes["lsq"] is lsq
     assert int(model.fc2.qweight.abs().max()) <= 7  # 4-bit codes in int8 storage
     assert accuracy(model, digits.test) >= accuracy(lenet, digits.test) - 0.03
-    back, _ = container.from_bytes(container.to_bytes(model))
+    back, _ = mzip.from_bytes(mzip.to_bytes(model))
     x = digits.example(32)
     with torch.inference_mode():
         assert torch.equal(back(x), model(x))
@@ -163,10 +163,10 @@ def test_a_fresh_process_loads_the_int8_model(w8a8, tmp_path):
 
     model, _ = w8a8
     path = tmp_path / "w8a8.mzip"
-    container.save(model, path)
+    mzip.save(model, path)
     code = (
-        "import sys; from modelzip.codec import container; "
-        "m, _ = container.load(sys.argv[1]); print(type(m.fc1).__name__)"
+        "import sys; from modelzip import mzip; "
+        "m, _ = mzip.load(sys.argv[1]); print(type(m.fc1).__name__)"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
@@ -177,17 +177,19 @@ def test_a_fresh_process_loads_the_int8_model(w8a8, tmp_path):
 
 def test_hostile_int8_layer_specs_are_refused_before_allocating():
     from modelzip.errors import FormatError
+    from modelzip.nn.registry import MODULE_TYPES
     from modelzip.nn.specs import build
 
     huge = {"in_features": 1 << 20, "out_features": 1 << 20, "bias": True, "out_float": True}
     with pytest.raises(FormatError, match="bad weight shape"):
-        build({"type": "QuantLinear", "args": huge})
+        build({"type": "QuantLinear", "args": huge}, MODULE_TYPES)
     with pytest.raises(FormatError, match="cannot build QuantConv2d"):
         build(
             {
                 "type": "QuantConv2d",
                 "args": {"in_channels": -1, "out_channels": 2, "kernel_size": [3, 3]},
-            }
+            },
+            MODULE_TYPES,
         )
 
 
@@ -229,9 +231,9 @@ def test_hostile_qparams_in_a_file_are_refused_on_load(w8a8, key, value, match):
     module, _, name = key.rpartition(".")
     # The writer stores what the module holds; a hand-made file can hold anything.
     getattr(hostile, module)._buffers[name] = value
-    bad = container.to_bytes(hostile)
+    bad = mzip.to_bytes(hostile)
     with pytest.raises(FormatError, match=match):
-        container.from_bytes(bad)
+        mzip.from_bytes(bad)
 
 
 @pytest.mark.parametrize("observer", ["minmax", "percentile", "mse", "kl"])

@@ -37,3 +37,12 @@ def test_readme_python_tour_runs(tmp_path, monkeypatch, capsys):
     ratio, base_acc, acc = capsys.readouterr().out.split("\n")[0].split()
     assert float(ratio) > 5 and float(acc) > 0.85
     assert (tmp_path / "lenet.mzip").is_file()
+
+
+def test_readme_own_model_example_runs(tmp_path, monkeypatch, capsys):
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    code = next(b for b in blocks if "model=MyNet()" in b)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "True"
+    assert (tmp_path / "mine.mzip").is_file()

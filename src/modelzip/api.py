@@ -20,15 +20,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from modelzip import pipeline
-from modelzip.codec import container
+from modelzip import mzip, pipeline
+from modelzip.codec.format import write_atomic
 from modelzip.context import Context
 from modelzip.errors import ModelError
 from modelzip.eval.evaluate import check_fits
 from modelzip.eval.evaluate import evaluate as _evaluate
 from modelzip.eval.size import torch_save_bytes
+from modelzip.factory import call_factory, factory_label, is_factory_spec
+from modelzip.mzip import Skeleton
+from modelzip.nn.constraints import remove_constraints
 from modelzip.recipe import Recipe, builtin_recipes
-from modelzip.source import PRETRAINED_ZOO, ModelSource, source_of
+from modelzip.source import ATTR, PRETRAINED_ZOO, ModelSource, source_of, user_source
 from modelzip.train import Trainer
 from modelzip.zoo.data import DataBundle
 from modelzip.zoo.data import load_data as _load_data
@@ -62,8 +65,10 @@ def load_model(
     weights: str | os.PathLike[str] | None = None,
     seed: int = 0,
     progress: bool = False,
+    architecture: Skeleton | None = None,
 ) -> nn.Module:
-    """Resolve a MODEL spec: ``zoo:NAME``, ``FILE.py:FACTORY`` (+ ``weights``) or ``FILE.mzip``.
+    """Resolve a MODEL spec: ``zoo:NAME``, ``FILE.py:FACTORY`` (+ ``weights``), a Hugging Face
+    folder or ``FILE.mzip`` (``architecture``: the caller's model for a file made from one).
 
     A zoo model without ``weights`` is trained on ``data``'s train split; that baseline is
     cached per (model, data, seed), so the next call loads it.
@@ -71,7 +76,7 @@ def load_model(
     if isinstance(spec, nn.Module):
         return spec
     if spec.endswith(".mzip"):
-        return load(spec)
+        return load(spec, model=architecture)
     if spec in ("zoo:" + n for n in PRETRAINED_ZOO):
         source = ModelSource("zoo", spec[4:], {})
     elif spec.startswith("zoo:"):
@@ -80,11 +85,14 @@ def load_model(
         source = ModelSource(
             "zoo", spec[4:], {"in_shape": list(data.sample_shape), "num_classes": data.num_classes}
         )
-    elif ":" in spec and spec.rpartition(":")[0].endswith(".py"):
-        path, _, fn = spec.rpartition(":")
-        source = ModelSource("factory", f"{Path(path).resolve()}:{fn}", {})
+    elif is_factory_spec(spec):
+        model = call_factory(spec)  # the user's own code, named by the user
+        setattr(model, ATTR, user_source(model, factory_label(spec)))
+        if weights is not None:
+            _load_weights(model, Path(weights))
+        return model.eval()
     elif Path(spec).is_dir():
-        source = ModelSource("hf", str(Path(spec).resolve()), {})
+        source = ModelSource.from_hf_folder(spec)
     elif spec.endswith(".onnx"):
         raise ModelError(
             f"{spec}: ONNX input models are not supported yet; use zoo:NAME, FILE.py:FACTORY, "
@@ -152,7 +160,7 @@ def _trained_baseline(
         model, data.train, epochs=cfg["epochs"], lr=cfg["lr"], description=f"baseline {source.ref}"
     )
     buf = _state_bytes(model)
-    container.write_atomic(path, buf)
+    write_atomic(path, buf)
 
 
 def _state_bytes(model: nn.Module) -> bytes:
@@ -169,21 +177,24 @@ def evaluate(
     *,
     split: str = "test",
     measure_latency: bool = True,
+    architecture: Skeleton | None = None,
 ) -> dict[str, Any]:
-    """Accuracy, params, nonzero, bytes, bits_per_weight and latency of a model or .mzip."""
+    """Accuracy, params, nonzero, bytes, bits_per_weight and latency of a model or .mzip
+    (``architecture``: the caller's model for a .mzip made from one, as ``load``'s model=)."""
     data = load_data(data)
     file_bytes = None
     if isinstance(model, str | os.PathLike) and str(model).endswith(".mzip"):
         file_bytes = Path(model).stat().st_size if Path(model).is_file() else None
-    model = load_model(model, data=data) if not isinstance(model, nn.Module) else model
+    if not isinstance(model, nn.Module):
+        model = load_model(model, data=data, architecture=architecture)
     check_fits(model, data)
     reference = None
     if data.task == "embedding":
         source = source_of(model)
         if source is None or not source.pretrained:
             raise ModelError(
-                "embedding tasks compare with the original pretrained model; "
-                "this model has no pretrained source"
+                "embedding tasks compare with the original pretrained model; this model has "
+                "none here (for a Hugging Face folder's .mzip pass the folder as its model)"
             )
         reference = source.build(pretrained=True)
     return _evaluate(
@@ -215,10 +226,14 @@ def compress(
     data = load_data(data)
     recipe = Recipe.load(recipe)
     check_fits(model, data)
-    if source_of(model) is None:
-        raise ModelError("the model has no recorded source; load it with modelzip.load_model")
     original = pipeline.frozen_copy(model)  # the teacher, and the reference for embeddings
     model = copy.deepcopy(model)  # the caller's model stays as it was
+    if source_of(model) is None:  # any nn.Module: the caller supplies its architecture
+        setattr(model, ATTR, user_source(model))
+    skeleton = None
+    if not source_of(model).buildable:  # type: ignore[union-attr]
+        mzip.mark_base(model)
+        skeleton = copy.deepcopy(model)  # what a user passes to load the file back
     baseline = _evaluate(
         model,
         data,
@@ -232,12 +247,12 @@ def compress(
     torch.manual_seed(seed)
     compressed_model, stages = pipeline.run(model, recipe, ctx, on_stage=on_stage)
     info = {"recipe": recipe_record(recipe), "data": data.name, "seed": seed}
-    blob = container.to_bytes(compressed_model, info=info)
+    blob = mzip.to_bytes(compressed_model, info=info)
     if out is not None:
-        container.write_atomic(out, blob)
+        write_atomic(out, blob)
     # Measure the model as a user gets it back from the file: honest, and the same numbers
     # a later `evaluate FILE.mzip` reports.
-    deployed, _ = container.from_bytes(blob)
+    deployed, _ = mzip.from_bytes(blob, model=_load_skeleton(compressed_model, skeleton))
     compressed = _evaluate(
         deployed,
         data,
@@ -266,15 +281,38 @@ def recipe_record(recipe: Recipe) -> str | dict[str, Any]:
     return recipe.to_dict()
 
 
+def _load_skeleton(compressed: nn.Module, original: nn.Module | None) -> nn.Module | None:
+    """The architecture to load a compressed user model's bytes into: the model as the user
+    gave it (what they pass to ``load``), or, when a stage replaced the whole model by one of
+    another architecture (a distillation student), a copy of it with its constraints baked
+    in (every value still comes from the file). None for models modelzip builds itself."""
+    source = source_of(compressed)
+    if source is None or source.buildable:
+        return None
+    base = getattr(compressed, mzip.BASE_ATTR, None)
+    if original is not None and base == getattr(original, mzip.BASE_ATTR, None):
+        return original
+    return remove_constraints(copy.deepcopy(compressed))
+
+
 def save(model: nn.Module, path: str | os.PathLike[str]) -> int:
-    """Write a (compressed) model to a .mzip file atomically; returns its size in bytes."""
-    return container.save(model, path)
+    """Write a (compressed) model to a .mzip file atomically; returns its size in bytes.
+    Any ``nn.Module`` works; one modelzip did not build loads back with ``load(path,
+    model=...)``."""
+    return mzip.save(model, path)
 
 
-def load(path: str | os.PathLike[str]) -> nn.Module:
-    """Read a .mzip back into a model (eval mode), bit-exact weights."""
-    model, _ = container.load(path)
-    return model
+def load(path: str | os.PathLike[str], *, model: Skeleton | None = None) -> nn.Module:
+    """Read a .mzip back into a model (eval mode), bit-exact weights.
+
+    ``model`` is the architecture for a file made from a user model: a module (filled in
+    place, as ``load_state_dict`` does) or a factory; zoo and Hugging Face files need none.
+
+    Example:
+        >>> net = mz.load("m.mzip", model=MyNet())  # doctest: +SKIP
+    """
+    loaded, _ = mzip.load(path, model=model)
+    return loaded
 
 
 __all__ = ["compress", "evaluate", "load", "load_data", "load_model", "save"]

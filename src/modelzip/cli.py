@@ -36,6 +36,14 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print exactly one JSON ob
 WeightsOpt = Annotated[
     Path | None, typer.Option("--weights", help="state_dict for a FILE.py:FACTORY model")
 ]
+ArchOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="FILE.py:FACTORY (or a Hugging Face folder) that builds the architecture of a "
+        ".mzip made from your own model",
+    ),
+]
 SeedOpt = Annotated[int, typer.Option("--seed", help="seed for training and every random choice")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="show tracebacks")]
 
@@ -47,6 +55,19 @@ def _root(debug: DebugOpt = False) -> None:
         stream=sys.stderr,
         format="%(levelname)s %(name)s: %(message)s",
     )
+
+
+def _architecture(spec: str | None) -> Any:
+    """The caller's architecture for loading a user model's .mzip (None: not given)."""
+    if spec is None:
+        return None
+    from modelzip.factory import call_factory, is_factory_spec
+
+    if is_factory_spec(spec):
+        return lambda: call_factory(spec)
+    if Path(spec).is_dir():
+        return lambda: api.load_model(spec)
+    raise typer.BadParameter(f"--model must be FILE.py:FACTORY or a model folder, got {spec!r}")
 
 
 def _print_json(obj: Any) -> None:
@@ -101,6 +122,7 @@ def _run_compress(
     *,
     weights: Path | None,
     report: Path | None,
+    architecture: str | None = None,
     seed: int,
     as_json: bool,
     measure_latency: bool = True,
@@ -113,7 +135,14 @@ def _run_compress(
     if output.suffix != ".mzip":
         raise typer.BadParameter(f"output must end in .mzip, got {output}")
     data = api.load_data(data_spec, seed=seed)
-    model = api.load_model(model_spec, data=data, weights=weights, seed=seed, progress=not as_json)
+    model = api.load_model(
+        model_spec,
+        data=data,
+        weights=weights,
+        seed=seed,
+        progress=not as_json,
+        architecture=_architecture(architecture),
+    )
     result = api.compress(
         model,
         data,
@@ -148,12 +177,21 @@ def compress(
     report: Annotated[
         Path | None, typer.Option("--report", help="folder for report.json/.md")
     ] = None,
+    architecture: ArchOpt = None,
     seed: SeedOpt = 0,
     as_json: JsonOpt = False,
 ) -> None:
     """Compress MODEL with RECIPE on DATA and write OUT.mzip."""
     _run_compress(
-        model, data, recipe, output, weights=weights, report=report, seed=seed, as_json=as_json
+        model,
+        data,
+        recipe,
+        output,
+        weights=weights,
+        report=report,
+        architecture=architecture,
+        seed=seed,
+        as_json=as_json,
     )
 
 
@@ -163,15 +201,21 @@ def evaluate(
     data: DataOpt,
     split: Annotated[str, typer.Option("--split", help="train | val | test")] = "test",
     weights: WeightsOpt = None,
+    architecture: ArchOpt = None,
     seed: SeedOpt = 0,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure accuracy, size and latency of a model or a .mzip file."""
     bundle = api.load_data(data, seed=seed)
     bundle.loader(split)  # unknown split -> clear error before any work
-    path = model if model.endswith(".mzip") else None
-    loaded = api.load_model(model, data=bundle, weights=weights, seed=seed, progress=not as_json)
-    metrics = api.evaluate(path or loaded, bundle, split=split)
+    arch = _architecture(architecture)
+    if model.endswith(".mzip"):
+        metrics = api.evaluate(model, bundle, split=split, architecture=arch)
+    else:
+        loaded = api.load_model(
+            model, data=bundle, weights=weights, seed=seed, progress=not as_json
+        )
+        metrics = api.evaluate(loaded, bundle, split=split)
     metrics["model"] = model
     if as_json:
         _print_json(metrics)
@@ -197,6 +241,7 @@ def sensitivity(
     ] = "unstructured",
     split: Annotated[str, typer.Option("--split", help="train | val | test")] = "val",
     weights: WeightsOpt = None,
+    architecture: ArchOpt = None,
     seed: SeedOpt = 0,
     as_json: JsonOpt = False,
 ) -> None:
@@ -212,7 +257,14 @@ def sensitivity(
         ) from None
     bundle = api.load_data(data, seed=seed)
     bundle.loader(split)
-    loaded = api.load_model(model, data=bundle, weights=weights, seed=seed, progress=not as_json)
+    loaded = api.load_model(
+        model,
+        data=bundle,
+        weights=weights,
+        seed=seed,
+        progress=not as_json,
+        architecture=_architecture(architecture),
+    )
     patterns = [p.strip() for p in layers.split(",") if p.strip()] if layers else None
     result = run_sensitivity(
         loaded,
@@ -285,6 +337,7 @@ def export(
         str | None, typer.Option("--data", help="data whose sample fixes the input shape")
     ] = None,
     weights: WeightsOpt = None,
+    architecture: ArchOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Export a model to ONNX (dynamic batch), checked against ONNX Runtime."""
@@ -293,7 +346,9 @@ def export(
     if onnx.suffix != ".onnx":
         raise typer.BadParameter(f"--onnx must end in .onnx, got {onnx}")
     bundle = api.load_data(data) if data else None
-    model = api.load_model(file, data=bundle, weights=weights)
+    model = api.load_model(
+        file, data=bundle, weights=weights, architecture=_architecture(architecture)
+    )
     example = bundle.example(1) if bundle is not None else None
     info = export_onnx(model, onnx, example=example)
     if as_json:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from modelzip.codec.container import write_atomic
+from modelzip.codec.format import write_atomic
 from modelzip.errors import ModelError, UnsupportedError
 from modelzip.source import source_of
 

@@ -9,9 +9,9 @@ from typing import Any
 
 from torch import nn
 
-from modelzip.codec.container import to_bytes
 from modelzip.context import Context
 from modelzip.eval.evaluate import evaluate
+from modelzip.mzip import to_bytes
 from modelzip.recipe import Recipe
 from modelzip.registry import get_method
 

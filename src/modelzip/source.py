@@ -1,56 +1,89 @@
-"""Where a model comes from, recorded so a .mzip can rebuild it without pickle.
+"""Where a model's architecture comes from, recorded as data so a .mzip can name it safely.
 
-A source is a zoo name or an importable factory (``FILE.py:FACTORY``) plus keyword
-arguments, all JSON. It is attached to the model as ``model.modelzip_source``.
+A source is one of three kinds, all plain JSON in the file:
+
+- ``zoo``: a built-in architecture by name plus its size arguments, built by modelzip's own
+  closed table (``modelzip.zoo.models.ZOO`` and the bundled MiniLM);
+- ``hf``: a Hugging Face encoder, recorded as its ``config.json`` values and built with
+  ``transformers``' own classes for that ``model_type`` (``trust_remote_code`` is never set);
+- ``user``: a model the user wrote. The file records a label (``my_net.py:build`` or the
+  class name) for people to read; the architecture always comes from the caller at load time
+  (``mz.load(path, model=...)``, ``--model FILE.py:FACTORY``).
+
+Building a source never imports or calls anything a file names.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import inspect
-import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from modelzip.errors import ModelError
+from modelzip.errors import FormatError, ModelError
 from modelzip.zoo.models import zoo_model
 
 ATTR = "modelzip_source"
 #: Zoo models that come with pretrained weights (sentence encoders for ``sentences``).
 PRETRAINED_ZOO = ("minilm",)
+KINDS = ("zoo", "hf", "user")
 
 
 @dataclass(frozen=True)
 class ModelSource:
-    """How to build the uncompressed architecture: ``kind`` is ``zoo``, ``factory`` or
-    ``hf`` (a local Hugging Face / sentence-transformers folder)."""
+    """How to build the uncompressed architecture (see the module docstring). ``folder`` is
+    the local Hugging Face folder in this process (for pretrained weights); it is never
+    written to a file."""
 
     kind: str
     ref: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    folder: str | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"kind": self.kind, "ref": self.ref, "kwargs": self.kwargs}
 
     @classmethod
     def from_json(cls, obj: Any) -> ModelSource:
-        if not isinstance(obj, dict) or obj.get("kind") not in ("zoo", "factory", "hf"):
-            raise ModelError(f"bad model source record: {obj!r}")
-        kwargs = obj.get("kwargs") or {}
-        if not isinstance(kwargs, dict) or not isinstance(obj.get("ref"), str):
-            raise ModelError(f"bad model source record: {obj!r}")
-        return cls(obj["kind"], obj["ref"], kwargs)
+        """Validate a recorded source. Files of modelzip 0.1 recorded user models as
+        ``factory`` with a path: read as a ``user`` label (the path is never used)."""
+        if not isinstance(obj, dict) or not isinstance(obj.get("ref"), str):
+            raise FormatError(f"bad model source record: {str(obj)[:80]}")
+        kind, ref, kwargs = obj.get("kind"), obj["ref"], obj.get("kwargs") or {}
+        if kind == "factory":
+            path, _, fn = ref.rpartition(":")
+            return cls("user", f"{Path(path).name}:{fn}")
+        if kind not in KINDS or not isinstance(kwargs, dict):
+            raise FormatError(
+                f"bad model source record: kind {str(kind)[:40]!r} (valid: {', '.join(KINDS)})"
+            )
+        if kind == "hf" and not isinstance(kwargs.get("config"), dict):
+            raise FormatError("bad model source record: a Hugging Face source needs its config")
+        return cls(kind, ref, kwargs if kind != "user" else {})
+
+    @classmethod
+    def from_hf_folder(cls, folder: str | Path) -> ModelSource:
+        """The source of a local Hugging Face / sentence-transformers folder."""
+        from modelzip.zoo.hf import read_config
+
+        folder = Path(folder).resolve()
+        return cls("hf", folder.name, {"config": read_config(folder)}, folder=str(folder))
 
     @property
     def pretrained(self) -> bool:
-        """Whether the source carries trained weights (no baseline training needed)."""
-        return self.kind == "hf" or (self.kind == "zoo" and self.ref in PRETRAINED_ZOO)
+        """Whether the source carries trained weights here (no baseline training needed)."""
+        return (self.kind == "hf" and self.folder is not None) or (
+            self.kind == "zoo" and self.ref in PRETRAINED_ZOO
+        )
+
+    @property
+    def buildable(self) -> bool:
+        """Whether modelzip can build this architecture itself (zoo and Hugging Face)."""
+        return self.kind != "user"
 
     def build(self, *, pretrained: bool = False, empty: bool = False) -> nn.Module:
         """Instantiate the architecture and tag it with this source.
@@ -64,20 +97,38 @@ class ModelSource:
         if empty:
             with parameters_on_meta():
                 return self.build(pretrained=pretrained)
-        if self.kind == "hf" or (self.kind == "zoo" and self.ref in PRETRAINED_ZOO):
-            from modelzip.zoo.hf import build_encoder
-            from modelzip.zoo.text import minilm_dir
+        if self.kind == "user":
+            raise ModelError(
+                f"the model was made from user code ({self.ref}); pass its architecture: "
+                "mz.load(path, model=...) or --model FILE.py:FACTORY"
+            )
+        model: nn.Module
+        if self.kind == "hf" or self.ref in PRETRAINED_ZOO:
+            from modelzip.zoo import hf
 
-            folder = minilm_dir() if self.kind == "zoo" else self.ref
-            model: nn.Module = build_encoder(folder, pretrained=pretrained)
-        elif self.kind == "zoo":
+            if self.kind == "zoo":
+                from modelzip.zoo.text import minilm_dir
+
+                model = hf.build_encoder(minilm_dir(), pretrained=pretrained)
+            elif pretrained and self.folder is not None:
+                model = hf.build_encoder(self.folder, pretrained=True)
+            else:
+                model = hf.encoder_from_config(self.kwargs["config"])
+        else:
             kw = dict(self.kwargs)
+            if not isinstance(kw.get("in_shape"), list) or not isinstance(
+                kw.get("num_classes"), int
+            ):
+                raise ModelError(f"zoo:{self.ref}: the source needs in_shape and num_classes")
             # Remaining kwargs are the zoo model's width options (e.g. a distillation student).
             model = zoo_model(self.ref, tuple(kw.pop("in_shape")), kw.pop("num_classes"), **kw)
-        else:
-            model = _call_factory(self.ref, self.kwargs)
         setattr(model, ATTR, self)
         return model
+
+
+def user_source(model: nn.Module, label: str | None = None) -> ModelSource:
+    """The source of a model the user built (``label``: ``FILE.py:FACTORY`` if known)."""
+    return ModelSource("user", label or type(model).__name__)
 
 
 _REGISTER_PARAMETER = nn.Module.register_parameter
@@ -122,38 +173,5 @@ def parameters_on_meta() -> Iterator[None]:
 
 
 def source_of(model: nn.Module) -> ModelSource | None:
-    """The source a model was built from, if modelzip built it."""
+    """The source a model was built from, if modelzip recorded one."""
     return getattr(model, ATTR, None)
-
-
-def _call_factory(ref: str, kwargs: dict[str, Any]) -> nn.Module:
-    path_text, _, fn_name = ref.rpartition(":")
-    path = Path(path_text)
-    if not path_text or not fn_name or path.suffix != ".py":
-        raise ModelError(f"model factory must be written FILE.py:FACTORY, got {ref!r}")
-    if not path.is_file():
-        raise ModelError(f"model file not found: {path}")
-    mod_name = f"modelzip_user_{abs(hash(str(path.resolve())))}"
-    spec = importlib.util.spec_from_file_location(mod_name, path)
-    if spec is None or spec.loader is None:
-        raise ModelError(f"cannot import {path}")
-    module = sys.modules.get(mod_name)
-    if module is None:
-        module = importlib.util.module_from_spec(spec)
-        try:
-            spec.loader.exec_module(module)
-        except Exception as exc:
-            raise ModelError(f"importing {path} failed: {type(exc).__name__}: {exc}") from None
-        sys.modules[mod_name] = module
-    fn = getattr(module, fn_name, None)
-    if not callable(fn):
-        names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
-        raise ModelError(f"{path} has no factory {fn_name!r}; callables: {', '.join(names)}")
-    accepted = inspect.signature(fn).parameters
-    try:
-        model = fn(**{k: v for k, v in kwargs.items() if k in accepted})
-    except Exception as exc:
-        raise ModelError(f"{ref}() failed: {type(exc).__name__}: {exc}") from None
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"{ref}() returned {type(model).__name__}, not a torch.nn.Module")
-    return model

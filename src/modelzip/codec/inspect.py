@@ -14,13 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from modelzip.codec.codecs import get_codec
-from modelzip.codec.container import (
-    EXPANSION,
-    MIN_BUDGET,
-    decode_fields,
-    decode_state,
-    read_header,
-)
+from modelzip.codec.format import EXPANSION, MIN_BUDGET, read_header
+from modelzip.codec.pack import decode_fields, decode_state
 from modelzip.errors import FormatError
 from modelzip.ops.kmeans import empirical_entropy_bits
 

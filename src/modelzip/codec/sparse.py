@@ -1,5 +1,5 @@
 """Sparse codecs: positions of nonzeros (relative indices / run lengths, a bitmask, or a
-column-context mask) plus the nonzero values. Registered on import by ``codecs``."""
+column-context mask) plus the nonzero values. Listed in ``codecs.CODECS``."""
 
 from __future__ import annotations
 
@@ -9,24 +9,24 @@ import numpy as np
 import torch
 
 from modelzip.codec import entropy
-from modelzip.codec.bits import Reader, bitmap, section, unbitmap, unzigzag, varint, zigzag
-from modelzip.codec.codecs import (
+from modelzip.codec.base import (
     COLUMN_MAX_ROWS,
     GAP_CAP,
     SLOW_NS,
     SPARSE_MIN_ZEROS,
     Codec,
-    _code,
-    _fits_alphabet,
-    _ints,
-    _is_int,
-    _nonzero,
-    _to_dtype,
-    _uncode,
+    code,
+    fits_alphabet,
     from_bytes,
+    ints,
+    is_int,
+    nonzero,
     offsets,
     to_bytes,
+    to_dtype,
+    uncode,
 )
+from modelzip.codec.bits import Reader, bitmap, section, unbitmap, unzigzag, varint, zigzag
 from modelzip.errors import FormatError
 
 
@@ -61,42 +61,42 @@ def sparse_streams(t: torch.Tensor, cap: int) -> list[np.ndarray]:
     """The symbol streams a gap-coded sparse codec entropy-codes: gaps (fillers at ``cap``),
     then the nonzero integer values offset by their minimum."""
     flat = t.detach().cpu().reshape(-1)
-    nz = _nonzero(flat).numpy()
+    nz = nonzero(flat).numpy()
     out = [gaps_of(nz, cap)]
-    if _is_int(t):
-        out.append(offsets(_ints(flat[torch.from_numpy(nz)]))[1])
+    if is_int(t):
+        out.append(offsets(ints(flat[torch.from_numpy(nz)]))[1])
     return out
 
 
-class _Sparse(Codec):
+class GapSparse(Codec):
     """Positions of nonzeros as gaps (+ fillers), then the nonzero values."""
 
     def applies_to(self, t: torch.Tensor) -> bool:
         if t.numel() == 0 or t.dtype == torch.bool:
             return False
         flat = t.reshape(-1)
-        nz = _nonzero(flat)
+        nz = nonzero(flat)
         if t.numel() - int(nz.sum()) < SPARSE_MIN_ZEROS * t.numel():
             return False
         # integer values go through the family's symbol coder: their range must fit it
-        return not _is_int(t) or _fits_alphabet(self.family, offsets(_ints(flat[nz]))[1])
+        return not is_int(t) or fits_alphabet(self.family, offsets(ints(flat[nz]))[1])
 
     def encode(self, t: torch.Tensor) -> bytes:
         flat = t.detach().cpu().reshape(-1)
-        nz = _nonzero(flat).numpy()
+        nz = nonzero(flat).numpy()
         cap = self._pick_cap(nz)
         gaps = gaps_of(nz, cap)
-        head = varint(cap) + varint(gaps.size) + section(_code(self.family, gaps))
+        head = varint(cap) + varint(gaps.size) + section(code(self.family, gaps))
         return head + self._values(flat[torch.from_numpy(nz)])
 
     def _pick_cap(self, nz: np.ndarray) -> int:
         return GAP_CAP
 
     def _values(self, vals: torch.Tensor) -> bytes:
-        if _is_int(vals):
-            v = _ints(vals)
+        if is_int(vals):
+            v = ints(vals)
             lo, off = offsets(v)
-            return varint(zigzag(lo)) + _code(self.family, off)
+            return varint(zigzag(lo)) + code(self.family, off)
         return to_bytes(vals)
 
     def decode(self, data: memoryview, dtype: torch.dtype, n: int) -> torch.Tensor:
@@ -105,14 +105,14 @@ class _Sparse(Codec):
         if cap < 1:
             raise FormatError("sparse index: gap cap must be >= 1")
         m = r.varint(n + n // cap + 1)
-        pos = positions_of(_uncode(self.family, r.section(), m), cap, n)
+        pos = positions_of(uncode(self.family, r.section(), m), cap, n)
         k = pos.size
         if dtype.is_floating_point:
             vals = from_bytes(r.take(r.remaining()), dtype, k)
         else:
             lo = unzigzag(r.varint())
-            vals = _to_dtype(_uncode(self.family, r.take(r.remaining()), k), dtype, lo)
-        if k and not bool(_nonzero(vals).all()):
+            vals = to_dtype(uncode(self.family, r.take(r.remaining()), k), dtype, lo)
+        if k and not bool(nonzero(vals).all()):
             raise FormatError("sparse values: a stored entry is zero (corrupted index)")
         out = torch.zeros(n, dtype=dtype)
         out[torch.from_numpy(pos)] = vals
@@ -120,14 +120,14 @@ class _Sparse(Codec):
 
     def decode_ns(self, t: torch.Tensor) -> float:
         # a gap and a value per nonzero, plus fillers; measured ~3.6 symbol-times per nonzero
-        nnz = int(_nonzero(t.reshape(-1)).sum())
+        nnz = int(nonzero(t.reshape(-1)).sum())
         return SLOW_NS.get(self.family, 0.0) * (3.6 * nnz + t.numel() / GAP_CAP)
 
     def streams(self, t: torch.Tensor) -> list[np.ndarray]:
         return [] if self.family == "packed" else sparse_streams(t, GAP_CAP)
 
 
-class SparsePacked(_Sparse):
+class SparsePacked(GapSparse):
     """Deep Compression's format: fixed-width relative indices with filler entries."""
 
     name, family = "sparse-packed", "packed"
@@ -143,11 +143,11 @@ class SparsePacked(_Sparse):
         return best
 
 
-class SparseHuffman(_Sparse):
+class SparseHuffman(GapSparse):
     name, family = "sparse-huffman", "huffman"
 
 
-class SparseAns(_Sparse):
+class SparseAns(GapSparse):
     name, family = "sparse-ans", "ans"
 
 
@@ -159,7 +159,7 @@ class ColumnContext(Codec):
 
     def applies_to(self, t: torch.Tensor) -> bool:
         return (
-            _is_int(t)
+            is_int(t)
             and t.dim() >= 2
             and t.shape[0] <= COLUMN_MAX_ROWS
             and SparseAns.applies_to(self, t)  # type: ignore[arg-type]
@@ -168,7 +168,7 @@ class ColumnContext(Codec):
     def encode(self, t: torch.Tensor) -> bytes:
         flat = t.detach().cpu().reshape(t.shape[0], -1)
         nz = (flat != 0).numpy()
-        v = _ints(flat[torch.from_numpy(nz)])
+        v = ints(flat[torch.from_numpy(nz)])
         lo, off = offsets(v)
         mask = entropy.column_mask_encode(nz)
         return section(mask) + varint(zigzag(lo)) + entropy.ans_encode(off)
@@ -187,8 +187,8 @@ class ColumnContext(Codec):
         mask = entropy.column_mask_decode(r.section(), rows, cols).ravel()
         k = int(mask.sum())
         lo = unzigzag(r.varint())
-        vals = _to_dtype(entropy.ans_decode(r.take(r.remaining()), k), dtype, lo)
-        if k and not bool(_nonzero(vals).all()):
+        vals = to_dtype(entropy.ans_decode(r.take(r.remaining()), k), dtype, lo)
+        if k and not bool(nonzero(vals).all()):
             raise FormatError("sparse values: a stored entry is zero (corrupted mask)")
         out = torch.zeros(rows * cols, dtype=dtype)
         out[torch.from_numpy(mask)] = vals
@@ -197,7 +197,7 @@ class ColumnContext(Codec):
     def streams(self, t: torch.Tensor) -> list[np.ndarray]:
         flat = t.detach().cpu().reshape(-1)
         nz = (flat != 0).numpy()
-        v = _ints(flat[torch.from_numpy(nz)])
+        v = ints(flat[torch.from_numpy(nz)])
         return [nz.astype(np.int64), offsets(v)[1]]
 
     def decode_ns(self, t: torch.Tensor) -> float:
@@ -211,12 +211,12 @@ class Bitmask(Codec):
     name, family = "bitmask", "packed"
 
     def applies_to(self, t: torch.Tensor) -> bool:
-        return _Sparse.applies_to(self, t)  # type: ignore[arg-type]
+        return GapSparse.applies_to(self, t)  # type: ignore[arg-type]
 
     def encode(self, t: torch.Tensor) -> bytes:
         flat = t.detach().cpu().reshape(-1)
-        nz = _nonzero(flat).numpy()
-        return bitmap(nz) + _Sparse._values(self, flat[torch.from_numpy(nz)])  # type: ignore[arg-type]
+        nz = nonzero(flat).numpy()
+        return bitmap(nz) + GapSparse._values(self, flat[torch.from_numpy(nz)])  # type: ignore[arg-type]
 
     def decode(self, data: memoryview, dtype: torch.dtype, n: int) -> torch.Tensor:
         r = Reader(data, "bitmask payload")
@@ -226,7 +226,7 @@ class Bitmask(Codec):
             vals = from_bytes(r.take(r.remaining()), dtype, k)
         else:
             lo = unzigzag(r.varint())
-            vals = _to_dtype(_uncode("packed", r.take(r.remaining()), k), dtype, lo)
+            vals = to_dtype(uncode("packed", r.take(r.remaining()), k), dtype, lo)
         out = torch.zeros(n, dtype=dtype)
         out[torch.from_numpy(mask)] = vals
         return out

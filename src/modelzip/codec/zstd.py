@@ -1,4 +1,4 @@
-"""Fast codecs: zstd's entropy stage over byte-aligned symbols. Registered on import by ``codecs``.
+"""Fast codecs: zstd's entropy stage over byte-aligned symbols. Listed in ``codecs.CODECS``.
 
 Integer codes are packed into the narrowest lane that divides a byte (1, 2, 4 or 8 bits), so
 each byte holds whole symbols; wider codes use 16/32/64-bit lanes split into byte planes.
@@ -23,6 +23,16 @@ import numpy as np
 import torch
 import zstandard
 
+from modelzip.codec.base import (
+    Codec,
+    from_bytes,
+    ints,
+    is_int,
+    nonzero,
+    offsets,
+    to_bytes,
+    to_dtype,
+)
 from modelzip.codec.bits import (
     LANES,
     Reader,
@@ -34,17 +44,7 @@ from modelzip.codec.bits import (
     varint,
     zigzag,
 )
-from modelzip.codec.codecs import (
-    Codec,
-    _ints,
-    _is_int,
-    _nonzero,
-    _to_dtype,
-    from_bytes,
-    offsets,
-    to_bytes,
-)
-from modelzip.codec.sparse import _Sparse, gaps_of, positions_of, sparse_streams
+from modelzip.codec.sparse import GapSparse, gaps_of, positions_of, sparse_streams
 from modelzip.errors import FormatError
 
 _FORMAT = zstandard.FORMAT_ZSTD1_MAGICLESS
@@ -106,8 +106,8 @@ def _narrowest_exact(t: torch.Tensor) -> int:
 def encode_values(t: torch.Tensor) -> bytes:
     """A flat tensor's values: ints as min + lanes; floats as one form byte, then the byte
     planes of the values (narrowed to 16 bits where that is exact)."""
-    if _is_int(t):
-        v = _ints(t)
+    if is_int(t):
+        v = ints(t)
         lo, off = offsets(v)
         lane = lane_of(int(off.max()) if off.size else 0)
         return varint(zigzag(lo)) + bytes([lane]) + compress(to_lanes(off, lane))
@@ -135,7 +135,7 @@ def decode_values(r: Reader, dtype: torch.dtype, n: int, what: str) -> torch.Ten
     if lane not in LANES:
         raise FormatError(f"{what}: bad lane width {lane}; valid: {', '.join(map(str, LANES))}")
     raw = decompress(r.take(r.remaining()), (n * lane + 7) // 8, what)
-    return _to_dtype(from_lanes(raw, lane, n), dtype, lo)
+    return to_dtype(from_lanes(raw, lane, n), dtype, lo)
 
 
 class Zstd(Codec):
@@ -194,9 +194,9 @@ class Zstd(Codec):
         return torch.from_numpy(out[:n])
 
     def streams(self, t: torch.Tensor) -> list[np.ndarray]:
-        if not _is_int(t):
+        if not is_int(t):
             return []
-        v = _ints(t)
+        v = ints(t)
         return [offsets(v)[1]]
 
 
@@ -206,11 +206,11 @@ class SparseZstd(Codec):
     name, family = "sparse-zstd", "zstd"
 
     def applies_to(self, t: torch.Tensor) -> bool:
-        return _Sparse.applies_to(self, t)  # type: ignore[arg-type]
+        return GapSparse.applies_to(self, t)  # type: ignore[arg-type]
 
     def encode(self, t: torch.Tensor) -> bytes:
         flat = t.detach().cpu().reshape(-1)
-        nz = _nonzero(flat).numpy()
+        nz = nonzero(flat).numpy()
         gaps = gaps_of(nz, GAP_BYTE_CAP).astype(np.uint8)
         vals = flat[torch.from_numpy(nz)]
         head = varint(gaps.size) + section(compress(gaps.tobytes()))
@@ -225,7 +225,7 @@ class SparseZstd(Codec):
         k = pos.size
         if k:
             vals = decode_values(r, dtype, k, what)
-            if not bool(_nonzero(vals).all()):
+            if not bool(nonzero(vals).all()):
                 raise FormatError("sparse values: a stored entry is zero (corrupted index)")
         else:
             r.done()

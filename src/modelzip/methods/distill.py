@@ -36,9 +36,11 @@ from modelzip.context import Context
 from modelzip.errors import ConfigError, DataError, UnsupportedError, choices_text
 from modelzip.eval.evaluate import accuracy, check_fits
 from modelzip.eval.size import count_params
+from modelzip.factory import call_factory, factory_label
+from modelzip.mzip import mark_base
 from modelzip.ops.distill import feature_loss, kd_loss
 from modelzip.registry import register
-from modelzip.source import ModelSource
+from modelzip.source import ATTR, ModelSource, user_source
 
 
 def _is_factory(spec: str) -> bool:
@@ -136,12 +138,14 @@ def build_student(cfg: DistillConfig, ctx: Context) -> nn.Module:
             "in_shape": list(ctx.data.sample_shape),
             "num_classes": ctx.data.num_classes,
         }
-        source = ModelSource("zoo", cfg.student[4:], kwargs)
+        torch.manual_seed(ctx.seed)  # the student's initial weights follow the run's seed
+        student = ModelSource("zoo", cfg.student[4:], kwargs).build()  # the .mzip rebuilds it
     else:
-        path, _, fn = cfg.student.rpartition(":")
-        source = ModelSource("factory", f"{Path(path).resolve()}:{fn}", dict(cfg.student_kwargs))
-    torch.manual_seed(ctx.seed)  # the student's initial weights follow the run's seed
-    student = source.build()  # records modelzip_source, so the .mzip rebuilds the student
+        torch.manual_seed(ctx.seed)
+        # The user's own factory, named in their recipe; its .mzip loads with --model.
+        student = call_factory(cfg.student, dict(cfg.student_kwargs))
+        setattr(student, ATTR, user_source(student, factory_label(cfg.student)))
+        mark_base(student)
     check_fits(student, ctx.data, f"student {cfg.student}")
     return student
 

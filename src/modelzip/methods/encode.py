@@ -27,7 +27,7 @@ from pydantic import Field
 from torch import nn
 
 from modelzip.codec.codecs import DECODE_BUDGET_MS
-from modelzip.codec.container import BUDGET_ATTR, CODER_ATTR
+from modelzip.codec.pack import BUDGET_ATTR, CODER_ATTR
 from modelzip.config import MethodConfig
 from modelzip.context import Context
 from modelzip.registry import register

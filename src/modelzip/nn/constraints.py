@@ -10,7 +10,7 @@ Constraints stack: the outermost one's encoding describes the final value.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
 
@@ -20,8 +20,6 @@ from torch.nn.utils import parametrize
 
 from modelzip.errors import FormatError, choices_text
 from modelzip.ops import affine
-
-_CONSTRAINTS: dict[str, type[Constraint]] = {}
 
 
 @dataclass
@@ -42,11 +40,6 @@ class Constraint(nn.Module):
     #: the codes (a codebook's indices).
     gather_field: ClassVar[str | None] = None
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if cls.kind:
-            _CONSTRAINTS[cls.kind] = cls
-
     def encode(self, x: torch.Tensor) -> Encoded:
         """Compact form of ``self(x)``."""
         raise NotImplementedError
@@ -62,20 +55,16 @@ class Constraint(nn.Module):
         raise NotImplementedError
 
 
-def kind_class(kind: str) -> type[Constraint] | None:
-    """The constraint class of a stored kind (None for ``dense`` and unknown kinds)."""
-    return _CONSTRAINTS.get(kind)
-
-
-def decode(enc: Encoded) -> torch.Tensor:
-    """Decode any registered kind (``dense`` is a plain tensor in field ``values``)."""
+def decode(enc: Encoded, kinds: Mapping[str, type[Constraint]]) -> torch.Tensor:
+    """Decode a stored kind from the closed table ``kinds`` (``dense`` is a plain tensor in
+    field ``values``); a kind outside the table is a FormatError naming the known ones."""
     if enc.kind == "dense":
         return enc.fields["values"]
-    cls = _CONSTRAINTS.get(enc.kind)
+    cls = kinds.get(enc.kind)
     if cls is None:
         raise FormatError(
             f"unknown tensor kind {enc.kind!r}; this modelzip knows: "
-            f"{choices_text(['dense', *_CONSTRAINTS])}"
+            f"{choices_text(['dense', *kinds])}"
         )
     return cls.decode(enc.fields, enc.meta)
 

@@ -2,13 +2,14 @@
 replacement modules) is rebuilt on load without pickle.
 
 Standard torch layers are described by their constructor arguments. modelzip's own modules
-subclass ``Buildable``: ``to_spec()`` returns their constructor kwargs and the class
-registers under its name.
+subclass ``Buildable``: ``to_spec()`` returns their constructor kwargs. Which types a file
+may name is a closed table the caller passes in (``modelzip.nn.registry.MODULE_TYPES``):
+nothing registers itself by being imported or subclassed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import nn
@@ -16,15 +17,9 @@ from torch import nn
 from modelzip.errors import FormatError, choices_text
 from modelzip.nn.constraints import base_class
 
-_BUILDABLE: dict[str, type[nn.Module]] = {}
-
 
 class Buildable(nn.Module):
     """Mixin for modelzip modules: rebuildable from ``to_spec()`` kwargs."""
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        _BUILDABLE[cls.__name__] = cls
 
     def to_spec(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -79,7 +74,8 @@ _TORCH: dict[type[nn.Module], Callable[[Any], dict[str, Any]]] = {
     nn.Flatten: lambda m: {"start_dim": m.start_dim, "end_dim": m.end_dim},
     nn.Identity: lambda m: {},
 }
-_TORCH_BY_NAME = {cls.__name__: cls for cls in _TORCH}
+#: The torch layer types a file may name, by class name.
+TORCH_TYPES: dict[str, type[nn.Module]] = {cls.__name__: cls for cls in _TORCH}
 
 
 def spec_of(module: nn.Module) -> dict[str, Any] | None:
@@ -92,24 +88,18 @@ def spec_of(module: nn.Module) -> dict[str, Any] | None:
     return None
 
 
-def build(spec: Any) -> nn.Module:
-    """Instantiate a module from its spec (fresh parameters; the state is loaded after)."""
+def build(spec: Any, types: Mapping[str, type[nn.Module]]) -> nn.Module:
+    """Instantiate a module from its spec (fresh parameters; the state is loaded after).
+    ``types`` is the closed allow-list of class names a file may name."""
     if not isinstance(spec, dict) or not isinstance(spec.get("args"), dict):
-        raise FormatError(f"bad module spec {spec!r}")
+        raise FormatError(f"bad module spec {str(spec)[:80]}")
     name = spec.get("type")
     if not isinstance(name, str):
-        raise FormatError(f"bad module spec: type must be a class name, got {name!r}")
-    if name not in _BUILDABLE and name not in _TORCH_BY_NAME:
-        # Replacement modules register when their method's package is imported: a process
-        # that only loads a file has not imported them yet.
-        from modelzip.registry import methods
-
-        methods()
-    cls = _BUILDABLE.get(name) or _TORCH_BY_NAME.get(name)
+        raise FormatError(f"bad module spec: type must be a class name, got {str(name)[:80]}")
+    cls = types.get(name)
     if cls is None:
         raise FormatError(
-            f"unknown module type {name!r} in file; known: "
-            f"{choices_text([*_BUILDABLE, *_TORCH_BY_NAME])}"
+            f"unknown module type {name[:80]!r} in file; known: {choices_text(list(types))}"
         )
     args = dict(spec["args"])
     for k in ("kernel_size", "stride", "dilation", "normalized_shape"):
@@ -139,7 +129,9 @@ def architecture(model: nn.Module) -> dict[str, dict[str, Any]]:
     return out
 
 
-def apply_architecture(model: nn.Module, arch: dict[str, Any]) -> nn.Module:
+def apply_architecture(
+    model: nn.Module, arch: dict[str, Any], types: Mapping[str, type[nn.Module]]
+) -> nn.Module:
     """Replace the modules of ``model`` whose spec differs from ``arch`` (parents first)."""
     if not isinstance(arch, dict):
         raise FormatError("bad architecture record: expected an object of module specs")
@@ -155,6 +147,9 @@ def apply_architecture(model: nn.Module, arch: dict[str, Any]) -> nn.Module:
         try:
             parent = model.get_submodule(parent_name) if parent_name else model
         except AttributeError:
-            raise FormatError(f"module {name!r} in file has no parent in the model") from None
-        setattr(parent, child, build(spec))
+            raise FormatError(
+                f"module {name!r} in file has no parent in the model (is it the model the "
+                "file was made from?)"
+            ) from None
+        setattr(parent, child, build(spec, types))
     return model

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from modelzip.codec.container import write_atomic
+from modelzip.codec.format import write_atomic
 
 
 def _fmt_bytes(n: float) -> str:

@@ -12,8 +12,7 @@ from typing import Any, ClassVar
 import pytest
 import torch
 
-from modelzip import api
-from modelzip.codec import container
+from modelzip import api, mzip
 from modelzip.context import Context
 from modelzip.errors import ConfigError
 from modelzip.pipeline import run
@@ -66,7 +65,7 @@ class MethodContract:
 
     def test_mzip_round_trip_keeps_outputs(self, compressed, data):
         model, _ = compressed
-        loaded, _ = container.from_bytes(container.to_bytes(model))
+        loaded, _ = mzip.from_bytes(mzip.to_bytes(model))
         x = data.example(32)
         with torch.no_grad():
             a, b = model.eval()(x), loaded(x)

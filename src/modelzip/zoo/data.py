@@ -17,6 +17,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -142,13 +143,16 @@ def _from_npz(path: Path, batch_size: int, seed: int) -> DataBundle:
         raise DataError(f"{path}: cannot read as .npz ({exc})") from None
     if not np.issubdtype(x.dtype, np.number) or x.ndim < 2:
         raise DataError(f"{path}: 'x' must be a numeric array (N, ...), got {x.dtype} {x.shape}")
+    if len(x) == 0:
+        raise DataError(f"{path}: no rows ('x' has shape {x.shape}); the file holds no samples")
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or len(y) != len(x):
+        kind = "a float type" if np.issubdtype(y.dtype, np.floating) else f"{y.dtype} {y.shape}"
         raise DataError(
-            f"{path}: 'y' must be integer class labels of shape ({len(x)},), "
-            f"got {y.dtype} {y.shape}"
+            f"{path}: 'y' must be integer class labels of shape ({len(x)},), got {kind}"
+            + (" (cast class labels to int)" if np.issubdtype(y.dtype, np.floating) else "")
         )
-    if y.min() < 0:
-        raise DataError(f"{path}: labels must be >= 0, found {int(y.min())}")
+    check_finite(path, "x", x)
+    check_labels(path, "y", y)
     x = x.astype(np.float32) / (255.0 if x.dtype == np.uint8 else 1.0)
     return _in_memory(path.name, x, y.astype(np.int64), batch_size, seed)
 
@@ -192,6 +196,75 @@ def _in_memory(name: str, x: np.ndarray, y: np.ndarray, batch_size: int, seed: i
     )
 
 
+# --------------------------------------------------------------------------- checks
+
+
+def _position(flat_index: int, shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(int(i)) for i in np.unravel_index(flat_index, shape)) + "]"
+
+
+def check_finite(
+    where: str | Path,
+    what: str,
+    x: np.ndarray,
+    *,
+    row_offset: int = 0,
+    columns: list[str] | None = None,
+) -> None:
+    """Refuse NaN/inf inputs: a DataError with the count and the first position.
+
+    ``row_offset`` shifts the reported row (streamed batches report rows of the whole file);
+    with ``columns`` the position names the column instead of the feature index.
+    """
+    if not np.issubdtype(x.dtype, np.floating):
+        return  # integers are always finite
+    bad = ~np.isfinite(x)
+    if not bad.any():
+        return
+    count = int(bad.sum())
+    first = np.unravel_index(int(np.argmax(bad.reshape(-1))), x.shape)
+    value = x[first]
+    row = int(first[0]) + row_offset
+    if columns is not None and len(first) == 2:
+        at = f"row {row}, column {columns[int(first[1])]!r}"
+    else:
+        at = f"{what}{_position(int(np.ravel_multi_index(first, x.shape)), x.shape)}"
+        if row_offset:
+            at = f"row {row} ({at} of its batch)"
+    raise DataError(
+        f"{where}: {what} holds {count} non-finite value(s) (NaN/inf); first {value} at {at}; "
+        "remove or impute them before compressing"
+    )
+
+
+def check_labels(
+    where: str | Path,
+    what: str,
+    y: np.ndarray,
+    *,
+    num_classes: int | None = None,
+    row_offset: int = 0,
+) -> None:
+    """Refuse labels that are not integer classes in ``0..num_classes-1`` (count, first row)."""
+    if not np.issubdtype(y.dtype, np.integer):
+        kind = "a float type" if np.issubdtype(y.dtype, np.floating) else f"type {y.dtype}"
+        raise DataError(
+            f"{where}: {what} must hold integer class labels, got {kind}; "
+            "store classes as integers 0..num_classes-1"
+        )
+    if len(y) == 0:
+        return
+    high = num_classes - 1 if num_classes is not None else None
+    bad = (y < 0) if high is None else ((y < 0) | (y > high))
+    if bad.any():
+        first = int(np.argmax(bad))
+        what_bad = "negative label(s)" if high is None else f"label(s) outside 0..{high}"
+        raise DataError(
+            f"{where}: {what} holds {int(bad.sum())} {what_bad}; first {int(y[first])} at row "
+            f"{first + row_offset}; classes are integers 0..num_classes-1"
+        )
+
+
 # --------------------------------------------------------------------------- streamed files
 
 
@@ -206,22 +279,19 @@ class _TableStream(IterableDataset):
     """Streams one split of a parquet/csv file in record batches, never the whole file."""
 
     def __init__(
-        self, path: Path, split: int, label: str, batch_size: int, seed: int, shuffle: bool
+        self,
+        path: Path,
+        split: int,
+        label: str,
+        batch_size: int,
+        seed: int,
+        shuffle: bool,
+        num_classes: int,
     ):
         self.path, self.split, self.label = path, split, label
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
+        self.num_classes = num_classes
         self.epoch = 0
-
-    def _batches(self) -> Iterator:
-        if self.path.suffix.lower() == ".parquet":
-            import pyarrow.parquet as pq
-
-            yield from pq.ParquetFile(self.path).iter_batches(batch_size=4096)
-        else:
-            import pyarrow.csv as pcsv
-
-            reader = pcsv.open_csv(self.path, read_options=pcsv.ReadOptions(block_size=1 << 20))
-            yield from reader
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         rng = np.random.default_rng(self.seed + self.epoch)
@@ -230,17 +300,19 @@ class _TableStream(IterableDataset):
         buf_x: list[np.ndarray] = []
         buf_y: list[np.ndarray] = []
         pending = 0
-        for batch in self._batches():
+        for batch in _record_batches(self.path):
             n = batch.num_rows
             keep = _row_split(np.arange(start, start + n)) == self.split
-            start += n
             if not keep.any():
+                start += n
                 continue
-            cols = [c for c in batch.schema.names if c != self.label]
-            feats = np.stack(
-                [batch.column(c).to_numpy(zero_copy_only=False) for c in cols], axis=1
-            ).astype(np.float32)[keep]
-            labels = batch.column(self.label).to_numpy(zero_copy_only=False).astype(np.int64)[keep]
+            # The file is checked when it is opened; checking every batch again catches a file
+            # that changed on disk since (a streamed file is read anew each epoch).
+            feats, labels = _batch_arrays(
+                self.path, batch, self.label, start, num_classes=self.num_classes
+            )
+            start += n
+            feats, labels = feats[keep], labels[keep]
             if self.shuffle:  # shuffle within a block: bounded memory, varied order
                 perm = rng.permutation(len(labels))
                 feats, labels = feats[perm], labels[perm]
@@ -279,17 +351,18 @@ def _streamed(path: Path, batch_size: int, seed: int) -> DataBundle:
             names = reader.schema.names
             types = [reader.schema.field(n).type for n in names]
             label = _label_column(path, names)
-            labels = np.concatenate(
-                [
-                    b.column(label).to_numpy(zero_copy_only=False)
-                    for b in pcsv.open_csv(
-                        path, convert_options=pcsv.ConvertOptions(include_columns=[label])
-                    )
-                ]
-            )
+            parts = [
+                b.column(label).to_numpy(zero_copy_only=False)
+                for b in pcsv.open_csv(
+                    path, convert_options=pcsv.ConvertOptions(include_columns=[label])
+                )
+            ]
+            labels = np.concatenate(parts) if parts else np.zeros(0, np.int64)
             total_rows = len(labels)
     except pa.ArrowException as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
+    if total_rows == 0:
+        raise DataError(f"{path}: no rows (a header only); the file holds no samples")
     bad = [
         n
         for n, t in zip(names, types, strict=True)
@@ -297,12 +370,27 @@ def _streamed(path: Path, batch_size: int, seed: int) -> DataBundle:
     ]
     if bad:
         raise DataError(f"{path}: columns must be numeric; non-numeric: {', '.join(bad[:5])}")
-    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
-        raise DataError(f"{path}: label column {label!r} must hold integer classes >= 0")
+    check_labels(path, f"label column {label!r}", _labels_array(path, label, labels))
+    labels = labels.astype(np.int64)
+    num_classes = int(labels.max()) + 1
+    # One streamed pass before any training: NaN/inf or missing values anywhere are refused
+    # here (with the row and column), not found halfway through an epoch.
+    start = 0
+    for batch in _record_batches(path):
+        _batch_arrays(path, batch, label, start, num_classes=num_classes)
+        start += batch.num_rows
     groups = _row_split(np.arange(total_rows))
     loaders = {
         split: DataLoader(
-            _TableStream(path, i, label, batch_size, seed, shuffle=(split == "train")),
+            _TableStream(
+                path,
+                i,
+                label,
+                batch_size,
+                seed,
+                shuffle=(split == "train"),
+                num_classes=num_classes,
+            ),
             batch_size=None,
         )
         for i, split in enumerate(SPLITS)
@@ -310,7 +398,7 @@ def _streamed(path: Path, batch_size: int, seed: int) -> DataBundle:
     return DataBundle(
         name=path.name,
         sample_shape=(len(names) - 1,),
-        num_classes=int(labels.max()) + 1,
+        num_classes=num_classes,
         loaders=loaders,
         sizes={s: int((groups == i).sum()) for i, s in enumerate(SPLITS)},
     )
@@ -320,6 +408,55 @@ def _has_text_column(path: Path) -> bool:
     from modelzip.zoo.corpus import parquet_text_column
 
     return parquet_text_column(path) is not None
+
+
+def _record_batches(path: Path) -> Iterator:
+    """The file's record batches in order (pyarrow, bounded memory)."""
+    import pyarrow as pa
+
+    try:
+        if path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            yield from pq.ParquetFile(path).iter_batches(batch_size=4096)
+        else:
+            import pyarrow.csv as pcsv
+
+            yield from pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=1 << 20))
+    except pa.ArrowException as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+
+
+def _labels_array(path: Path, label: str, labels: np.ndarray) -> np.ndarray:
+    """Labels as read; missing entries (nulls) are refused with their count and first row."""
+    if np.issubdtype(labels.dtype, np.floating) and np.isnan(labels).any():
+        missing = np.isnan(labels)
+        raise DataError(
+            f"{path}: label column {label!r} has {int(missing.sum())} missing value(s); "
+            f"first at row {int(np.argmax(missing))}"
+        )
+    return labels
+
+
+def _batch_arrays(
+    path: Path, batch: Any, label: str, start: int, *, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features (float32, rows x columns) and int64 labels of one record batch, checked."""
+    cols = [c for c in batch.schema.names if c != label]
+    for c in cols:
+        nulls = batch.column(c).null_count
+        if nulls:
+            row = int(np.argmax(batch.column(c).is_null().to_numpy(zero_copy_only=False)))
+            raise DataError(
+                f"{path}: column {c!r} has {nulls} missing value(s) (empty, NA or NaN) "
+                f"in rows {start}..{start + batch.num_rows - 1}; first at row {start + row}; "
+                "remove or impute them before compressing"
+            )
+    feats = np.stack([batch.column(c).to_numpy(zero_copy_only=False) for c in cols], axis=1)
+    check_finite(path, "the features", feats, row_offset=start, columns=cols)
+    raw = _labels_array(path, label, batch.column(label).to_numpy(zero_copy_only=False))
+    check_labels(path, f"label column {label!r}", raw, num_classes=num_classes, row_offset=start)
+    return feats.astype(np.float32), raw.astype(np.int64)
 
 
 def _label_column(path: Path, names: list[str]) -> str:

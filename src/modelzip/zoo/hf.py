@@ -7,14 +7,19 @@ pipeline (Transformer -> mean Pooling -> Normalize) does.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelzip.errors import ModelError
+from modelzip.errors import FormatError, ModelError
+
+#: config.json keys that would ask transformers to import code: never honoured.
+REMOTE_CODE_KEYS = ("auto_map", "trust_remote_code")
 
 
 class SentenceEncoder(nn.Module):
@@ -51,5 +56,64 @@ def build_encoder(folder: str | os.PathLike[str], *, pretrained: bool) -> Senten
             encoder = AutoModel.from_config(AutoConfig.from_pretrained(str(folder)))
     except (OSError, ValueError) as exc:
         raise ModelError(f"{folder}: cannot load the model ({exc})") from None
+    pad = getattr(encoder.config, "pad_token_id", 0) or 0
+    return SentenceEncoder(encoder.eval(), pad_id=int(pad)).eval()
+
+
+def _quiet_transformers() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def read_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The folder's ``config.json`` values as plain JSON (what a .mzip records)."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"{folder}: not a Hugging Face model folder (no config.json)")
+    _quiet_transformers()
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{folder}: cannot read config.json ({exc})") from None
+    values = config.to_dict()
+    for key in (*REMOTE_CODE_KEYS, "_name_or_path"):  # no code, no local paths
+        values.pop(key, None)
+    return json.loads(json.dumps(values, default=str))
+
+
+def encoder_from_config(values: dict[str, Any], *, max_elements: int | None = None) -> nn.Module:
+    """A freshly initialised encoder from recorded config values, built by transformers' own
+    class for the recorded ``model_type``; nothing the values name is imported or called.
+    With ``max_elements``, architectures whose tensors hold more elements are refused before
+    anything real is allocated."""
+    _quiet_transformers()
+    from transformers import AutoConfig, AutoModel
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    model_type = values.get("model_type")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        raise FormatError(f"unknown Hugging Face model_type {str(model_type)[:40]!r}")
+    kwargs = {k: v for k, v in values.items() if k not in (*REMOTE_CODE_KEYS, "model_type")}
+    try:
+        config = AutoConfig.for_model(model_type, **kwargs)
+        if max_elements is not None:
+            with torch.device("meta"):
+                probe = AutoModel.from_config(config, trust_remote_code=False)
+            n = sum(t.numel() for t in [*probe.parameters(), *probe.buffers()])
+            if n > max_elements:
+                raise FormatError(
+                    f"the recorded {model_type} config declares {n} weights, more than this "
+                    "file can hold (hostile architecture?)"
+                )
+        encoder = AutoModel.from_config(config, trust_remote_code=False)
+    except FormatError:
+        raise
+    except Exception as exc:  # transformers raises many types on bad config values
+        raise FormatError(f"cannot build the recorded {model_type} config: {exc}") from None
     pad = getattr(encoder.config, "pad_token_id", 0) or 0
     return SentenceEncoder(encoder.eval(), pad_id=int(pad)).eval()
