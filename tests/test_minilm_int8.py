@@ -24,7 +24,7 @@ def english():
 def test_w8a8_on_real_minilm_keeps_embeddings_and_neighbours(english):
     model = mz.load_model("zoo:minilm").eval()
     # the built-in recipe's own stage, on fewer calibration batches (speed)
-    cfg = Recipe.load("w8a8").stages[0].model_copy(update={"calibration_batches": 2})
+    cfg = Recipe.load("w8a8").stages[-1].model_copy(update={"calibration_batches": 2})
     ctx = Context(data=english, trainer=Trainer(progress=False))
     q = get_method("quantize").apply(copy.deepcopy(model), cfg, ctx)
     assert sum(isinstance(m, DynQuantLinear) for m in q.modules()) >= 36
