@@ -133,11 +133,15 @@ def main() -> None:
         "",
         "## Exactness: largest error in output steps (0.5 = exact up to one rounding)",
         "",
-        "| run | kernel | Linear 256->48 | Conv2d 32->8 3x3 |",
-        "|---|---|---|---|",
+        "| run | kernel | Linear 256->48 | Conv2d 32->8 3x3 | dynamic kernel | "
+        "DynQuantLinear 384->64 (relative error) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, r in rows:
-        lines.append(f"| {name} | {r['kernel']} | {r['linear']:.3f} | {r['conv']:.3f} |")
+        lines.append(
+            f"| {name} | {r['kernel']} | {r['linear']:.3f} | {r['conv']:.3f} | "
+            f"{r['matmul_kernel']} | {r['dynamic']:.2e} |"
+        )
 
     data = mz.load_data("digits")
     fp32 = mz.load_model("zoo:lenet5", data=data).eval()
