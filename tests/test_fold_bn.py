@@ -8,12 +8,13 @@ from support import make_ctx
 from torch import nn
 
 import modelzip as mz
-from modelzip.codec import container
+from modelzip import mzip
 from modelzip.graph.fold import fold_batchnorm
 from modelzip.methods.fold_bn import FoldBNConfig, fold_bn
 from modelzip.methods.prune import PruneConfig, prune
 from modelzip.pipeline import run
 from modelzip.recipe import Recipe
+from modelzip.testing import user_models as um
 
 FIXTURES = "src/modelzip/testing/user_models.py"
 
@@ -52,7 +53,7 @@ def test_folding_keeps_outputs_and_drops_the_norms(name, expected, digits):
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref, rtol=0, atol=1e-5)
     # The file stores no BatchNorm vectors and rebuilds the folded layers (with their bias).
-    loaded, _ = container.from_bytes(container.to_bytes(model))
+    loaded, _ = mzip.from_bytes(mzip.to_bytes(model), model=getattr(um, name))
     assert not any("running_mean" in k for k in loaded.state_dict())
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
