@@ -15,7 +15,8 @@ exported to int8 ONNX and run in ONNX Runtime; ``torch.ao.quantization.quantize_
 Runtime fp32, and ORT ``quantize_dynamic`` (per-channel int8) without and with the ORT
 transformers optimizer.
 
-Run: ``PYTHONPATH=src python benchmarks/minilm_int8.py`` (about 15 minutes on 2 cores).
+Run: ``PYTHONPATH=src python benchmarks/minilm_int8.py [--quick]`` (about 15 minutes on 2
+idle cores; ``--quick``: only the w8a8 mode, 2 calibration batches).
 Writes ``benchmarks/results/minilm_int8.md``.
 """
 
@@ -112,11 +113,11 @@ def main() -> None:
     torch_models: dict[str, torch.nn.Module] = {"fp32 PyTorch": fp32}
     sizes: dict[str, int] = {"fp32 PyTorch": fp32_bytes}
     notes: dict[str, str] = {}
-    modes = {
-        "modelzip w8a8 (auto)": "w8a8",
-        "modelzip dynamic, no SmoothQuant": recipe(mode="dynamic", smoothquant=False),
-        "modelzip static + bias corr.": recipe(mode="static"),
-    }
+    modes: dict[str, str | Recipe] = {"modelzip w8a8 (auto)": "w8a8"}
+    if "--quick" not in sys.argv:  # the other modes (each ~3 min on an idle 2-core machine)
+        modes["modelzip dynamic, no SmoothQuant"] = recipe(mode="dynamic", smoothquant=False)
+        modes["modelzip static + bias corr."] = recipe(mode="static")
+    cal = 2 if "--quick" in sys.argv else 8
     for name, rec in modes.items():
         t0 = time.perf_counter()
         path = work / f"{len(sizes)}.mzip"
@@ -124,6 +125,8 @@ def main() -> None:
         kept: dict[str, str] = {}
         for stage in Recipe.load(rec).stages:  # the recipe's stages, without compress's evals
             ctx = Context(data=data, trainer=Trainer(progress=False))
+            if "calibration_batches" in type(stage).model_fields:
+                stage = stage.model_copy(update={"calibration_batches": cal})
             model = get_method(stage.method).apply(model, stage, ctx)
             kept.update(ctx.notes.get("kept_float", {}))
         mz.save(model, path)
@@ -208,7 +211,9 @@ def main() -> None:
         f"CPU: {cpu_line()}. The machine (2 cores) was shared with other jobs. "
         f"Evaluation: {len(x_eval)} `english` test sentences (real sentences from PyTorch's "
         "documentation), 32 tokens; calibration on its separate val split. Latency: best of "
-        f"{ROUNDS} interleaved medians; ratio = variant / fp32 PyTorch at the same threads.",
+        f"{ROUNDS} interleaved medians; ratio = variant / fp32 PyTorch at the same threads. "
+        f"Calibration batches (of 64 sentences) per modelzip mode: {cal}"
+        + (" (`--quick`: only the w8a8 mode)." if "--quick" in sys.argv else "."),
         f"int8 kernels here: {int8_runtime.describe()['why']} "
         f"(matmul kernel `{int8_runtime.matmul_kernel()}`).",
         "",

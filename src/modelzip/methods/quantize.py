@@ -235,6 +235,10 @@ def static_activations(
     """Calibrate input ranges, correct biases (optional), convert to integer layers."""
     skipped = {n: r for n, m in layers.items() if (r := convert.why_not_convertible(m))}
     todo = {n: m for n, m in layers.items() if n not in skipped}
+    if not todo:  # every layer went dynamic, stayed float or has no kernel: nothing to calibrate
+        notes["chained"], notes["float_activations"] = [], skipped
+        notes["int8_kernels"] = convert.kernel_report(model, batches)
+        return model
     stats = calibrate.observe(model, todo, batches)
     for name in [n for n in todo if not stats[n].seen]:
         skipped[name] = "never ran on the calibration data (no activation range)"
