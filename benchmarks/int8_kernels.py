@@ -19,9 +19,12 @@ import copy
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -59,6 +62,57 @@ def cpu() -> str:
     return platform.processor()
 
 
+def gemm_table() -> list[str]:
+    """The candidates for the dynamic int8 Linear's product, timed at MiniLM's shapes."""
+    out = [
+        "",
+        "## Candidates for the int8 product of a dynamic Linear (MiniLM shapes, median us)",
+        "",
+        "Exact without VNNI: `int_mm` no (measured 55% relative error with "
+        "`ONEDNN_MAX_CPU_ISA=AVX2`), `split` yes, `fp32 codes` yes; the engine's "
+        "`linear_dynamic` (FBGEMM) quantizes activations per tensor, not per token, and "
+        "saturates without VNNI.",
+        "",
+        "| M x K x N | fp32 linear | engine linear_dynamic | _int_mm | split _int_mm | "
+        "fp32 on codes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m, k, n in ((32, 384, 1536), (1024, 384, 1536), (1024, 1536, 384)):
+        out.append(_gemm_row(m, k, n))
+    return out
+
+
+def _gemm_row(m: int, k: int, n: int) -> str:
+    from modelzip.nn.dynamic import quantize_rows
+
+    x, w = torch.randn(m, k), torch.randn(n, k)
+    codes, _ = quantize_rows(x)
+    wq, _ = quantize_rows(w)
+    packs = {kern: int8_runtime.pack_weight(wq, kern) for kern in ("int_mm", "split", "reference")}
+    scales = torch.full((n,), 0.01, dtype=torch.double)
+    qw = torch.quantize_per_channel(w, scales, torch.zeros(n, dtype=torch.long), 0, torch.qint8)
+    packed = torch.ops.quantized.linear_prepack(qw, None)
+    fns = [
+        lambda: torch.nn.functional.linear(x, w),
+        lambda: torch.ops.quantized.linear_dynamic(x, packed),
+        lambda: int8_runtime.int8_mm(codes, packs["int_mm"], "int_mm"),
+        lambda: int8_runtime.int8_mm(codes, packs["split"], "split"),
+        lambda: int8_runtime.int8_mm(codes, packs["reference"], "reference"),
+    ]
+    times = [1000 * median_ms_fn(f) for f in fns]
+    return f"| {m}x{k}x{n} | " + " | ".join(f"{t:.0f}" for t in times) + " |"
+
+
+def median_ms_fn(fn: Callable[[], object], repeats: int = 20) -> float:
+    fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(ts)
+
+
 def main() -> None:
     torch.set_num_threads(1)
     flags = int8_runtime.cpu_flags()
@@ -79,11 +133,15 @@ def main() -> None:
         "",
         "## Exactness: largest error in output steps (0.5 = exact up to one rounding)",
         "",
-        "| run | kernel | Linear 256->48 | Conv2d 32->8 3x3 |",
-        "|---|---|---|---|",
+        "| run | kernel | Linear 256->48 | Conv2d 32->8 3x3 | dynamic kernel | "
+        "DynQuantLinear 384->64 (relative error) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, r in rows:
-        lines.append(f"| {name} | {r['kernel']} | {r['linear']:.3f} | {r['conv']:.3f} |")
+        lines.append(
+            f"| {name} | {r['kernel']} | {r['linear']:.3f} | {r['conv']:.3f} | "
+            f"{r['matmul_kernel']} | {r['dynamic']:.2e} |"
+        )
 
     data = mz.load_data("digits")
     fp32 = mz.load_model("zoo:lenet5", data=data).eval()
@@ -120,6 +178,7 @@ def main() -> None:
             f"| {k} | {acc[k]:.4f} | {r[1]:.3f} | {r[1] / res['fp32'][1]:.2f} | "
             f"{r[256]:.3f} | {r[256] / res['fp32'][256]:.2f} |"
         )
+    lines += gemm_table()
     lines += [
         "",
         "The reference kernel gives the same accuracy as the engine (no precision cost); it "

@@ -95,7 +95,7 @@ def run_one(label: str, model: nn.Module, data: Any, recipe: Recipe) -> dict[str
     m_base, m_small = macs(base, x), macs(small, x)
     speed = {k: v["unpruned"] / v["pruned"] for k, v in lat.items()}
     mac_ratio = m_base / m_small
-    metric = "cosine_mean" if data.task == "embedding" else "accuracy"
+    metric = data.task.metric
     row = {
         "model": label,
         "data": data.name,

@@ -58,9 +58,11 @@ def test_without_vnni_the_engine_saturates_and_the_automatic_choice_is_exact(tmp
     forced = run_check({**AVX2, "MODELZIP_INT8_KERNELS": "engine"})
     assert forced["kernel"] == "engine"
     assert forced["linear"] > 10 and forced["conv"] > 10  # the saturation the tests must catch
+    assert forced["matmul_kernel"] == "int_mm" and forced["dynamic"] > 0.01  # oneDNN too
     auto = run_check(AVX2, str(path))
-    assert auto["kernel"] == "reference"
+    assert auto["kernel"] == "reference" and auto["matmul_kernel"] == "split"
     assert max(auto["linear"], auto["conv"], auto["saved_linear"]) <= 0.5 + 1e-3
+    assert auto["dynamic"] < 1e-5  # the weight-split int8 GEMM is exact without VNNI
 
 
 def test_the_rule_follows_the_cpu_and_the_isa_caps():

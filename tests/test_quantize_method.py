@@ -132,7 +132,8 @@ def test_recipe_shape_from_the_issue_parses():
         ({"bitz": 8}, r"unknown field 'bitz'.*did you mean 'bits'"),
         (
             {"activations": {"bit": 8}},
-            r"unknown field 'activations.bit'.*'bits'.*valid fields: bits, observer, percentile$",
+            r"unknown field 'activations.bit'.*'bits'.*valid fields: bits, min_sqnr_db, mode, "
+            r"observer, percentile, smoothquant, static_margin_db$",
         ),
     ],
 )
@@ -192,7 +193,9 @@ def test_calibration_without_data_is_an_error(lenet300, digits):
 
 def test_builtin_w8a8_recipe_is_listed_and_valid():
     r = Recipe.load("w8a8")
-    assert r.stages[0].activations.observer == "mse" and r.stages[0].bias_correction
+    assert r.stages[0].method == "fold_bn"
+    q = r.stages[-1]
+    assert q.activations.observer == "mse" and q.activations.mode == "auto" and q.bias_correction
 
 
 def test_class_name_patterns_still_match_after_an_earlier_stage(lenet300, digits):

@@ -113,12 +113,14 @@ def test_impossible_budget_exits_3_and_hands_over_the_closest_policy(tmp_path, c
 
 def test_sigkill_mid_trial_resumes_without_losing_or_repeating_trials(tmp_path):
     study = tmp_path / "s"
-    argv = [*SEARCH, "--max-drop", "2", "--trials", "2", "--study", str(study), "--json"]
+    # Three trials: after the first one finishes (complete or pruned) another is running.
+    argv = [*SEARCH, "--max-drop", "2", "--trials", "3", "--study", str(study), "--json"]
     cmd = [sys.executable, "-m", "modelzip.cli", *argv]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     storage = f"sqlite:///{study / 'study.db'}"
-    done_before: dict[int, float] = {}
+    done_before: dict[int, tuple[TrialState, float | None]] = {}
+    ended = (TrialState.COMPLETE, TrialState.PRUNED)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         time.sleep(0.3)
@@ -128,10 +130,10 @@ def test_sigkill_mid_trial_resumes_without_losing_or_repeating_trials(tmp_path):
             trials = optuna.load_study(study_name=STUDY_NAME, storage=storage).trials
         except Exception:  # the study is being created
             continue
-        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        complete = [t for t in trials if t.state in ended]
         running = [t for t in trials if t.state == TrialState.RUNNING]
         if complete and running:
-            done_before = {t.number: t.value for t in complete}
+            done_before = {t.number: (t.state, t.value) for t in complete}
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait(timeout=30)
@@ -142,14 +144,15 @@ def test_sigkill_mid_trial_resumes_without_losing_or_repeating_trials(tmp_path):
     trials = optuna.load_study(study_name=STUDY_NAME, storage=storage).trials
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    assert len(finished) == 2  # exactly the requested count: none lost, none twice
+    assert len(finished) == 3  # exactly the requested count: none lost, none twice
     assert not [t for t in trials if t.state == TrialState.RUNNING]
-    for number, value in done_before.items():  # what finished before the kill is kept as is
-        assert trials[number].state == TrialState.COMPLETE and trials[number].value == value
+    for number, (state, value) in done_before.items():  # what finished before is kept as is
+        assert trials[number].state == state and trials[number].value == value
     assert failed  # the trial the kill interrupted ...
     retried = {t.user_attrs.get("retry_of"): t for t in finished}
-    for t in failed:  # ... was run again with the same policy
-        assert retried[t.number].params == t.params
+    for t in failed:  # ... was run again with the same policy (what it had drawn before the
+        # kill; a trial killed while drawing its policy has drawn only part of it)
+        assert t.params.items() <= retried[t.number].params.items()
 
 
 def test_ray_engine_runs_trials_in_parallel_into_the_same_study(searched, tmp_path):

@@ -486,6 +486,24 @@ def export(
 
 
 @app.command()
+def embed(
+    model: Annotated[str, typer.Argument(help="zoo:minilm | HF model folder | FILE.mzip")],
+    text: Annotated[Path, typer.Option("--text", help="UTF-8 text file, one sentence a line")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="OUT.npy or OUT.jsonl")],
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=4096)] = 32,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write one embedding per line of --text (.npy array or JSON lines)."""
+    from modelzip.embed import embed_file
+
+    info = embed_file(model, text, output, batch_size=batch_size)
+    if as_json:
+        _print_json(info)
+    else:
+        out.print(f"wrote {info['sentences']} embeddings of dim {info['dim']} to {output}")
+
+
+@app.command()
 def recipes(as_json: JsonOpt = False) -> None:
     """List the built-in recipes."""
     from modelzip.recipe import describe_builtin

@@ -24,6 +24,22 @@ def cosine_mean(model: nn.Module, reference: nn.Module, loader: Any) -> float:
     return EMBEDDING.score(model, loader, reference=reference)
 
 
+def embedding_fidelity(model: nn.Module, reference: nn.Module, loader: Any) -> dict[str, float]:
+    """Mean/min cosine to the reference's embeddings and top-10 neighbour overlap."""
+    from modelzip.eval.retrieval import fidelity
+
+    model.eval()
+    reference.eval()
+    ours, theirs = [], []
+    with torch.inference_mode():
+        for x, _ in loader:
+            ours.append(model(x).float())
+            theirs.append(reference(x).float())
+    if not ours:
+        raise DataError("the evaluation split is empty")
+    return fidelity(torch.cat(ours), torch.cat(theirs))
+
+
 def check_fits(model: nn.Module, data: DataBundle, model_name: str = "the model") -> None:
     """Run one real batch through the model; a shape mismatch becomes one clear line."""
     x = data.example_inputs(2)
@@ -76,7 +92,12 @@ def evaluate(
     task = data.task
     if task.needs_reference and reference is None:
         raise DataError(f"{data.name} is an {task.name} task: evaluation needs the reference model")
-    score = task.score(model, data.loader(split), reference=reference)
+    retrieval: dict[str, float] = {}
+    if task is EMBEDDING and reference is not None:  # retrieval fidelity: cosine mean/min, top-10
+        retrieval = embedding_fidelity(model, reference, data.loader(split))
+        score = retrieval["cosine_mean"]
+    else:
+        score = task.score(model, data.loader(split), reference=reference)
     out: dict[str, Any] = {
         "accuracy": score,
         "split": split,
@@ -87,6 +108,7 @@ def evaluate(
         "bits_per_weight": round(8 * size / params, 4) if params else 0.0,
     }
     out[task.metric] = score  # "accuracy" holds the task's metric too (DESIGN.md's JSON keys)
+    out.update(retrieval)
     if measure_latency:
         example = data.example_inputs(64)
         if isinstance(example, torch.Tensor):  # latency is timed for one-input models

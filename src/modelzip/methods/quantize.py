@@ -35,13 +35,14 @@ from typing import Any, ClassVar, Literal, cast
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
+from torch.nn.utils import parametrize
 
 from modelzip.config import MethodConfig
 from modelzip.context import Context
 from modelzip.errors import ConfigError, ModelError, UnsupportedError
 from modelzip.nn.constraints import AffineQuant, constrain
 from modelzip.ops import affine
-from modelzip.quant import calibrate, convert
+from modelzip.quant import calibrate, convert, dynamic
 from modelzip.registry import register
 from modelzip.targets import WEIGHT_LAYERS, per_layer, select
 
@@ -57,15 +58,27 @@ QUANTIZABLE: tuple[type[nn.Module], ...] = (
 
 
 class ActivationConfig(BaseModel):
-    """Static activation quantization: uint8 inputs from a calibrated range.
+    """Activation quantization: static uint8 inputs from a calibrated range, or dynamic
+    per-token int8 (``mode: dynamic``), or the better of the two per layer (``mode: auto``).
 
-    Example (YAML): ``activations: {bits: 8, observer: mse}``
+    Example (YAML): ``activations: {bits: 8, observer: mse}`` or ``activations: {mode: auto}``
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     bits: int = 8
     observer: Literal["minmax", "percentile", "mse", "kl"] = "mse"
     percentile: float = Field(99.99, gt=50, le=100, description="for observer: percentile")
+    mode: Literal["static", "dynamic", "auto"] = Field(
+        "static",
+        description="static: calibrated per-tensor uint8 inputs; dynamic: per-token int8 "
+        "scales at run time (Linear); auto: per layer, static where calibration shows it as "
+        "good as dynamic, else dynamic",
+    )
+    smoothquant: bool = Field(True, description="dynamic: try SmoothQuant alphas per layer")
+    min_sqnr_db: float = Field(
+        20.0, ge=0, le=99, description="layers whose int8 output SQNR is lower stay float"
+    )
+    static_margin_db: float = Field(1.0, ge=0, le=60, description="auto: static allowance")
 
     @field_validator("bits")
     @classmethod
@@ -93,6 +106,11 @@ class QuantizeConfig(MethodConfig):
     bias_correction: bool = False
     layers: list[str] | None = Field(None, description="layer patterns to quantize (default: all)")
     fold_bn: bool = Field(True, description="fold BatchNorm into the layer before it first")
+    embeddings: bool = Field(
+        False,
+        description="also store every nn.Embedding table as int8 codes per row (weight-only); "
+        "a model without one is noted, not an error",
+    )
 
     @field_validator("bits")
     @classmethod
@@ -220,6 +238,10 @@ def static_activations(
     """Calibrate input ranges, correct biases (optional), convert to integer layers."""
     skipped = {n: r for n, m in layers.items() if (r := convert.why_not_convertible(m))}
     todo = {n: m for n, m in layers.items() if n not in skipped}
+    if not todo:  # every layer went dynamic, stayed float or has no kernel: nothing to calibrate
+        notes["chained"], notes["float_activations"] = [], skipped
+        notes["int8_kernels"] = convert.kernel_report(model, batches)
+        return model
     stats = calibrate.observe(model, todo, batches, progress=progress)
     for name in [n for n in todo if not stats[n].seen]:
         skipped[name] = "never ran on the calibration data (no activation range)"
@@ -252,6 +274,14 @@ def static_activations(
     return model
 
 
+def _embedding_tables(model: nn.Module, chosen: dict[str, nn.Module]) -> dict[str, nn.Module]:
+    return {
+        n: m
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Embedding) and n not in chosen and not parametrize.is_parametrized(m)
+    }
+
+
 @register(QuantizeConfig)
 def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> nn.Module:
     """Uniform weight quantization (tensor/channel/group); W8A8 integer layers with activations."""
@@ -270,13 +300,38 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> nn.Module:
     needs_data = cfg.activations is not None or cfg.bias_correction
     batches = calibrate.calibration_batches(ctx, cfg.calibration_batches) if needs_data else []
     ref = _outputs(model, batches) if batches else None
-    float_w, report = quantize_weights(chosen, bits, cfg)
-    ctx.notes["layers"] = report
-    ctx.notes["unquantized"] = sorted(set(layers) - set(bits))
-    if cfg.activations is not None:
-        ctx.notes["observer"] = cfg.activations.observer
+    dyn_notes: dict[str, dict[str, Any]] = {}
+    acts = cfg.activations
+    if acts is not None and acts.mode != "static":
+        model, chosen, dyn_notes = dynamic.apply(
+            model,
+            chosen,
+            bits,
+            batches,
+            mode=acts.mode,
+            smoothquant=acts.smoothquant,
+            min_sqnr_db=acts.min_sqnr_db,
+            margin_db=acts.static_margin_db,
+        )
+        ctx.notes["kept_float"] = dyn_notes.pop("_kept_float")
+    tables = _embedding_tables(model, chosen) if cfg.embeddings else {}
+    if tables:
+        row_cfg = cfg.model_copy(update={"granularity": "channel", "group_size": None})
+        _, table_report = quantize_weights(tables, dict.fromkeys(tables, 8), row_cfg)
+        ctx.notes["embeddings"] = table_report
+    elif cfg.embeddings:
+        ctx.notes["embeddings"] = "the model has no nn.Embedding table"
+    float_w, report = quantize_weights(chosen, {n: bits[n] for n in chosen}, cfg)
+    ctx.notes["layers"] = {
+        **dyn_notes,
+        **{n: {**dyn_notes.get(n, {}), **r} for n, r in report.items()},
+    }
+    ctx.notes["unquantized"] = sorted(
+        set(layers) - set(bits) | set(ctx.notes.get("kept_float", {}))
+    )
+    if acts is not None:
+        ctx.notes["observer"] = acts.observer
         ctx.notes["calibration_batches"] = len(batches)
-        acts = cfg.activations
         model = static_activations(
             model, chosen, float_w, cfg, acts, batches, ctx.notes, progress=ctx.trainer.progress
         )

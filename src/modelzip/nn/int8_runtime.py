@@ -54,6 +54,7 @@ class Int8Kernels:
 
     kernel: str
     why: str
+    forced: bool = False
 
     @property
     def exact_engine(self) -> bool:
@@ -110,7 +111,7 @@ def _select(engine: str, forced: str) -> Int8Kernels:
     if forced not in _CHOICES:
         raise ValueError(f"MODELZIP_INT8_KERNELS={forced!r} is not one of {', '.join(_CHOICES)}")
     if forced != "auto":
-        return Int8Kernels(forced, f"forced by MODELZIP_INT8_KERNELS={forced}")
+        return Int8Kernels(forced, f"forced by MODELZIP_INT8_KERNELS={forced}", True)
     return decide(engine, cpu_flags(), is_x86(), _isa_cap())
 
 
@@ -118,7 +119,7 @@ def kernels() -> Int8Kernels:
     """The int8 kernels for the current quantized engine on this CPU (cached per process)."""
     scoped = _OVERRIDE.get()
     if scoped is not None:
-        return Int8Kernels(scoped, "chosen for a measurement (int8_runtime.use)")
+        return Int8Kernels(scoped, "chosen for a measurement (int8_runtime.use)", True)
     forced = os.environ.get("MODELZIP_INT8_KERNELS", "auto").strip().lower() or "auto"
     return _select(torch.backends.quantized.engine, forced)
 
@@ -146,3 +147,45 @@ def describe() -> dict[str, str | bool]:
         "cpu_vnni": "avx512_vnni" in flags,
         "decided": "at run time on each machine (the file stores no kernel choice)",
     }
+
+
+# --- int8 x int8 -> int32 matrix products (the dynamic-activation layers' kernel) -----------
+#
+# ``torch._int_mm`` runs oneDNN's s8 x s8 -> s32 GEMM (AMX / VNNI here). Without VNNI oneDNN
+# also pairs products in int16 (measured with ONEDNN_MAX_CPU_ISA=AVX2: wrong by up to 1.2M), so
+# there the weight is split as W = 128 * W_hi + W_lo with W_lo in [-64, 63] and W_hi in {-1, 0,
+# 1}: every pair then stays below 2 * 255 * 64 = 32,640 and one GEMM over [W_lo | W_hi] gives
+# the exact product (measured exact under that cap), at twice the columns.
+
+
+def matmul_kernel() -> str:
+    """``int_mm`` (exact here), ``split`` (exact without VNNI) or ``reference`` (fp32)."""
+    k = kernels()
+    if k.exact_engine:
+        return "int_mm"
+    return "reference" if k.forced else "split"
+
+
+def pack_weight(qweight: torch.Tensor, kernel: str) -> torch.Tensor:
+    """The int8 weight ``[N, K]`` laid out for ``kernel`` (``[K, N]``, or ``[K, 2N]`` split)."""
+    if kernel == "int_mm":
+        return qweight.t().contiguous()
+    if kernel == "split":
+        w = qweight.to(torch.int16)
+        lo = (w + 64).remainder(128) - 64
+        hi = (w - lo).div(128, rounding_mode="floor")
+        return torch.cat([lo, hi]).to(torch.int8).t().contiguous()
+    if kernel == "reference":
+        return qweight.t().float().contiguous()
+    raise ValueError(f"kernel {kernel!r} is not one of int_mm, split, reference")
+
+
+def int8_mm(x: torch.Tensor, packed: torch.Tensor, kernel: str) -> torch.Tensor:
+    """Exact int32 products of int8 rows ``x [M, K]`` with a packed weight (``pack_weight``)."""
+    if kernel == "reference":  # integers in fp32: exact while partial sums stay below 2**24
+        return (x.float() @ packed).round().to(torch.int32)
+    acc = torch._int_mm(x, packed)
+    if kernel == "split":
+        n = packed.shape[1] // 2
+        return acc[:, :n] + acc[:, n:] * 128
+    return acc

@@ -156,6 +156,19 @@ class _QuantBase(Buildable):
             warnings.filterwarnings("ignore", message=_DEPRECATION, category=UserWarning)
             return torch.quantize_per_tensor(y, s, zp, torch.quint8)
 
+    def _onnx_args(self) -> tuple[torch.Tensor, ...]:
+        bias = self.bias if self.bias is not None else torch.zeros(self.w_scale.shape)
+        return (
+            self.in_scale,
+            self.in_zero_point,
+            self.qweight,
+            self.w_scale,
+            self.w_zero_point,
+            bias,
+            self.out_scale,
+            self.out_zero_point,
+        )
+
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
         self._packed = None  # rebuilt from the loaded buffers on first use
@@ -220,6 +233,10 @@ class QuantLinear(_QuantBase):
         return torch.ops.quantized.linear_prepack(self._qweight_tensor(), self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export():  # QDQ nodes (modelzip.nn.onnx_int8)
+            from modelzip.nn.onnx_int8 import QLinearOnnx
+
+            return QLinearOnnx.apply(x.float(), *self._onnx_args())
         if not int8_runtime.kernels().exact_engine:
             w = self.reference_weight()
             return self._reference_output(F.linear(self._reference_input(x), w, self.bias))
@@ -280,6 +297,11 @@ class QuantConv2d(_QuantBase):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export():  # QDQ nodes (modelzip.nn.onnx_int8)
+            from modelzip.nn.onnx_int8 import QConvOnnx
+
+            attrs = (list(self.stride), list(self.padding), list(self.dilation), self.groups)
+            return QConvOnnx.apply(x.float(), *self._onnx_args(), attrs)
         if not int8_runtime.kernels().exact_engine:
             xd, w = self._reference_input(x), self.reference_weight()
             y = F.conv2d(xd, w, self.bias, self.stride, self.padding, self.dilation, self.groups)

@@ -15,6 +15,7 @@ from torch import nn
 
 from modelzip.nn.codebook import Codebook, RowCodebook
 from modelzip.nn.constraints import AffineQuant, Constraint
+from modelzip.nn.dynamic import DynQuantLinear
 from modelzip.nn.lowbit import GroupCodes
 from modelzip.nn.lowrank import LowRankConv2d, LowRankLinear
 from modelzip.nn.quantized import QuantConv2d, QuantLinear
@@ -42,6 +43,13 @@ CONSTRAINT_KINDS: dict[str, type[Constraint]] = closed_table(
 
 #: Module types a file's architecture may name: torch's describable layers and modelzip's.
 MODULE_TYPES: dict[str, type[nn.Module]] = closed_table(
-    [*TORCH_TYPES.values(), LowRankLinear, LowRankConv2d, QuantLinear, QuantConv2d],
+    [
+        *TORCH_TYPES.values(),
+        LowRankLinear,
+        LowRankConv2d,
+        QuantLinear,
+        QuantConv2d,
+        DynQuantLinear,
+    ],
     key=lambda cls: cls.__name__,
 )

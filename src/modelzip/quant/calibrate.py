@@ -173,9 +173,11 @@ def correct_biases(
             s, zp = in_qparams[name]
             xq = affine.fake_quantize(x, torch.tensor(s), torch.tensor(float(zp)), bits, False)
         err = _layer_op(m, xq, cast(torch.Tensor, m.weight)) - _layer_op(m, x, float_weights[name])
-        dims = [d for d in range(err.dim()) if d != 1]
+        # channels: dim 1 of a convolution's output, the last dim of a Linear's (any rank)
+        ch = err.dim() - 1 if isinstance(m, nn.Linear) else 1
+        dims = [d for d in range(err.dim()) if d != ch]
         sums[name] = sums.get(name, 0) + err.sum(dim=dims).double()
-        counts[name] += err.numel() // err.shape[1]
+        counts[name] += err.numel() // err.shape[ch]
 
     with _hooks(layers, measure):
         _run(model, batches)

@@ -19,6 +19,7 @@ from torch.nn.utils import parametrize
 
 from modelzip.nn import int8_runtime
 from modelzip.nn.constraints import AffineQuant, constraints_of
+from modelzip.nn.dynamic import DynQuantLinear
 from modelzip.nn.quantized import QuantConv2d, QuantLinear, _QuantBase
 
 #: Modules that give the same result on uint8 codes as on the real values they stand for.
@@ -138,7 +139,7 @@ def kernel_report(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, ob
     engine against it on the calibration batches gives the precision cost of either choice.
     """
     info: dict[str, object] = dict(int8_runtime.describe())
-    if not batches or not any(isinstance(m, _QuantBase) for m in model.modules()):
+    if not batches or not any(isinstance(m, _QuantBase | DynQuantLinear) for m in model.modules()):
         return info
     was_training = model.training
     model.eval()

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from modelzip.nn import int8_runtime
+from modelzip.nn.dynamic import DynQuantLinear
 from modelzip.nn.quantized import QuantConv2d, QuantLinear, _QuantBase
 
 S_X, S_W = 0.02, 0.01
@@ -82,6 +83,35 @@ def conv_case(seed: int = 0, c: int = 32, n: int = 8) -> Case:
     return Case(layer, xq.float() * S_X, ref, step)
 
 
+def dynamic_case(
+    seed: int = 0, k: int = 384, n: int = 64
+) -> tuple[DynQuantLinear, torch.Tensor, torch.Tensor]:
+    """A DynQuantLinear on 3-D input whose rows quantize to +-127 codes next to +-127 weights,
+    with its exact reference (the same per-row codes, products summed in int64)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 5, k, generator=gen).sign() * (0.5 + torch.rand(2, 5, k, generator=gen))
+    x[..., ::2] = 1.5  # every even feature at the row maximum: codes of 127
+    wq = (torch.randint(0, 2, (n, k), generator=gen) * 2 - 1) * 127
+    wq[:, ::2] = 127
+    bias = torch.randn(n, generator=gen)
+    layer = DynQuantLinear(k, n)
+    layer.qweight.copy_(wq.to(torch.int8))
+    layer.w_scale.fill_(S_W)
+    layer.bias.copy_(bias)  # type: ignore[union-attr]  # built with bias=True
+    x2 = x.reshape(-1, k).double()
+    s_row = x2.abs().amax(1, keepdim=True) / 127
+    codes = torch.round(x2 / s_row).clamp(-127, 127).long()
+    ref = (codes @ wq.long().T).double() * s_row * S_W + bias.double()
+    return layer, x, ref.reshape(2, 5, n)
+
+
+def dynamic_error(layer: DynQuantLinear, x: torch.Tensor, ref: torch.Tensor) -> float:
+    """Largest |output - reference| relative to the largest |reference| (fp32 rounding ~1e-6)."""
+    with torch.inference_mode():
+        out = layer(x)
+    return float((out.double() - ref).abs().max() / ref.abs().max())
+
+
 def error_steps(case: Case, layer: _QuantBase | None = None) -> float:
     """Largest |output - reference| of the layer, in output steps (0.5 = one exact rounding)."""
     with torch.inference_mode():
@@ -95,6 +125,8 @@ def report(saved: str | None = None) -> dict[str, object]:
     lin = linear_case()
     out["linear"] = error_steps(lin)
     out["conv"] = error_steps(conv_case())
+    out["matmul_kernel"] = int8_runtime.matmul_kernel()
+    out["dynamic"] = dynamic_error(*dynamic_case())
     if saved is not None:
         blob = torch.load(saved, weights_only=True)
         layer = QuantLinear(lin.layer.in_features, lin.layer.out_features)  # type: ignore[arg-type]

@@ -435,6 +435,12 @@ def _streamed(path: Path, batch_size: int, seed: int) -> DataBundle:
     )
 
 
+def _has_text_column(path: Path) -> bool:
+    from modelzip.zoo.corpus import parquet_text_column
+
+    return parquet_text_column(path) is not None
+
+
 def _record_batches(path: Path) -> Iterator:
     """The file's record batches in order (pyarrow, bounded memory)."""
     import pyarrow as pa
@@ -482,12 +488,6 @@ def _batch_arrays(
     raw = _labels_array(path, label, batch.column(label).to_numpy(zero_copy_only=False))
     check_labels(path, f"label column {label!r}", raw, num_classes=num_classes, row_offset=start)
     return feats.astype(np.float32), raw.astype(np.int64)
-
-
-def _has_text_column(path: Path) -> bool:
-    from modelzip.zoo.corpus import parquet_text_column
-
-    return parquet_text_column(path) is not None
 
 
 def _label_column(path: Path, names: list[str]) -> str:

@@ -1,0 +1,122 @@
+"""The built-in ``w8a8`` recipe on CNNs: LeNet-5 (mnist5k) and a residual CNN with BatchNorm
+(digits), in PyTorch and exported to int8 ONNX (QDQ) in ONNX Runtime.
+
+For each model: test accuracy of fp32 and of the w8a8 .mzip (loaded back), file bytes, median
+latency at batch 1 and 256 (1 thread) as a ratio to fp32 PyTorch, and the exported int8 ONNX
+model's agreement with modelzip (argmax on the test split) and latency in ONNX Runtime next to
+the fp32 ONNX model. One interleaved run.
+
+Run: ``PYTHONPATH=src python benchmarks/cnn_int8.py`` (a few minutes).
+Writes ``benchmarks/results/cnn_int8.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import onnxruntime as ort
+import torch
+
+import modelzip as mz
+from modelzip.eval.evaluate import accuracy
+from modelzip.export import export_onnx
+from modelzip.nn import int8_runtime
+from modelzip.testing.user_models import residual_cnn
+from modelzip.train import Trainer
+
+OUT = Path(__file__).parent / "results" / "cnn_int8.md"
+ROUNDS = 3
+warnings.filterwarnings("ignore")
+
+
+def median_ms(fn: Callable[[], object], repeats: int) -> float:
+    fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(ts)
+
+
+def session(path: Path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    work = Path(tempfile.mkdtemp(prefix="cnn-int8-"))
+    rows = []
+    cases = []
+    mnist = mz.load_data("mnist5k")
+    cases.append(("LeNet-5 / mnist5k", mz.load_model("zoo:lenet5", data=mnist), mnist, None))
+    digits = mz.load_data("digits")
+    res = residual_cnn()
+    Trainer(progress=False).fit(res, digits.train, epochs=15, lr=3e-3)
+    cases.append(("residual CNN + BN / digits", res.eval(), digits, residual_cnn))
+    for name, fp32, data, skeleton in cases:
+        path = work / "m.mzip"
+        mz.compress(copy.deepcopy(fp32), data, "w8a8", out=path, measure_latency=False)
+        q = mz.load(path, model=skeleton()) if skeleton else mz.load(path)
+        x_test = torch.cat([x for x, _ in data.test])
+        export_onnx(fp32, work / "f.onnx", example=x_test[:1])
+        export_onnx(q, work / "q.onnx", example=x_test[:1])
+        s_f, s_q = session(work / "f.onnx"), session(work / "q.onnx")
+        with torch.inference_mode():
+            ours = q(x_test).numpy()
+        theirs = s_q.run(None, {"input": x_test.numpy()})[0]
+        agree = float((ours.argmax(1) == theirs.argmax(1)).mean())
+        acc_f, acc_q = accuracy(fp32, data.test), accuracy(q, data.test)
+        acc_ort = float((theirs.argmax(1) == torch.cat([y for _, y in data.test]).numpy()).mean())
+        lat: dict[tuple[str, int], float] = {}
+        for _ in range(ROUNDS):
+            for b in (1, 256):
+                xb = torch.cat([x_test] * (1 + 256 // len(x_test)))[:b]
+                reps = 50 if b == 1 else 10
+                for k, m in (("fp32", fp32), ("int8", q)):
+                    with torch.inference_mode():
+                        t = median_ms(lambda m=m, xb=xb: m(xb), reps)
+                    lat[(k, b)] = min(lat.get((k, b), 1e9), t)
+                for k, s in (("ort fp32", s_f), ("ort int8", s_q)):
+                    feed = {"input": xb.numpy()}
+                    t = median_ms(lambda s=s, feed=feed: s.run(None, feed), reps)
+                    lat[(k, b)] = min(lat.get((k, b), 1e9), t)
+        rows.append(
+            f"| {name} | {acc_f:.4f} | {acc_q:.4f} ({100 * (acc_q - acc_f):+.2f} pt) | "
+            f"{path.stat().st_size:,} | "
+            + " | ".join(f"{lat[('int8', b)] / lat[('fp32', b)]:.2f}x" for b in (1, 256))
+            + f" | {agree:.4f} | {acc_ort:.4f} | "
+            + " | ".join(
+                f"{lat[('ort int8', b)]:.3f} / {lat[('ort fp32', b)]:.3f} ms" for b in (1, 256)
+            )
+            + " |"
+        )
+        print(rows[-1])
+    flags = int8_runtime.cpu_flags()
+    keep = sorted(f for f in flags if "vnni" in f or "amx" in f or f == "avx2")
+    lines = [
+        "# w8a8 on CNNs: PyTorch int8 and exported int8 ONNX in ONNX Runtime",
+        "",
+        f"CPU flags: {', '.join(keep)}; 1 thread; the machine was shared with other jobs. "
+        f"int8 kernels: {int8_runtime.describe()['why']}.",
+        "",
+        "| model | fp32 acc | w8a8 acc | .mzip bytes | int8/fp32 b1 | int8/fp32 b256 | "
+        "ORT int8 argmax = modelzip | ORT int8 acc | ORT int8 / fp32 b1 | "
+        "ORT int8 / fp32 b256 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+    OUT.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""``modelzip embed`` and ``modelzip.embed``: embeddings of text files, and retrieval metrics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import modelzip as mz
+from modelzip.cli import main
+from modelzip.embed import embed
+from modelzip.errors import ModelError
+from modelzip.eval.retrieval import fidelity, top_k_overlap
+from modelzip.testing.user_models import write_tiny_bert
+from modelzip.zoo.corpus import english_splits
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    return write_tiny_bert(tmp_path_factory.mktemp("bert"))
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_text("\n".join(english_splits()["test"][:12]) + "\n", encoding="utf-8")
+    return path
+
+
+def test_embed_writes_npy_and_json_lines_that_match_the_model(
+    capsys, bert_dir, text_file, tmp_path
+):
+    npy = tmp_path / "e.npy"
+    code, out, err = run(capsys, "embed", str(bert_dir), "--text", str(text_file), "-o", str(npy))
+    assert code == 0, err
+    emb = np.load(npy)
+    assert emb.shape == (12, 32) and emb.dtype == np.float32
+    lines = text_file.read_text().splitlines()
+    ours = embed(str(bert_dir), lines)
+    assert np.allclose(emb, ours, atol=1e-6)
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    jl = tmp_path / "e.jsonl"
+    code, out, _ = run(
+        capsys, "embed", str(bert_dir), "--text", str(text_file), "-o", str(jl), "--json"
+    )
+    assert code == 0 and json.loads(out)["sentences"] == 12
+    recs = [json.loads(line) for line in jl.read_text(encoding="utf-8").splitlines()]
+    assert [r["text"] for r in recs] == lines
+    assert np.allclose(np.array([r["embedding"] for r in recs]), emb, atol=1e-6)
+
+
+def test_embed_runs_a_compressed_int8_file(bert_dir, tmp_path):
+    model = mz.load_model(str(bert_dir))
+    data = mz.load_data("english", batch_size=32)
+    result = mz.compress(model, data, "w8a8", out=tmp_path / "q.mzip", measure_latency=False)
+    comp = result["compressed"]
+    assert comp["cosine_mean"] > 0.999 and comp["top10_overlap"] > 0.9
+    assert comp["cosine_min"] <= comp["cosine_mean"]
+    texts = english_splits()["test"][:40]
+    a, b = embed(str(bert_dir), texts), embed(str(tmp_path / "q.mzip"), texts)
+    assert float((a * b).sum(1).min()) > 0.995
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [(b"", "no sentences"), (b"\xff\xfe bad\n", "not UTF-8"), (b"\n\n", "no sentences")],
+)
+def test_bad_text_input_exits_2_with_one_line(capsys, bert_dir, tmp_path, content, match):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(content)
+    out = tmp_path / "o.npy"
+    code, stdout, err = run(capsys, "embed", str(bert_dir), "--text", str(bad), "-o", str(out))
+    assert code == 2 and match in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_bad_output_and_non_text_models_are_refused(capsys, bert_dir, text_file, tmp_path):
+    code, _, err = run(
+        capsys, "embed", str(bert_dir), "--text", str(text_file), "-o", str(tmp_path / "o.csv")
+    )
+    assert code == 2 and ".npy or .jsonl" in err
+    with pytest.raises(ModelError, match="not a text model"):
+        embed(nn.Sequential(nn.Linear(4, 2)), ["A sentence."])
+
+
+def test_retrieval_metrics_on_known_cases():
+    torch.manual_seed(0)
+    ref = torch.randn(200, 16)
+    same = fidelity(ref * 3.0, ref)  # scaling changes no cosine and no neighbour
+    assert same["cosine_min"] == pytest.approx(1.0) and same["top10_overlap"] == 1.0
+    noisy = fidelity(ref + 0.3 * torch.randn(200, 16), ref)
+    assert 0.5 < noisy["top10_overlap"] < 1.0 and noisy["cosine_min"] < noisy["cosine_mean"] < 1
+    unrelated = top_k_overlap(torch.randn(200, 16), ref)
+    assert unrelated < 0.2  # about 10/199 by chance

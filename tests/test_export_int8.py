@@ -1,0 +1,71 @@
+"""int8 models export to int8 ONNX (integer ops / QDQ) that ONNX Runtime runs like modelzip."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import modelzip as mz
+from modelzip.cli import main
+from modelzip.export import export_onnx
+from modelzip.testing.user_models import write_tiny_bert
+
+
+def ops(path) -> set[str]:
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def run_ort(path, x: torch.Tensor) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": x.numpy()})[0]
+
+
+def test_a_dynamic_int8_bert_exports_integer_ops_that_match(tmp_path):
+    folder = write_tiny_bert(tmp_path / "bert")
+    data = mz.load_data("english", batch_size=32)
+    q = mz.compress(mz.load_model(str(folder)), data, "w8a8", measure_latency=False)["model"]
+    path = tmp_path / "q.onnx"
+    info = export_onnx(q, path, example=data.example(1))
+    assert info["max_abs_diff"] < 1e-4
+    assert {"MatMulInteger", "ReduceMax", "Round"} <= ops(path)
+    x = data.example(32)
+    with torch.inference_mode():
+        want = q(x).numpy()
+    assert float(np.abs(run_ort(path, x) - want).max()) < 1e-4  # batch 32 though exported at 1
+
+
+def test_a_static_int8_cnn_exports_qdq_that_agrees(digits, tmp_path, capsys):
+    lenet = mz.load_model("zoo:lenet5", data=digits)
+    out = tmp_path / "q.mzip"
+    mz.compress(lenet, digits, "w8a8", out=out, measure_latency=False)
+    onnx_path = tmp_path / "q.onnx"
+    code = main(["export", str(out), "--onnx", str(onnx_path), "--data", "digits", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0 and len(captured.out.strip().splitlines()) == 1  # one JSON, no graph dump
+    assert json.loads(captured.out)["max_abs_diff"] <= 0.5
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv", "MatMul"} <= ops(onnx_path)
+    model = mz.load(out)
+    x = torch.cat([digits.example(64)] * 2)
+    with torch.inference_mode():
+        want = model(x).numpy()
+    got = run_ort(onnx_path, x)
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.99
+    step = float(model.fc2.out_scale)
+    assert float(np.abs(got - want).max()) <= 3 * step  # rounding ties may differ by a step
+
+
+def test_export_errors_are_one_line(tmp_path, capsys):
+    code = main(["export", "zoo:nope", "--onnx", str(tmp_path / "x.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("bad", ["x.txt"])
+def test_export_output_must_be_onnx(tmp_path, capsys, bad):
+    code = main(["export", "zoo:lenet5", "--onnx", str(tmp_path / bad)])
+    assert code == 2 and ".onnx" in capsys.readouterr().err
