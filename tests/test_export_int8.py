@@ -6,13 +6,12 @@ import json
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 
 import modelzip as mz
 from modelzip.cli import main
-from modelzip.export import export_onnx
+from modelzip.export import export_onnx, ort_session
 from modelzip.testing.user_models import write_tiny_bert
 
 
@@ -21,8 +20,7 @@ def ops(path) -> set[str]:
 
 
 def run_ort(path, x: torch.Tensor) -> np.ndarray:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, {"input": x.numpy()})[0]
+    return ort_session(path).run(None, {"input": x.numpy()})[0]
 
 
 def test_a_dynamic_int8_bert_exports_integer_ops_that_match(tmp_path):

@@ -145,25 +145,73 @@ def describe() -> dict[str, str | bool]:
         "why": k.why,
         "engine": torch.backends.quantized.engine,
         "cpu_vnni": "avx512_vnni" in flags,
+        "matmul_kernel": matmul_kernel(),
         "decided": "at run time on each machine (the file stores no kernel choice)",
     }
 
 
 # --- int8 x int8 -> int32 matrix products (the dynamic-activation layers' kernel) -----------
 #
-# ``torch._int_mm`` runs oneDNN's s8 x s8 -> s32 GEMM (AMX / VNNI here). Without VNNI oneDNN
-# also pairs products in int16 (measured with ONEDNN_MAX_CPU_ISA=AVX2: wrong by up to 1.2M), so
-# there the weight is split as W = 128 * W_hi + W_lo with W_lo in [-64, 63] and W_hi in {-1, 0,
-# 1}: every pair then stays below 2 * 255 * 64 = 32,640 and one GEMM over [W_lo | W_hi] gives
-# the exact product (measured exact under that cap), at twice the columns.
+# Candidates, all exact where they are offered:
+# - ``int_mm``: ``torch._int_mm``, oneDNN's s8 x s8 -> s32 GEMM (AMX / VNNI). Without VNNI oneDNN
+#   also pairs products in int16 (measured with ONEDNN_MAX_CPU_ISA=AVX2: wrong by up to 1.2M), so
+#   it is offered only where the engine is exact.
+# - ``split``: the weight split as W = 128 * W_hi + W_lo with W_lo in [-64, 63] and W_hi in
+#   {-1, 0, 1}: every pair then stays below 2 * 255 * 64 = 32,640 and one ``_int_mm`` over
+#   [W_lo | W_hi] gives the exact product without VNNI, at twice the columns.
+# - ``reference``: the integer codes multiplied in fp32, K in chunks of at most 1,024 so that
+#   every partial sum stays below 2**24 (1,024 * 127 * 127 < 2**24) and is exact; the chunks add
+#   in int32.
+# Speed differs by two orders of magnitude between CPUs: on an AMD EPYC with AVX2 only,
+# ``_int_mm`` at 32x384x384 took 22 ms against 0.2 ms for the fp32 GEMM (oneDNN has no fast s8
+# kernel there), while on a Xeon with AMX it beats fp32. So the exact candidates are timed once
+# per process on a MiniLM-sized product and the fastest is used; the output is the same whichever
+# wins.
+
+_REF_CHUNK = 1024
+_PROBE = (32, 384, 384)  # tokens x features x outputs of a small encoder's projection
 
 
 def matmul_kernel() -> str:
-    """``int_mm`` (exact here), ``split`` (exact without VNNI) or ``reference`` (fp32)."""
+    """The dynamic layers' int8 product here: ``int_mm``, ``split`` or ``reference``."""
     k = kernels()
-    if k.exact_engine:
-        return "int_mm"
-    return "reference" if k.forced else "split"
+    if k.forced:
+        return "int_mm" if k.exact_engine else "reference"
+    return _fastest(("int_mm", "reference") if k.exact_engine else ("split", "reference"))
+
+
+@functools.lru_cache(maxsize=4)
+def _fastest(candidates: tuple[str, ...]) -> str:
+    return min(candidates, key=lambda c: probe_times(candidates)[c])
+
+
+@functools.lru_cache(maxsize=4)
+def probe_times(candidates: tuple[str, ...]) -> dict[str, float]:
+    """Best-of-rounds seconds of each candidate on the probe product (once per process).
+
+    Rounds are interleaved and the minimum is kept: on a loaded machine one call can take 100x
+    its cost (a descheduled thread), while the minimum stays the kernel's own cost. A candidate
+    20x slower than the best after two rounds is not timed further.
+    """
+    import time
+
+    m, k, n = _PROBE
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(-127, 128, (m, k), generator=gen, dtype=torch.int8)
+    w = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8)
+    packs = {c: pack_weight(w, c) for c in candidates}
+    best = {c: float("inf") for c in candidates}
+    with torch.inference_mode():
+        for c in candidates:  # warm-up
+            int8_mm(x, packs[c], c)
+        for rnd in range(6):
+            for c in candidates:
+                if rnd >= 2 and best[c] > 20 * min(best.values()):
+                    continue
+                t0 = time.perf_counter()
+                int8_mm(x, packs[c], c)
+                best[c] = min(best[c], time.perf_counter() - t0)
+    return best
 
 
 def pack_weight(qweight: torch.Tensor, kernel: str) -> torch.Tensor:
@@ -182,8 +230,16 @@ def pack_weight(qweight: torch.Tensor, kernel: str) -> torch.Tensor:
 
 def int8_mm(x: torch.Tensor, packed: torch.Tensor, kernel: str) -> torch.Tensor:
     """Exact int32 products of int8 rows ``x [M, K]`` with a packed weight (``pack_weight``)."""
-    if kernel == "reference":  # integers in fp32: exact while partial sums stay below 2**24
-        return (x.float() @ packed).round().to(torch.int32)
+    if kernel == "reference":
+        xf = x.float()
+        k = xf.shape[1]
+        if k <= _REF_CHUNK:
+            return (xf @ packed).round_().to(torch.int32)
+        acc = torch.zeros((xf.shape[0], packed.shape[1]), dtype=torch.int32)
+        for lo in range(0, k, _REF_CHUNK):
+            part = xf[:, lo : lo + _REF_CHUNK] @ packed[lo : lo + _REF_CHUNK]
+            acc += part.round_().to(torch.int32)
+        return acc
     acc = torch._int_mm(x, packed)
     if kernel == "split":
         n = packed.shape[1] // 2
