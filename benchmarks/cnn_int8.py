@@ -70,7 +70,7 @@ def main() -> None:
     )
     torch.manual_seed(0)
     res28 = ResidualCNN(side=28)
-    Trainer(progress=False).fit(res28, fashion.train, epochs=3, lr=3e-3)
+    Trainer(progress=False).fit(res28, fashion.train, epochs=2, lr=3e-3)
     cases.append(
         ("residual CNN + BN / fashion-mnist", res28.eval(), fashion, lambda: ResidualCNN(side=28))
     )
