@@ -70,7 +70,11 @@ def main() -> None:
     )
     torch.manual_seed(0)
     res28 = ResidualCNN(side=28)
-    Trainer(progress=False).fit(res28, fashion.train, epochs=2, lr=3e-3)
+    # 15,000 of the training images (the machine is shared and full-resolution residual blocks
+    # are slow to train); the accuracy change is measured on the full 10,000-image test split
+    subset = torch.utils.data.Subset(fashion.train.dataset, range(15_000))
+    train = torch.utils.data.DataLoader(subset, batch_size=64, shuffle=True)
+    Trainer(progress=False).fit(res28, train, epochs=2, lr=3e-3)
     cases.append(
         ("residual CNN + BN / fashion-mnist", res28.eval(), fashion, lambda: ResidualCNN(side=28))
     )
@@ -125,7 +129,8 @@ def main() -> None:
         "",
         f"CPU: {machine_line()}; flags: {', '.join(keep)}; 1 thread; the machine was shared "
         "with other jobs. Test sets: fashion-mnist 10,000 images (0.01 pt each), mnist5k 1,000, "
-        "digits 360 (0.28 pt each). "
+        "digits 360 (0.28 pt each). The fashion-mnist residual CNN trained 2 epochs on 15,000 "
+        "training images. "
         f"int8 kernels: {int8_runtime.describe()['why']}.",
         "",
         "| model | fp32 acc | w8a8 acc | .mzip bytes | int8/fp32 b1 | int8/fp32 b256 | "
