@@ -350,6 +350,10 @@ def search(
     epochs: Annotated[
         str, typer.Option("--epochs", help="full trial: prune,recover,polish epochs")
     ] = "8,2,2",
+    margin: Annotated[
+        float,
+        typer.Option("--margin", help="points above the floor the pick aims for (val noise)"),
+    ] = 0.2,
     weights: WeightsOpt = None,
     seed: SeedOpt = 0,
     as_json: JsonOpt = False,
@@ -382,6 +386,7 @@ def search(
         "study": study,
         "seed": seed,
         "epochs": sched,
+        "margin": margin,
         "progress": not as_json,
     }
     try:
