@@ -296,6 +296,21 @@ def test_anchor_trial_skips_the_short_rung(lenet300, tmp_path):
     assert loop.start()[2] == cfg.low_fidelity
 
 
+def test_every_quantizer_runs_on_a_pruned_model(lenet300, digits):
+    # GPTQ must come before any pruning mask on a layer: a GPTQ unit keeps its weights
+    from modelzip.search.space import Schedule
+    from modelzip.search.trial import run_recipe
+
+    space = Space.build(lenet300, schedule=Schedule(1, 0, 0))
+    for q in space.quantizers:
+        policy = {**space.defaults(), **{f"quantizer:{u.key}": q for u in space.units}}
+        policy["density:fc3"] = 0.5  # the other layers are pruned, unless GPTQ keeps them
+        out = run_recipe(
+            lenet300, digits, space.recipe(policy).to_dict(), seed=0, latency=False, keep_file=False
+        )
+        assert out["metrics"]["ratio"] > 4, q
+
+
 def test_space_on_user_models(tmp_path, digits):
     # a residual CNN with BatchNorm and control flow: one trial runs end to end
     from modelzip.search.trial import run_recipe

@@ -257,8 +257,13 @@ class Space:
                 if u.key in ranks
             }
             stages.append({"method": "lowrank", "rank": rank_map})
+        # GPTQ must be a layer's first weight constraint (no pruning mask before it): a unit
+        # quantized with GPTQ keeps all its weights
+        gptq = {u.key for u in self.units if policy.get(f"quantizer:{u.key}") == "gptq"}
         sparsity = {
-            select[u.key]: round(1.0 - float(policy[f"density:{u.key}"]), 4) for u in self.units
+            select[u.key]: round(1.0 - float(policy[f"density:{u.key}"]), 4)
+            for u in self.units
+            if u.key not in gptq
         }
         sparsity = {k: v for k, v in sparsity.items() if v > 0}
         if sparsity:
