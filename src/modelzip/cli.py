@@ -354,6 +354,12 @@ def search(
         float,
         typer.Option("--margin", help="points above the floor the pick aims for (val noise)"),
     ] = 0.2,
+    at_least_recipe: Annotated[
+        bool,
+        typer.Option(
+            "--at-least-recipe", help="the pick also reaches the deep-compression trial's val"
+        ),
+    ] = False,
     weights: WeightsOpt = None,
     seed: SeedOpt = 0,
     as_json: JsonOpt = False,
@@ -387,6 +393,7 @@ def search(
         "seed": seed,
         "epochs": sched,
         "margin": margin,
+        "at_least_recipe": at_least_recipe,
         "progress": not as_json,
     }
     try:
