@@ -311,6 +311,34 @@ def test_every_quantizer_runs_on_a_pruned_model(lenet300, digits):
         assert out["metrics"]["ratio"] > 4, q
 
 
+def test_at_least_recipe_aims_at_the_recipe_trials_val_accuracy(tmp_path):
+    from optuna.distributions import FloatDistribution
+
+    from modelzip.search.runner import SearchConfig, anchor_accuracy
+
+    study = optuna.create_study()
+    for number, acc in ((0, 0.975), (1, 0.962)):
+        attrs = {"accuracy": acc, **({"anchor": "deep-compression"} if number == 0 else {})}
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"x": 0.5},
+                distributions={"x": FloatDistribution(0, 1)},
+                value=1.0,
+                user_attrs=attrs,
+            )
+        )
+    cfg = SearchConfig(max_drop=0.3, study=tmp_path)
+    assert anchor_accuracy(study, cfg) == 0.0  # off by default: the budget alone
+    on = SearchConfig(max_drop=0.3, study=tmp_path, at_least_recipe=True)
+    assert anchor_accuracy(study, on) == 0.975
+    pts = [
+        {"number": 0, "objective": 100, "accuracy": 0.975},
+        {"number": 1, "objective": 40, "accuracy": 0.962},
+    ]
+    assert pick(pts, 0.957, target=0.959)[0] == pts[1]
+    assert pick(pts, 0.957, target=anchor_accuracy(study, on))[0] == pts[0]
+
+
 def test_space_on_user_models(tmp_path, digits):
     # a residual CNN with BatchNorm and control flow: one trial runs end to end
     from modelzip.search.trial import run_recipe

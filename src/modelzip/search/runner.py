@@ -24,6 +24,12 @@ still meets the budget).
 Seeding: trial 0 is the ``deep-compression`` recipe's own policy on this model, trained fully
 (see ``anchor``), then two bolder steps from it and the sensitivity-analysis seeds; so the
 search never ends worse than the recipe when the recipe itself meets the target.
+
+``at_least_recipe``: the budget is relative to the uncompressed model, but the recipe's
+fine-tuning can end *above* it (an under-trained baseline gains a point or more). With this
+option the pick (and the score) also aim at the recipe trial's own val accuracy, so that the
+chosen policy is smaller than the recipe at no less accuracy than the recipe, not only within
+the budget.
 """
 
 from __future__ import annotations
@@ -77,6 +83,9 @@ class SearchConfig(BaseModel):
     anchor: bool = Field(True, description="trial 0: the deep-compression recipe's policy")
     margin: float = Field(
         0.2, ge=0, le=100, description="points above the floor the pick aims for (val noise)"
+    )
+    at_least_recipe: bool = Field(
+        False, description="also aim at the val accuracy of trial 0 (the recipe's policy)"
     )
     progress: bool = True
 
@@ -195,6 +204,7 @@ def search(
         "seed": cfg.seed,
         "low_fidelity": cfg.low_fidelity,
         "margin": cfg.margin,
+        "at_least_recipe": cfg.at_least_recipe,
         "space": space.signature(),
     }
     t_start = time.perf_counter()
@@ -213,6 +223,7 @@ def search(
                 study.enqueue_trial(policy, user_attrs=attrs)
         target = floor + cfg.margin / 100
         state = _Loop(study, space, cfg, target, data.name, folder, t_start)
+        state.floor = max(target, anchor_accuracy(study, cfg))  # a resumed study knows it
         with LiveDisplay(f"modelzip search ({cfg.objective})", enabled=cfg.progress) as live:
             state.on_change = live.update
             interrupted = False
@@ -221,6 +232,7 @@ def search(
             except KeyboardInterrupt:
                 interrupted = True
                 state.abandon()
+        target = max(target, anchor_accuracy(study, cfg))
         result = finish(
             study,
             space,
@@ -306,6 +318,8 @@ class _Loop:
             return self.space.recipe(trial.params, fidelity=1.0).to_dict()
         trial.set_user_attr("shortfall", shortfall)
         trial.set_constraint("accuracy_floor", shortfall)
+        if trial.user_attrs.get("anchor") and self.cfg.at_least_recipe:
+            self.floor = max(self.floor, metrics["accuracy"])  # later trials aim at the recipe
         for k in ("bytes", "accuracy", "ratio"):
             trial.set_user_attr(k, metrics[k])
         if "latency_ratio" in metrics:
@@ -396,6 +410,16 @@ class _Loop:
                 last=last,
             )
         )
+
+
+def anchor_accuracy(study: optuna.Study, cfg: SearchConfig) -> float:
+    """The val accuracy of the recipe's trial when the pick must reach it (else 0)."""
+    if not cfg.at_least_recipe:
+        return 0.0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.user_attrs.get("anchor") and "accuracy" in t.user_attrs:
+            return float(t.user_attrs["accuracy"])
+    return 0.0
 
 
 def _interleave(first: list[Any], second: list[Any]) -> list[Any]:
