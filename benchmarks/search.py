@@ -129,6 +129,57 @@ def part_compare(
     return {"model": model_name, "rows": rows}
 
 
+def part_repick(model_name: str, seed: int, folder: Path, margin: float) -> dict[str, Any]:
+    """``--at-least-recipe`` applied to a finished search's study (a copy of its study.db and
+    trials/): the pick that also reaches trial 0's (the recipe policy's) val accuracy, its
+    .mzip evaluated once on the test split. No trial is rerun."""
+    import optuna
+
+    from modelzip import pipeline
+    from modelzip.eval.evaluate import evaluate
+    from modelzip.search.finish import _load_back, points_of
+    from modelzip.search.output import pick
+    from modelzip.search.runner import STUDY_NAME, anchor_accuracy
+
+    data = mz.load_data("mnist5k", seed=seed)
+    model = mz.load_model(f"zoo:{model_name}", data=data, seed=seed)
+    study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{folder / 'study.db'}")
+    setup = study.user_attrs["setup"]
+    assert setup["seed"] == seed and setup["model"] == f"zoo:{model_name}", setup
+    base_val = evaluate(model, data, split="val", measure_latency=False)["accuracy"]
+    floor = base_val - BUDGET / 100
+    cfg = SearchConfig(max_drop=BUDGET, study=folder, margin=margin, at_least_recipe=True)
+    recipe_val = anchor_accuracy(study, cfg)
+    target = max(floor + margin / 100, recipe_val)
+    points = points_of(study.get_trials(deepcopy=False), "bytes")
+    chosen, met = pick(points, floor, target=target)
+    assert chosen is not None
+    path = folder / "trials" / f"trial-{chosen['trial']:05d}.mzip"
+    test = evaluate(
+        _load_back(path, model),
+        data,
+        split="test",
+        file_bytes=path.stat().st_size,
+        measure_latency=False,
+        reference=pipeline.frozen_copy(model),
+    )
+    row = {
+        "model": model_name,
+        "seed": seed,
+        "floor": round(floor, 6),
+        "recipe_trial_val": recipe_val,
+        "target": round(target, 6),
+        "trial": chosen["trial"],
+        "ratio": chosen["ratio"],
+        "val": chosen["accuracy"],
+        "reached_target": chosen["accuracy"] >= target - 1e-9,
+        "test": test["accuracy"],
+        "points": len(points),
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def part_latency(trials: int, epochs: tuple[int, int, int]):
     data = mz.load_data("mnist5k", seed=0)
     model = mz.load_model("zoo:lenet5", data=data, seed=0)
@@ -312,6 +363,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--time-budget", type=float, default=None, help="minutes per search")
     ap.add_argument("--margin", type=float, default=0.2)
+    ap.add_argument("--repick", type=Path, help="a finished study folder (with --part, --seeds)")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
     if args.report:
@@ -322,6 +374,13 @@ def main() -> None:
     (PARTS / "meta.json").write_text(json.dumps({"machine": machine()}))
     epochs = tuple(int(e) for e in args.epochs.split(","))
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.repick is not None:
+        row = part_repick(args.part, seeds[0], args.repick, args.margin)
+        store = PARTS / "repick.json"
+        old = json.loads(store.read_text()) if store.exists() else {"rows": []}
+        keep = [r for r in old["rows"] if (r["model"], r["seed"]) != (row["model"], row["seed"])]
+        store.write_text(json.dumps({"rows": [*keep, row]}, indent=1))
+        return
     if args.part in ("lenet300", "lenet5"):
         out = part_compare(
             args.part,
