@@ -297,11 +297,62 @@ def report() -> None:
             "```",
             "",
         ]
+    if "repick" in parts or "alr" in parts:
+        lines += [
+            "## `--at-least-recipe`: the pick must also reach the recipe trial's val accuracy",
+            "",
+            "The budget is relative to the fp32 model; on some seeds the recipe's fine-tuning "
+            "ends above it (LeNet-5 seed 1: fp32 test 96.2%, recipe 97.5%), so a policy within "
+            "the budget can still be well below the recipe. `--at-least-recipe` makes the pick "
+            "(and the score) aim at trial 0's val accuracy too.",
+            "",
+        ]
+    if "repick" in parts:
+        lines += [
+            "Applied after the fact to copies of the studies above (the same trials, no rerun; "
+            "the new pick evaluated once on test):",
+            "",
+            "| net | seed | recipe-trial val | pick (trial) | ratio | val | test | recipe test |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in parts["repick"]["rows"]:
+            ref = next(
+                (q for q in parts.get(r["model"], {}).get("rows", []) if q["seed"] == r["seed"]),
+                {},
+            )
+            lines.append(
+                f"| {r['model']} | {r['seed']} | {r['recipe_trial_val']:.2%} | {r['trial']} | "
+                f"{r['ratio']:.1f}x | {r['val']:.2%} | {r['test']:.2%} | "
+                f"{ref.get('recipe_test', 0):.2%} |"
+            )
+        lines.append("")
+    if "alr" in parts:
+        lines += [
+            "A fresh search with `--at-least-recipe` (after the GPTQ fix):",
+            "",
+            "| net | seed | ratio | x recipe | val | test | recipe test | trials | wall |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in parts["alr"]["rows"]:
+            ref = next(
+                (q for q in parts.get(r["model"], {}).get("rows", []) if q["seed"] == r["seed"]),
+                {},
+            )
+            x = r["ratio"] / ref["recipe_ratio"] if ref else 0
+            lines.append(
+                f"| {r['model']} | {r['seed']} | {r['ratio']:.1f}x | {x:.2f}x | {r['val']:.2%} | "
+                f"{r['test']:.2%} | {ref.get('recipe_test', 0):.2%} | {r['trials']} | "
+                f"{r['wall_s']:.0f} s |"
+            )
+        lines.append("")
     if "latency" in parts:
         p = parts["latency"]
         pk = p["pick"] or {}
         lines += [
             "## LeNet-5, `--objective latency` (structured channel pruning, optional int8)",
+            "",
+            "(Not rerun this session: the previous session's numbers, from the code before "
+            "the recipe anchor and the margin; the anchor applies to `--objective bytes` only.)",
             "",
             f"Met budget: {p['met_budget']}; test latency ratio (compressed / fp32, same run): "
             f"{pk.get('test_latency_ratio')}; val {pk.get('val_accuracy', 0):.2%}, "
@@ -319,6 +370,8 @@ def report() -> None:
         p = parts["ray"]
         lines += [
             "## `--engine ray` (2 local workers) vs `--engine local`, one run",
+            "",
+            "(Not rerun this session: the previous session's numbers.)",
             "",
             "| engine | wall | best ratio | test | within budget |",
             "|---|---|---|---|---|",
@@ -340,6 +393,8 @@ def report() -> None:
             eq = gap <= 0
             verdict = "met" if x >= 1.5 and eq else "MISSED"
             why = "" if eq else f", test accuracy {gap:.1f} points below the recipe's"
+            if x < 1.5:
+                why += f", ratio {x:.2f}x < 1.5x"
             reached = "met" if (r["search_ratio"] or 0) >= goal else "MISSED"
             lines.append(
                 f"- {name}, seed {r['seed']}: {r['search_ratio'] or 0:.1f}x = {x:.2f}x the "
@@ -349,7 +404,15 @@ def report() -> None:
     for name in ("lenet300", "lenet5"):
         n = len(parts.get(name, {}).get("rows", []))
         lines.append(f"- {name} seeds run: {n} of 3{'' if n >= 3 else ' (MISSED: time)'}.")
-    lines += ["- fashion-mnist: not run (MISSED: time).", ""]
+    lines += [
+        "- fashion-mnist: not run (MISSED: time).",
+        "- The lenet300 / lenet5 rows ran on the code before the GPTQ fix (commit 8a05f07): "
+        "the failed trials are policies that put GPTQ on a pruned layer (GPTQ must be a "
+        "layer's first constraint); they are not retried and cost their pruning "
+        "epochs. After the fix no policy fails that way (tests/test_search.py). The "
+        "`--at-least-recipe` run above is after the fix.",
+        "",
+    ]
     (RESULTS / "search.md").write_text("\n".join(lines) + "\n")
     print((RESULTS / "search.md").read_text())
 
