@@ -328,7 +328,8 @@ def report() -> None:
         lines.append("")
     if "alr" in parts:
         lines += [
-            "A fresh search with `--at-least-recipe` (after the GPTQ fix):",
+            "Fresh searches with `--at-least-recipe` (after the GPTQ fix; trials "
+            "full/early-stopped/failed):",
             "",
             "| net | seed | ratio | x recipe | val | test | recipe test | trials | wall |",
             "|---|---|---|---|---|---|---|---|---|",
