@@ -3,16 +3,17 @@
 Parts (each writes ``benchmarks/results/search_parts/PART.json``; ``--report`` turns every
 part found into ``benchmarks/results/search.md``):
 
-* ``lenet300`` / ``lenet5``: on mnist5k, budget 0.3 points (val), per seed: the
-  ``deep-compression`` recipe (for LeNet-5 the same recipe with its per-layer targets mapped
-  by role, since the built-in one names LeNet-300-100's layers) against ``modelzip search``;
-  ratio (fp32 torch.save bytes / .mzip bytes) and TEST accuracy of both, trials, wall time.
+* ``lenet300`` / ``lenet5``: on mnist5k, budget 0.3 points (val), per seed: the built-in
+  ``deep-compression`` recipe (its role and size rules fit both networks) against
+  ``modelzip search``; ratio (fp32 torch.save bytes / .mzip bytes) and TEST accuracy of
+  both, trials, wall time (``--time-budget`` minutes per search bounds the trials).
 * ``latency``: LeNet-5, ``--objective latency`` (structured channel pruning, optional int8):
   the fastest policy within the budget and its measured latency ratio on the test split.
 * ``ray``: the same small search with ``--engine local`` and with ``--engine ray`` (2 local
   workers), one after the other in one run: best result of each and the wall-clock speed-up.
 
-Run: ``PYTHONPATH=src python benchmarks/search.py --part lenet300 --seeds 0 --trials 12``
+Run: ``PYTHONPATH=src python benchmarks/search.py --part lenet300 --seeds 0,1,2 --trials 60
+--epochs 12,3,2 --time-budget 27``
 then ``python benchmarks/search.py --report``.
 """
 
@@ -40,27 +41,15 @@ RESULTS = Path(__file__).parent / "results"
 PARTS = RESULTS / "search_parts"
 BUDGET = 0.3  # accuracy points
 
-#: LeNet-5 has no fc3: the deep-compression recipe's targets mapped by role (first layers
-#: 92%, the layer before the output 88%, the output layer 65%), everything else unchanged.
-LENET5_DC = {"default": 0.92, "fc1": 0.88, "fc2": 0.65}
-#: The recipes branch's role/size rules for deep-compression (default 0.92, params<50000: 0.88,
-#: params<5000: 0.65, role:last: 0.7) resolved on LeNet-5's layers.
-LENET5_DC_ROLES = {"default": 0.92, "conv2": 0.88, "conv1": 0.65, "fc2": 0.7}
-
 
 def reference_recipe(model_name: str) -> tuple[Recipe, str]:
-    rec = Recipe.load("deep-compression")
-    if model_name == "lenet300":
-        return rec, "deep-compression (built-in)"
-    stages = rec.to_dict()["stages"]
-    stages[0]["sparsity"] = LENET5_DC
-    return Recipe.from_dict({"name": "deep-compression-lenet5", "stages": stages}), (
-        "deep-compression with its targets mapped by role to LeNet-5's layers "
-        f"(sparsity {LENET5_DC})"
-    )
+    """The built-in ``deep-compression`` recipe: its role and size rules fit both networks."""
+    return Recipe.load("deep-compression"), "deep-compression (built-in, role/size rules)"
 
 
-def run_search(model, data, spec: str, **kw: Any) -> tuple[dict[str, Any], float]:
+def run_search(
+    model, data, spec: str, *, keep: bool = False, **kw: Any
+) -> tuple[dict[str, Any], float, Path]:
     folder = Path(tempfile.mkdtemp(prefix="mz-search-bench-", dir=os.environ.get("BENCH_TMP")))
     cfg = SearchConfig(max_drop=BUDGET, study=folder, progress=False, **kw)
     t0 = time.perf_counter()
@@ -69,78 +58,132 @@ def run_search(model, data, spec: str, **kw: Any) -> tuple[dict[str, Any], float
     label = "best" if result["met_budget"] else "closest"
     yaml_path = folder / f"{label}.yaml"
     result["best_yaml"] = yaml_path.read_text() if yaml_path.exists() else None
-    if not os.environ.get("BENCH_TMP"):
+    if not keep and not os.environ.get("BENCH_TMP"):
         shutil.rmtree(folder, ignore_errors=True)
-    return result, wall
+    return result, wall, folder
 
 
-def part_compare(model_name: str, seeds: list[int], trials: int, epochs: tuple[int, int, int]):
+def part_compare(
+    model_name: str,
+    seeds: list[int],
+    trials: int,
+    epochs: tuple[int, int, int],
+    *,
+    minutes: float | None,
+    margin: float,
+    out: Path,
+):
     rows = []
     for seed in seeds:
         data = mz.load_data("mnist5k", seed=seed)
         model = mz.load_model(f"zoo:{model_name}", data=data, seed=seed)
         rec, rec_note = reference_recipe(model_name)
+        res, wall, folder = run_search(
+            model,
+            data,
+            f"zoo:{model_name}",
+            trials=trials,
+            seed=seed,
+            epochs=epochs,
+            time_budget_min=minutes,
+            margin=margin,
+        )
+        shutil.rmtree(folder, ignore_errors=True)
         t0 = time.perf_counter()
         ref = api.compress(model, data, rec, seed=seed, measure_latency=False)
         ref_wall = time.perf_counter() - t0
-        res, wall = run_search(
-            model, data, f"zoo:{model_name}", trials=trials, seed=seed, epochs=epochs
-        )
         pick = res.get("best") or res.get("closest")
         rows.append(
             {
                 "seed": seed,
                 "baseline_test": res["baseline"]["test_accuracy"],
+                "baseline_val": res["baseline"]["val_accuracy"],
                 "baseline_bytes": res["baseline"]["bytes"],
                 "recipe_note": rec_note,
                 "recipe_ratio": ref["ratio"],
                 "recipe_bytes": ref["compressed"]["bytes"],
                 "recipe_test": ref["compressed"]["accuracy"],
                 "recipe_wall_s": round(ref_wall, 1),
+                "floor": res["floor"],
+                "target": res.get("target"),
+                "margin": margin,
                 "search_met_budget": res["met_budget"],
+                "search_trial": pick["trial"] if pick else None,
                 "search_ratio": pick["ratio"] if pick else None,
                 "search_bytes": pick["bytes"] if pick else None,
                 "search_val": pick["val_accuracy"] if pick else None,
                 "search_test": pick["test_accuracy"] if pick else None,
                 "search_wall_s": round(wall, 1),
+                "time_budget_min": minutes,
                 "trials": res["trials"],
                 "pareto": res["pareto"],
                 "best_yaml": res["best_yaml"],
                 "epochs": list(epochs),
             }
         )
-        print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("pareto", "best_yaml")}))
+        print(
+            json.dumps({k: v for k, v in rows[-1].items() if k not in ("pareto", "best_yaml")}),
+            flush=True,
+        )
+        out.write_text(json.dumps({"model": model_name, "rows": rows}, indent=1, default=str))
     return {"model": model_name, "rows": rows}
 
 
-def part_lenet5_roles(seeds: list[int]):
-    """The deep-compression recipe as the recipes branch resolves it on LeNet-5 (reference)."""
-    rows = []
-    for seed in seeds:
-        data = mz.load_data("mnist5k", seed=seed)
-        model = mz.load_model("zoo:lenet5", data=data, seed=seed)
-        stages = Recipe.load("deep-compression").to_dict()["stages"]
-        stages[0]["sparsity"] = LENET5_DC_ROLES
-        rec = Recipe.from_dict({"name": "deep-compression-roles", "stages": stages})
-        t0 = time.perf_counter()
-        ref = api.compress(model, data, rec, seed=seed, measure_latency=False)
-        rows.append(
-            {
-                "seed": seed,
-                "sparsity": LENET5_DC_ROLES,
-                "ratio": ref["ratio"],
-                "test": ref["compressed"]["accuracy"],
-                "wall_s": round(time.perf_counter() - t0, 1),
-            }
-        )
-        print(json.dumps(rows[-1]))
-    return {"rows": rows}
+def part_repick(model_name: str, seed: int, folder: Path, margin: float) -> dict[str, Any]:
+    """``--at-least-recipe`` applied to a finished search's study (a copy of its study.db and
+    trials/): the pick that also reaches trial 0's (the recipe policy's) val accuracy, its
+    .mzip evaluated once on the test split. No trial is rerun."""
+    import optuna
+
+    from modelzip import pipeline
+    from modelzip.eval.evaluate import evaluate
+    from modelzip.search.finish import _load_back, points_of
+    from modelzip.search.output import pick
+    from modelzip.search.runner import STUDY_NAME, anchor_accuracy
+
+    data = mz.load_data("mnist5k", seed=seed)
+    model = mz.load_model(f"zoo:{model_name}", data=data, seed=seed)
+    study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{folder / 'study.db'}")
+    setup = study.user_attrs["setup"]
+    assert setup["seed"] == seed and setup["model"] == f"zoo:{model_name}", setup
+    base_val = evaluate(model, data, split="val", measure_latency=False)["accuracy"]
+    floor = base_val - BUDGET / 100
+    cfg = SearchConfig(max_drop=BUDGET, study=folder, margin=margin, at_least_recipe=True)
+    recipe_val = anchor_accuracy(study, cfg)
+    target = max(floor + margin / 100, recipe_val)
+    points = points_of(study.get_trials(deepcopy=False), "bytes")
+    chosen, met = pick(points, floor, target=target)
+    assert chosen is not None
+    path = folder / "trials" / f"trial-{chosen['trial']:05d}.mzip"
+    test = evaluate(
+        _load_back(path, model),
+        data,
+        split="test",
+        file_bytes=path.stat().st_size,
+        measure_latency=False,
+        reference=pipeline.frozen_copy(model),
+    )
+    row = {
+        "model": model_name,
+        "seed": seed,
+        "floor": round(floor, 6),
+        "recipe_trial_val": recipe_val,
+        "target": round(target, 6),
+        "trial": chosen["trial"],
+        "ratio": chosen["ratio"],
+        "val": chosen["accuracy"],
+        "reached_target": chosen["accuracy"] >= target - 1e-9,
+        "test": test["accuracy"],
+        "points": len(points),
+    }
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def part_latency(trials: int, epochs: tuple[int, int, int]):
     data = mz.load_data("mnist5k", seed=0)
     model = mz.load_model("zoo:lenet5", data=data, seed=0)
-    res, wall = run_search(
+    res, wall, _ = run_search(
         model, data, "zoo:lenet5", trials=trials, objective="latency", epochs=epochs
     )
     pick = res.get("best") or res.get("closest")
@@ -160,7 +203,7 @@ def part_ray(trials: int, epochs: tuple[int, int, int]):
     model = mz.load_model("zoo:lenet300", data=data, seed=0)
     out = {}
     for engine in ("local", "ray"):
-        res, wall = run_search(
+        res, wall, _ = run_search(
             model, data, "zoo:lenet300", trials=trials, engine=engine, workers=2, epochs=epochs
         )
         pick = res.get("best") or res.get("closest")
@@ -204,7 +247,15 @@ def report() -> None:
     if "meta" in parts:
         lines += [
             f"Machine: {parts['meta']['machine']}. The machine was shared with other "
-            "jobs (about 6 agents on 2 cores), so wall times are indicative only.",
+            "jobs (load average about 10 on 2 cores during the runs: several agents' "
+            "benchmarks and tests), so wall times are indicative only.",
+            "",
+            "Search setup: trial 0 is the deep-compression recipe's own policy (trained fully), "
+            "then two bolder steps from it on the big layers and the sensitivity-analysis "
+            "seeds, then TPE; successive halving stops trials after a short first rung. The "
+            "pick takes the smallest policy with val accuracy >= floor + margin (val noise: "
+            "500 images, one image = 0.2 points); each search had a time budget (no new "
+            "trial after it), which is what bounded its trial count.",
             "",
         ]
     for name in ("lenet300", "lenet5"):
@@ -217,7 +268,8 @@ def report() -> None:
             "",
             rows[0]["recipe_note"] + f"; search trials train {rows[0]['epochs']} epochs "
             "(gradual prune, recover, after quantizing) at full fidelity, 1/4 of that at the "
-            "first rung.",
+            f"first rung; margin {rows[0].get('margin')} points; time budget "
+            f"{rows[0].get('time_budget_min')} min per search.",
             "",
             "| seed | fp32 test | recipe ratio | recipe test | search ratio | search val | "
             "search test | x recipe | test >= recipe | trials (full/early-stopped/failed) | "
@@ -236,18 +288,6 @@ def report() -> None:
                 f"{t['complete']}/{t['pruned']}/{t['fail']} | {r['search_wall_s']:.0f} s | "
                 f"{r['recipe_wall_s']:.0f} s |"
             )
-        if name == "lenet5" and "lenet5roles" in parts:
-            for r in parts["lenet5roles"]["rows"]:
-                srow = next((q for q in rows if q["seed"] == r["seed"]), None)
-                x = srow["search_ratio"] / r["ratio"] if srow and srow["search_ratio"] else 0
-                ok = srow is not None and (srow["search_test"] or 0) >= r["test"]
-                lines += [
-                    "",
-                    f"Second reference (seed {r['seed']}): deep-compression with the recipes "
-                    f"branch's role/size rules resolved on LeNet-5 (sparsity {r['sparsity']}): "
-                    f"{r['ratio']:.1f}x at test {r['test']:.2%}; the search's policy is "
-                    f"{x:.2f}x that ratio, at test accuracy {'>=' if ok else '<'} it.",
-                ]
         lines += [
             "",
             "Chosen policy (seed " + str(rows[0]["seed"]) + "):",
@@ -257,11 +297,63 @@ def report() -> None:
             "```",
             "",
         ]
+    if "repick" in parts or "alr" in parts:
+        lines += [
+            "## `--at-least-recipe`: the pick must also reach the recipe trial's val accuracy",
+            "",
+            "The budget is relative to the fp32 model; on some seeds the recipe's fine-tuning "
+            "ends above it (LeNet-5 seed 1: fp32 test 96.2%, recipe 97.5%), so a policy within "
+            "the budget can still be well below the recipe. `--at-least-recipe` makes the pick "
+            "(and the score) aim at trial 0's val accuracy too.",
+            "",
+        ]
+    if "repick" in parts:
+        lines += [
+            "Applied after the fact to copies of the studies above (the same trials, no rerun; "
+            "the new pick evaluated once on test):",
+            "",
+            "| net | seed | recipe-trial val | pick (trial) | ratio | val | test | recipe test |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in parts["repick"]["rows"]:
+            ref = next(
+                (q for q in parts.get(r["model"], {}).get("rows", []) if q["seed"] == r["seed"]),
+                {},
+            )
+            lines.append(
+                f"| {r['model']} | {r['seed']} | {r['recipe_trial_val']:.2%} | {r['trial']} | "
+                f"{r['ratio']:.1f}x | {r['val']:.2%} | {r['test']:.2%} | "
+                f"{ref.get('recipe_test', 0):.2%} |"
+            )
+        lines.append("")
+    if "alr" in parts:
+        lines += [
+            "Fresh searches with `--at-least-recipe` (after the GPTQ fix; trials "
+            "full/early-stopped/failed):",
+            "",
+            "| net | seed | ratio | x recipe | val | test | recipe test | trials | wall |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in parts["alr"]["rows"]:
+            ref = next(
+                (q for q in parts.get(r["model"], {}).get("rows", []) if q["seed"] == r["seed"]),
+                {},
+            )
+            x = r["ratio"] / ref["recipe_ratio"] if ref else 0
+            lines.append(
+                f"| {r['model']} | {r['seed']} | {r['ratio']:.1f}x | {x:.2f}x | {r['val']:.2%} | "
+                f"{r['test']:.2%} | {ref.get('recipe_test', 0):.2%} | {r['trials']} | "
+                f"{r['wall_s']:.0f} s |"
+            )
+        lines.append("")
     if "latency" in parts:
         p = parts["latency"]
         pk = p["pick"] or {}
         lines += [
             "## LeNet-5, `--objective latency` (structured channel pruning, optional int8)",
+            "",
+            "(Not rerun this session: the previous session's numbers, from the code before "
+            "the recipe anchor and the margin; the anchor applies to `--objective bytes` only.)",
             "",
             f"Met budget: {p['met_budget']}; test latency ratio (compressed / fp32, same run): "
             f"{pk.get('test_latency_ratio')}; val {pk.get('val_accuracy', 0):.2%}, "
@@ -279,6 +371,8 @@ def report() -> None:
         p = parts["ray"]
         lines += [
             "## `--engine ray` (2 local workers) vs `--engine local`, one run",
+            "",
+            "(Not rerun this session: the previous session's numbers.)",
             "",
             "| engine | wall | best ratio | test | within budget |",
             "|---|---|---|---|---|",
@@ -298,28 +392,26 @@ def report() -> None:
             x = (r["search_ratio"] or 0) / r["recipe_ratio"]
             gap = 100 * (r["recipe_test"] - (r["search_test"] or 0))
             eq = gap <= 0
-            verdict = "met" if x >= 1.5 and eq else "missed"
+            verdict = "met" if x >= 1.5 and eq else "MISSED"
             why = "" if eq else f", test accuracy {gap:.1f} points below the recipe's"
-            reached = "met" if (r["search_ratio"] or 0) >= goal else "missed"
+            if x < 1.5:
+                why += f", ratio {x:.2f}x < 1.5x"
+            reached = "met" if (r["search_ratio"] or 0) >= goal else "MISSED"
             lines.append(
                 f"- {name}, seed {r['seed']}: {r['search_ratio'] or 0:.1f}x = {x:.2f}x the "
                 f"recipe (target 1.5x at equal or better test accuracy: {verdict}{why}); "
                 f"goal {goal}x: {reached}."
             )
-    for r in parts.get("lenet5roles", {}).get("rows", []):
-        srow = next(
-            (q for q in parts.get("lenet5", {}).get("rows", []) if q["seed"] == r["seed"]), None
-        )
-        if srow and srow["search_ratio"]:
-            x = srow["search_ratio"] / r["ratio"]
-            lines.append(
-                f"- lenet5 against the recipe with the recipes branch's role rules "
-                f"({r['ratio']:.1f}x, test {r['test']:.2%}): {x:.2f}x "
-                f"(target 1.5x: {'met' if x >= 1.5 else 'missed'})."
-            )
+    for name in ("lenet300", "lenet5"):
+        n = len(parts.get(name, {}).get("rows", []))
+        lines.append(f"- {name} seeds run: {n} of 3{'' if n >= 3 else ' (MISSED: time)'}.")
     lines += [
-        "- Seeds: one per network (the issue asks for 3); the time of this session allowed one.",
-        "- fashion-mnist: not run (time).",
+        "- fashion-mnist: not run (MISSED: time).",
+        "- The lenet300 / lenet5 rows ran on the code before the GPTQ fix (commit 8a05f07): "
+        "the failed trials are policies that put GPTQ on a pruned layer (GPTQ must be a "
+        "layer's first constraint); they are not retried and cost their pruning "
+        "epochs. After the fix no policy fails that way (tests/test_search.py). The "
+        "`--at-least-recipe` run above is after the fix.",
         "",
     ]
     (RESULTS / "search.md").write_text("\n".join(lines) + "\n")
@@ -328,11 +420,14 @@ def report() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", choices=["lenet300", "lenet5", "lenet5roles", "latency", "ray"])
+    ap.add_argument("--part", choices=["lenet300", "lenet5", "latency", "ray"])
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--trials", type=int, default=12)
     ap.add_argument("--epochs", default="12,3,2")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--time-budget", type=float, default=None, help="minutes per search")
+    ap.add_argument("--margin", type=float, default=0.2)
+    ap.add_argument("--repick", type=Path, help="a finished study folder (with --part, --seeds)")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
     if args.report:
@@ -343,10 +438,23 @@ def main() -> None:
     (PARTS / "meta.json").write_text(json.dumps({"machine": machine()}))
     epochs = tuple(int(e) for e in args.epochs.split(","))
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.repick is not None:
+        row = part_repick(args.part, seeds[0], args.repick, args.margin)
+        store = PARTS / "repick.json"
+        old = json.loads(store.read_text()) if store.exists() else {"rows": []}
+        keep = [r for r in old["rows"] if (r["model"], r["seed"]) != (row["model"], row["seed"])]
+        store.write_text(json.dumps({"rows": [*keep, row]}, indent=1))
+        return
     if args.part in ("lenet300", "lenet5"):
-        out = part_compare(args.part, seeds, args.trials, epochs)
-    elif args.part == "lenet5roles":
-        out = part_lenet5_roles(seeds)
+        out = part_compare(
+            args.part,
+            seeds,
+            args.trials,
+            epochs,
+            minutes=args.time_budget,
+            margin=args.margin,
+            out=PARTS / f"{args.part}.json",
+        )
     elif args.part == "latency":
         out = part_latency(args.trials, epochs)
     else:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import optuna
@@ -34,9 +36,9 @@ def _run(argv: list[str], capsys) -> tuple[int, dict]:
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
-    """One 3-trial search on digits, shared by the tests that read its output."""
+    """One 2-trial search on digits, shared by the tests that read its output."""
     study = tmp_path_factory.mktemp("study")
-    code = main([*SEARCH, "--max-drop", "2", "--trials", "3", "--study", str(study), "--json"])
+    code = main([*SEARCH, "--max-drop", "3", "--trials", "2", "--study", str(study), "--json"])
     return code, study
 
 
@@ -44,11 +46,18 @@ def test_search_finishes_and_its_recipe_reproduces_the_bytes(searched, tmp_path,
     code, study = searched
     assert code == 0
     result = json.loads((study / "search.json").read_text())
-    assert result["trials"]["finished"] == 3 and result["met_budget"] is True
+    assert result["trials"]["finished"] == 2 and result["met_budget"] is True
     best = result["best"]
     assert best["val_accuracy"] >= result["floor"]
     assert best["bytes"] == (study / "best.mzip").stat().st_size
     assert best["ratio"] > 5  # a real compression, not an fp32 copy
+    # trial 0 is the deep-compression recipe's own policy: the search starts from the recipe
+    storage = f"sqlite:///{study / 'study.db'}"
+    first = optuna.load_study(study_name=STUDY_NAME, storage=storage).trials[0]
+    assert first.user_attrs["anchor"] == "deep-compression" and "full_metrics" in first.user_attrs
+    assert best["bytes"] <= first.user_attrs["bytes"] or (
+        first.user_attrs["accuracy"] < result["floor"]
+    )
     # the emitted YAML is an ordinary recipe: `modelzip compress` reruns it to the same file
     Recipe.load(str(study / "best.yaml"))
     out = tmp_path / "again.mzip"
@@ -80,16 +89,16 @@ def test_rerun_of_a_finished_search_adds_no_trial_and_keeps_the_pick(searched, c
     _, study = searched
     before = json.loads((study / "search.json").read_text())
     code, again = _run(
-        [*SEARCH, "--max-drop", "2", "--trials", "3", "--study", str(study), "--json"], capsys
+        [*SEARCH, "--max-drop", "3", "--trials", "2", "--study", str(study), "--json"], capsys
     )
     assert code == 0
-    assert again["trials"]["finished"] == 3
+    assert again["trials"]["finished"] == 2
     assert again["best"] == before["best"]  # the test split was not evaluated a second time
 
 
 def test_study_made_for_another_search_is_refused(searched, capsys):
     _, study = searched
-    code = main([*SEARCH, "--max-drop", "1", "--trials", "3", "--study", str(study)])
+    code = main([*SEARCH, "--max-drop", "1", "--trials", "2", "--study", str(study)])
     assert code == 2
     err = capsys.readouterr().err
     assert "another search" in err and "max_drop" in err
@@ -113,8 +122,8 @@ def test_impossible_budget_exits_3_and_hands_over_the_closest_policy(tmp_path, c
 
 def test_sigkill_mid_trial_resumes_without_losing_or_repeating_trials(tmp_path):
     study = tmp_path / "s"
-    # Three trials: after the first one finishes (complete or pruned) another is running.
-    argv = [*SEARCH, "--max-drop", "2", "--trials", "3", "--study", str(study), "--json"]
+    # Two trials: after the first one finishes (complete or pruned) the second is running.
+    argv = [*SEARCH, "--max-drop", "2", "--trials", "2", "--study", str(study), "--json"]
     cmd = [sys.executable, "-m", "modelzip.cli", *argv]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -124,18 +133,21 @@ def test_sigkill_mid_trial_resumes_without_losing_or_repeating_trials(tmp_path):
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         time.sleep(0.3)
-        if not (study / "study.db").exists():
-            continue
+        # read-only polling with sqlite3: Optuna's own storage would create the tables,
+        # racing the search process that is creating them
         try:
-            trials = optuna.load_study(study_name=STUDY_NAME, storage=storage).trials
-        except Exception:  # the study is being created
+            uri = f"file:{study / 'study.db'}?mode=ro"
+            with closing(sqlite3.connect(uri, uri=True, timeout=1)) as db:
+                states = [r[0] for r in db.execute("SELECT state FROM trials")]
+        except sqlite3.Error:  # no file or no tables yet
             continue
-        complete = [t for t in trials if t.state in ended]
-        running = [t for t in trials if t.state == TrialState.RUNNING]
-        if complete and running:
-            done_before = {t.number: (t.state, t.value) for t in complete}
+        if {"RUNNING"} <= set(states) and {"COMPLETE", "PRUNED"} & set(states):
             proc.send_signal(signal.SIGKILL)
             break
+    proc.wait(timeout=30)
+    if proc.returncode == -signal.SIGKILL:
+        trials = optuna.load_study(study_name=STUDY_NAME, storage=storage).trials
+        done_before = {t.number: (t.state, t.value) for t in trials if t.state in ended}
     proc.wait(timeout=30)
     assert done_before, f"never saw a finished and a running trial: {proc.stderr.read()[-500:]}"
     assert proc.returncode == -signal.SIGKILL
@@ -144,7 +156,7 @@ def test_sigkill_mid_trial_resumes_without_losing_or_repeating_trials(tmp_path):
     trials = optuna.load_study(study_name=STUDY_NAME, storage=storage).trials
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    assert len(finished) == 3  # exactly the requested count: none lost, none twice
+    assert len(finished) == 2  # exactly the requested count: none lost, none twice
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     for number, (state, value) in done_before.items():  # what finished before is kept as is
         assert trials[number].state == state and trials[number].value == value
@@ -155,12 +167,13 @@ def test_sigkill_mid_trial_resumes_without_losing_or_repeating_trials(tmp_path):
         assert t.params.items() <= retried[t.number].params.items()
 
 
-def test_ray_engine_runs_trials_in_parallel_into_the_same_study(searched, tmp_path):
+def test_ray_engine_runs_trials_in_parallel_into_the_same_study(lenet300, digits, tmp_path):
     ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install modelzip[ray])")
     from modelzip.search.runner import SearchConfig, search
+    from modelzip.search.trial import run_recipe
 
-    data = mz.load_data("digits")
-    model = mz.load_model("zoo:lenet300", data=data)
+    # kept small (Ray's start and its two workers' imports are most of the time): no seeding
+    # analysis, two one-epoch trials, one Ray task each, both in flight at once
     cfg = SearchConfig(
         max_drop=2,
         trials=2,
@@ -168,6 +181,8 @@ def test_ray_engine_runs_trials_in_parallel_into_the_same_study(searched, tmp_pa
         workers=2,
         study=tmp_path / "s",
         epochs=(1, 0, 0),
+        sensitivity_seeds=False,
+        anchor=False,
         progress=False,
     )
     try:
@@ -175,16 +190,23 @@ def test_ray_engine_runs_trials_in_parallel_into_the_same_study(searched, tmp_pa
     except Exception as exc:  # pragma: no cover - depends on the machine
         pytest.skip(f"Ray cannot start here: {exc}")
     try:
-        result = search(model, data, cfg, model_spec="zoo:lenet300")
+        result = search(lenet300, digits, cfg, model_spec="zoo:lenet300")
     finally:
         ray.shutdown()
     assert result["trials"]["finished"] == 2 and result["trials"]["fail"] == 0
-    # the same seeded first policy gives the same file as the local engine's first trial
-    _, local_study = searched
-    local = json.loads((local_study / "search.json").read_text())
-    local_first = next(p for p in local["points"] if p["trial"] == 0)
-    ray_first = next(p for p in result["points"] if p["trial"] == 0)
-    assert ray_first["bytes"] == local_first["bytes"]
+    # a trial run on a Ray worker gives the same file as the same recipe run here
+    study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{tmp_path / 's/study.db'}")
+    first = study.trials[0]
+    space = Space.build(lenet300, schedule=cfg.schedule())
+    here = run_recipe(
+        lenet300,
+        digits,
+        space.recipe(first.params).to_dict(),
+        seed=0,
+        latency=False,
+        keep_file=True,
+    )
+    assert (tmp_path / "s/trials/trial-00000.mzip").read_bytes() == here["blob"]
 
 
 def test_ray_missing_is_a_one_line_error_naming_the_extra(monkeypatch, tmp_path, capsys):
@@ -211,17 +233,110 @@ def test_pareto_and_pick_on_known_points():
     assert [p["number"] for p in pareto_front(pts)] == [3, 1, 0]
     assert pick(pts, 0.82) == (pts[0], True)
     assert pick(pts, 0.95) == (pts[0], False)  # closest to the floor, labelled a miss
+    # a margin for val noise: the smallest policy at or above the target comes first ...
+    assert pick(pts, 0.78) == (pts[1], True)
+    assert pick(pts, 0.78, target=0.86) == (pts[0], True)
+    # ... and one between floor and target only when none reaches it (still within budget)
+    assert pick(pts, 0.78, target=0.95) == (pts[1], True)
+    # accuracies are counts / n: a policy exactly at a floor computed by subtraction passes
+    assert pick([{"number": 0, "objective": 1, "accuracy": 0.925}], 0.928 - 0.003)[1]
 
 
 def test_space_respects_first_and_last_layer_rules(lenet300):
     space = Space.build(lenet300)
+    share = {u.key: u.share for u in space.units}
+    assert share["fc1"] > 0.25 and share["fc3"] < 0.1  # digits: 64-300-100-10
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     for _ in range(30):
         policy = space.suggest(study.ask())
-        assert policy["bits:fc1"] >= 4 and policy["bits:fc3"] >= 4
+        # the first layer holds over a quarter of the weights: 3 bits allowed; the last 4
+        assert policy["bits:fc1"] >= 3 and policy["bits:fc3"] >= 4
         assert policy["density:fc3"] >= 0.1 and policy["density:fc1"] >= 0.01
+        # the big layers are where the bytes are: at most 30% kept, at most 6 bits
+        assert policy["density:fc1"] <= 0.3 and policy["density:fc2"] <= 0.3
+        assert policy["bits:fc2"] <= 6
         assert policy["rank:fc1"] == policy["rank:fc3"] == "none"
         Recipe.from_dict(space.recipe(policy).to_dict())  # every policy is a valid recipe
+
+
+def test_anchor_is_the_deep_compression_recipe_resolved_on_the_model(lenet300, digits):
+    from modelzip.search.anchor import anchor_policies
+    from modelzip.search.space import Schedule
+    from modelzip.targets import per_layer, select
+
+    builtin = Recipe.load("deep-compression")
+    epochs = [s.epochs for s in builtin.stages if s.method in ("prune", "finetune")]
+    space = Space.build(lenet300, schedule=Schedule(*epochs))
+    first, *bolder = anchor_policies(space, lenet300, digits)
+    ours = space.recipe(first)
+    assert [s.method for s in ours.stages] == [s.method for s in builtin.stages]
+    layers = select(lenet300, example=digits.example_inputs)
+    for a, b in zip(builtin.stages, ours.stages, strict=True):
+        ca, cb = a.model_dump(), b.model_dump()
+        for key in ("sparsity", "bits"):  # role/size rules resolved per layer: equal
+            if key in ca:
+                assert per_layer(ca.pop(key), layers) == per_layer(cb.pop(key), layers)
+        ca.pop("layers", None), cb.pop("layers", None)
+        assert ca == cb
+    # the bolder seeds keep fewer weights of the big layers, never more
+    for p in bolder:
+        assert p["density:fc2"] < first["density:fc2"] and p["density:fc3"] == first["density:fc3"]
+
+
+def test_anchor_trial_skips_the_short_rung(lenet300, tmp_path):
+    from modelzip.search.runner import SearchConfig, _Loop, open_study
+
+    cfg = SearchConfig(max_drop=1, trials=4, study=tmp_path, epochs=(4, 1, 1), progress=False)
+    space = Space.build(lenet300, schedule=cfg.schedule())
+    study = open_study(tmp_path, {"x": 1}, seed=0)
+    study.enqueue_trial(space.defaults(), user_attrs={"anchor": "deep-compression"})
+    study.enqueue_trial(space.defaults())
+    loop = _Loop(study, space, cfg, 0.9, "digits", tmp_path, 0.0)
+    assert loop.start()[2] == 1.0  # the recipe's policy is trained fully at once
+    assert loop.start()[2] == cfg.low_fidelity
+
+
+def test_every_quantizer_runs_on_a_pruned_model(lenet300, digits):
+    # GPTQ must come before any pruning mask on a layer: a GPTQ unit keeps its weights
+    from modelzip.search.space import Schedule
+    from modelzip.search.trial import run_recipe
+
+    space = Space.build(lenet300, schedule=Schedule(1, 0, 0))
+    for q in space.quantizers:
+        policy = {**space.defaults(), **{f"quantizer:{u.key}": q for u in space.units}}
+        policy["density:fc3"] = 0.5  # the other layers are pruned, unless GPTQ keeps them
+        out = run_recipe(
+            lenet300, digits, space.recipe(policy).to_dict(), seed=0, latency=False, keep_file=False
+        )
+        assert out["metrics"]["ratio"] > 4, q
+
+
+def test_at_least_recipe_aims_at_the_recipe_trials_val_accuracy(tmp_path):
+    from optuna.distributions import FloatDistribution
+
+    from modelzip.search.runner import SearchConfig, anchor_accuracy
+
+    study = optuna.create_study()
+    for number, acc in ((0, 0.975), (1, 0.962)):
+        attrs = {"accuracy": acc, **({"anchor": "deep-compression"} if number == 0 else {})}
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"x": 0.5},
+                distributions={"x": FloatDistribution(0, 1)},
+                value=1.0,
+                user_attrs=attrs,
+            )
+        )
+    cfg = SearchConfig(max_drop=0.3, study=tmp_path)
+    assert anchor_accuracy(study, cfg) == 0.0  # off by default: the budget alone
+    on = SearchConfig(max_drop=0.3, study=tmp_path, at_least_recipe=True)
+    assert anchor_accuracy(study, on) == 0.975
+    pts = [
+        {"number": 0, "objective": 100, "accuracy": 0.975},
+        {"number": 1, "objective": 40, "accuracy": 0.962},
+    ]
+    assert pick(pts, 0.957, target=0.959)[0] == pts[1]
+    assert pick(pts, 0.957, target=anchor_accuracy(study, on))[0] == pts[0]
 
 
 def test_space_on_user_models(tmp_path, digits):

@@ -350,6 +350,16 @@ def search(
     epochs: Annotated[
         str, typer.Option("--epochs", help="full trial: prune,recover,polish epochs")
     ] = "8,2,2",
+    margin: Annotated[
+        float,
+        typer.Option("--margin", help="points above the floor the pick aims for (val noise)"),
+    ] = 0.2,
+    at_least_recipe: Annotated[
+        bool,
+        typer.Option(
+            "--at-least-recipe", help="the pick also reaches the deep-compression trial's val"
+        ),
+    ] = False,
     weights: WeightsOpt = None,
     seed: SeedOpt = 0,
     as_json: JsonOpt = False,
@@ -382,6 +392,8 @@ def search(
         "study": study,
         "seed": seed,
         "epochs": sched,
+        "margin": margin,
+        "at_least_recipe": at_least_recipe,
         "progress": not as_json,
     }
     try:

@@ -63,6 +63,7 @@ def finish(
     cfg: SearchConfig,
     *,
     floor: float,
+    target: float | None = None,
     base_val: dict[str, Any],
     folder: Path,
 ) -> dict[str, Any]:
@@ -74,7 +75,7 @@ def finish(
     trials = study.get_trials(deepcopy=False)
     points = points_of(trials, cfg.objective)
     front = pareto_front(points)
-    chosen, met = pick(points, floor)
+    chosen, met = pick(points, floor, target=target)
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     counts["finished"] = counts["complete"] + counts["pruned"]
     counts["requested"] = cfg.trials
@@ -107,6 +108,7 @@ def finish(
             **({"latency_ms": base_test["latency_ms"]} if latency else {}),
         },
         "floor": round(floor, 6),
+        "target": round(floor if target is None else target, 6),
         "trials": counts,
         "pareto": front,
         "points": points,

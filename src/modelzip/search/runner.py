@@ -14,6 +14,22 @@ The score a trial reports (minimised) is ``log2(objective) + penalty * shortfall
 the shortfall is how many accuracy points the trial is below the floor (penalty 1 per point
 at full fidelity, 0.3 at the short rung, where accuracy is still an underestimate); the floor
 itself is also given to TPE as a constraint, and the final pick only ever takes a trial within it.
+
+Robust pick: the val split is small (500 images on mnist5k: one image is 0.2 points), so the
+smallest policy just at the floor is mostly the luckiest one on val. The score aims at the
+floor plus ``margin`` points, and the pick takes the smallest trial at or above that target;
+only when none reaches it does it fall back to the smallest one within the floor itself (which
+still meets the budget).
+
+Seeding: trial 0 is the ``deep-compression`` recipe's own policy on this model, trained fully
+(see ``anchor``), then two bolder steps from it and the sensitivity-analysis seeds; so the
+search never ends worse than the recipe when the recipe itself meets the target.
+
+``at_least_recipe``: the budget is relative to the uncompressed model, but the recipe's
+fine-tuning can end *above* it (an under-trained baseline gains a point or more). With this
+option the pick (and the score) also aim at the recipe trial's own val accuracy, so that the
+chosen policy is smaller than the recipe at no less accuracy than the recipe, not only within
+the budget.
 """
 
 from __future__ import annotations
@@ -33,6 +49,7 @@ from torch import nn
 
 from modelzip.errors import ConfigError
 from modelzip.search import engines
+from modelzip.search.anchor import anchor_policies
 from modelzip.search.finish import finish
 from modelzip.search.progress import LiveDisplay, SearchStatus
 from modelzip.search.seeds import seed_policies
@@ -63,6 +80,13 @@ class SearchConfig(BaseModel):
     epochs: tuple[int, int, int] = (8, 2, 2)
     low_fidelity: float = Field(0.25, gt=0, le=1)
     sensitivity_seeds: bool = True
+    anchor: bool = Field(True, description="trial 0: the deep-compression recipe's policy")
+    margin: float = Field(
+        0.2, ge=0, le=100, description="points above the floor the pick aims for (val noise)"
+    )
+    at_least_recipe: bool = Field(
+        False, description="also aim at the val accuracy of trial 0 (the recipe's policy)"
+    )
     progress: bool = True
 
     def schedule(self) -> Schedule:
@@ -179,6 +203,8 @@ def search(
         "max_drop": cfg.max_drop,
         "seed": cfg.seed,
         "low_fidelity": cfg.low_fidelity,
+        "margin": cfg.margin,
+        "at_least_recipe": cfg.at_least_recipe,
         "space": space.signature(),
     }
     t_start = time.perf_counter()
@@ -187,10 +213,17 @@ def search(
         study = open_study(folder, setup, cfg.seed)
         retried = recover(study)
         if not study.trials:
+            anchors = anchor_policies(space, model, data) if cfg.anchor else []
             seeds = seed_policies(space, model, data, cfg) if cfg.sensitivity_seeds else []
-            for policy in [*seeds, space.defaults()][: max(1, min(4, cfg.trials))]:
-                study.enqueue_trial(policy, user_attrs={"seeded": True})
-        state = _Loop(study, space, cfg, floor, data.name, folder, t_start)
+            queue = _interleave(anchors, seeds) + [space.defaults()]
+            for i, policy in enumerate(queue[: max(1, min(6, cfg.trials))]):
+                attrs: dict[str, Any] = {"seeded": True}
+                if i == 0 and anchors:
+                    attrs["anchor"] = "deep-compression"
+                study.enqueue_trial(policy, user_attrs=attrs)
+        target = floor + cfg.margin / 100
+        state = _Loop(study, space, cfg, target, data.name, folder, t_start)
+        state.floor = max(target, anchor_accuracy(study, cfg))  # a resumed study knows it
         with LiveDisplay(f"modelzip search ({cfg.objective})", enabled=cfg.progress) as live:
             state.on_change = live.update
             interrupted = False
@@ -199,8 +232,17 @@ def search(
             except KeyboardInterrupt:
                 interrupted = True
                 state.abandon()
+        target = max(target, anchor_accuracy(study, cfg))
         result = finish(
-            study, space, model, data, cfg, floor=floor, base_val=base_val, folder=folder
+            study,
+            space,
+            model,
+            data,
+            cfg,
+            floor=floor,
+            target=target,
+            base_val=base_val,
+            folder=folder,
         )
         result["retried_stale_trials"] = retried
         result["interrupted"] = interrupted
@@ -250,7 +292,8 @@ class _Loop:
         policy = self.space.suggest(trial)
         trial.set_user_attr("started", time.time())
         self.running[trial.number] = trial
-        fidelity = self.cfg.low_fidelity
+        # the recipe's own policy is the reference to beat: trained fully, never pruned early
+        fidelity = 1.0 if trial.user_attrs.get("anchor") else self.cfg.low_fidelity
         recipe = self.space.recipe(policy, fidelity=fidelity)
         if fidelity < 1 and recipe == self.space.recipe(policy, fidelity=1.0):
             fidelity = 1.0  # the schedule is too short to shorten: one full run
@@ -275,6 +318,8 @@ class _Loop:
             return self.space.recipe(trial.params, fidelity=1.0).to_dict()
         trial.set_user_attr("shortfall", shortfall)
         trial.set_constraint("accuracy_floor", shortfall)
+        if trial.user_attrs.get("anchor") and self.cfg.at_least_recipe:
+            self.floor = max(self.floor, metrics["accuracy"])  # later trials aim at the recipe
         for k in ("bytes", "accuracy", "ratio"):
             trial.set_user_attr(k, metrics[k])
         if "latency_ratio" in metrics:
@@ -365,6 +410,23 @@ class _Loop:
                 last=last,
             )
         )
+
+
+def anchor_accuracy(study: optuna.Study, cfg: SearchConfig) -> float:
+    """The val accuracy of the recipe's trial when the pick must reach it (else 0)."""
+    if not cfg.at_least_recipe:
+        return 0.0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.user_attrs.get("anchor") and "accuracy" in t.user_attrs:
+            return float(t.user_attrs["accuracy"])
+    return 0.0
+
+
+def _interleave(first: list[Any], second: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for i in range(max(len(first), len(second))):
+        out += first[i : i + 1] + second[i : i + 1]
+    return out
 
 
 def _objective_of(t: FrozenTrial, key: str) -> float:

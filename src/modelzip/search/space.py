@@ -8,8 +8,13 @@ and ``gptq`` when a method of that name is registered) — the search knows noth
 a method works, only what a recipe may say.
 
 Rules from the recipes (first and last layers are the sensitive ones): the first and the last
-weight layer keep at least 4 bits, are never factorized, and the last layer keeps at least 10%
-of its weights and all of its outputs (it cannot lose classes).
+weight layer keep at least 4 bits (3 when that one layer holds a quarter of the model's
+weights, as LeNet-300-100's first layer does), are never factorized, and the last layer keeps
+at least 10% of its weights and all of its outputs (it cannot lose classes).
+
+Where the bytes are: a *big* unit (at least 10% of the weights) is searched only at 2-6 bits,
+and a big single layer with at most 30% of its weights kept; the few small layers keep the
+whole range (their bytes hardly matter, their accuracy does).
 
 Large models are searched per *group*: layers whose names differ only in a block index
 (``encoder.layer.3.attention.self.query`` -> ``encoder.layer.*.attention.self.query``) share
@@ -42,6 +47,11 @@ GROUP_ABOVE = 12
 #: Decode budgets (ms) the encode stage may spend on the slower entropy coders.
 DECODE_BUDGETS = ("0", "25", "unlimited")
 RANK_FRACTIONS = ("none", "0.5", "0.25", "0.125")
+#: A unit with at least this share of the model's weights is a big one (see the module doc).
+BIG_SHARE = 0.1
+#: A first or last layer this big may go down to 3 bits.
+HUGE_SHARE = 0.25
+BIG_MAX_DENSITY = 0.3
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,7 @@ class Unit:
     linear: bool
     min_dim: int
     out_channels: int
+    share: float = 0.0  # of all searched weights
 
 
 @dataclass
@@ -105,6 +116,7 @@ class Space:
             key = re.sub(r"(^|\.)\d+(\.|$)", r"\1*\2", name) if len(names) > GROUP_ABOVE else name
             keyed.setdefault(key, []).append(name)
         units = []
+        total = sum(cast(torch.Tensor, m.weight).numel() for m in layers.values())
         for i, (key, members) in enumerate(keyed.items()):
             ws = [cast(torch.Tensor, layers[m].weight) for m in members]
             role = "first" if names[0] in members else "last" if names[-1] in members else "hidden"
@@ -120,6 +132,7 @@ class Space:
                     linear=all(isinstance(layers[m], nn.Linear) for m in members),
                     min_dim=min(min(w.shape[0], w[0].numel()) for w in ws),
                     out_channels=min(w.shape[0] for w in ws),
+                    share=sum(w.numel() for w in ws) / max(1, total),
                 )
             )
         return cls(units, objective, schedule or Schedule(), _quantizers())
@@ -135,8 +148,10 @@ class Space:
                 continue
             # the kept fraction, log-uniform: as much search between 1% and 10% kept as
             # between 10% and 100% (that is where the bytes are won)
-            trial.suggest_float(f"density:{unit.key}", self.min_density(unit), 1.0, log=True)
-            trial.suggest_int(f"bits:{unit.key}", 4 if unit.role != "hidden" else 2, 8)
+            trial.suggest_float(
+                f"density:{unit.key}", self.min_density(unit), self.max_density(unit), log=True
+            )
+            trial.suggest_int(f"bits:{unit.key}", *self.bits_range(unit))
             trial.suggest_categorical(f"quantizer:{unit.key}", self.quantizers)
             trial.suggest_categorical(f"rank:{unit.key}", self.rank_choices(unit))
         if self.objective == "latency":
@@ -149,6 +164,19 @@ class Space:
     def min_density(unit: Unit) -> float:
         """At least 1% of a layer's weights stay, 10% of the last layer's."""
         return 0.1 if unit.role == "last" else 0.01
+
+    @staticmethod
+    def max_density(unit: Unit) -> float:
+        """A big layer keeps at most 30% of its weights (that is where the bytes are); groups
+        of a large model (transformer blocks) keep the whole range."""
+        big = unit.share >= BIG_SHARE and len(unit.members) == 1
+        return BIG_MAX_DENSITY if big else 1.0
+
+    @staticmethod
+    def bits_range(unit: Unit) -> tuple[int, int]:
+        """Bits a unit may get: first/last layers at least 4 (3 if huge), big units at most 6."""
+        low = 2 if unit.role == "hidden" else 3 if unit.share >= HUGE_SHARE else 4
+        return low, 6 if unit.share >= BIG_SHARE else 8
 
     @staticmethod
     def channel_prunable(unit: Unit) -> bool:
@@ -166,19 +194,25 @@ class Space:
         return self.seed_policy(dict.fromkeys((u.key for u in self.units), 0.9), bits=4)
 
     def seed_policy(
-        self, sparsity: dict[str, float], *, bits: int = 4, budget: str = "unlimited"
+        self,
+        sparsity: dict[str, float],
+        *,
+        bits: int | dict[str, int] = 4,
+        budget: str = "unlimited",
     ) -> dict[str, Any]:
-        """A full policy from per-unit sparsities (clipped to each unit's allowed range)."""
+        """A full policy from per-unit sparsities and bits (clipped to each unit's range)."""
         policy: dict[str, Any] = {}
         for u in self.units:
+            lo, hi = self.bits_range(u)
+            b = bits.get(u.key, 4) if isinstance(bits, dict) else bits
             s = float(sparsity.get(u.key, 0.9))
             if self.objective == "latency":
                 if self.channel_prunable(u):
                     policy[f"channels:{u.key}"] = _grid(min(s, 0.8), 0.05)
                 continue
-            density = min(1.0, max(self.min_density(u), 1.0 - s))
+            density = min(self.max_density(u), max(self.min_density(u), 1.0 - s))
             policy[f"density:{u.key}"] = round(density, 4)
-            policy[f"bits:{u.key}"] = max(bits, 4) if u.role != "hidden" else bits
+            policy[f"bits:{u.key}"] = min(hi, max(lo, int(b)))
             policy[f"quantizer:{u.key}"] = "kmeans"
             policy[f"rank:{u.key}"] = "none"
         if self.objective == "latency":
@@ -223,8 +257,13 @@ class Space:
                 if u.key in ranks
             }
             stages.append({"method": "lowrank", "rank": rank_map})
+        # GPTQ must be a layer's first weight constraint (no pruning mask before it): a unit
+        # quantized with GPTQ keeps all its weights
+        gptq = {u.key for u in self.units if policy.get(f"quantizer:{u.key}") == "gptq"}
         sparsity = {
-            select[u.key]: round(1.0 - float(policy[f"density:{u.key}"]), 4) for u in self.units
+            select[u.key]: round(1.0 - float(policy[f"density:{u.key}"]), 4)
+            for u in self.units
+            if u.key not in gptq
         }
         sparsity = {k: v for k, v in sparsity.items() if v > 0}
         if sparsity:
