@@ -249,3 +249,20 @@ def test_block_inputs_capture_equals_whole_model_and_skips_padding(tmp_path):
     for name in whole:
         assert whole[name].rows == cached[name].rows == real  # padding rows left out
         assert torch.allclose(whole[name].hessian(), cached[name].hessian(), atol=1e-6)
+
+
+def test_group_codes_are_stored_centred_and_old_uncentred_files_still_decode():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 256, generator=g) + torch.rand(64, 1, generator=g)  # zero points vary
+    codes = ops.rtn(w, bits=4, group_size=64)
+    c = GroupCodes.from_codes(codes, bits=4, shape=(64, 256))
+    enc = c.encode(torch.empty(0))
+    assert enc.meta == {"bits": 4, "centered": True}
+    assert not torch.equal(enc.fields["qdata"], codes.qdata)
+    assert torch.equal(decode(enc, CONSTRAINT_KINDS), codes.w_hat)  # exact round trip
+    legacy = Encoded(enc.kind, {**enc.fields, "qdata": codes.qdata.clone()}, {"bits": 4})
+    assert torch.equal(decode(legacy, CONSTRAINT_KINDS), codes.w_hat)
+    stored = len(codecs.get_codec("zstd").encode(enc.fields["qdata"]))
+    assert stored < len(codecs.get_codec("zstd").encode(codes.qdata))  # a shorter code
+    with pytest.raises(FormatError, match="centered"):
+        decode(Encoded(enc.kind, enc.fields, {"bits": 4, "centered": 1}), CONSTRAINT_KINDS)
