@@ -51,6 +51,20 @@ CONFIGS: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
+def cpu_line() -> str:
+    """CPU model and the SIMD flags that matter here (from ``lscpu``)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    flags = fields.get("Flags", "").split()
+    wanted = [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_int8") if f in flags]
+    return f"{fields.get('Model name', '?').strip()}; flags: {', '.join(wanted)}"
+
+
 def main() -> None:
     torch.set_num_threads(1)
     data = mz.load_data("mnist5k")
@@ -60,6 +74,7 @@ def main() -> None:
         "mnist5k, test accuracy (%) mean and min..max over seeds 0, 1, 2 (each its own trained",
         "baseline); bytes of the .mzip (seed 0) and ratio to the fp32 `torch.save` file. One",
         "torch thread; the machine was shared with other jobs.",
+        f"CPU: {cpu_line()}.",
         "",
         "| model | configuration | accuracy % | min..max | bytes | ratio |",
         "|---|---|---:|---:|---:|---:|",

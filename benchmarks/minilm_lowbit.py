@@ -46,11 +46,12 @@ RESULTS = Path(__file__).parent / "results"
 CALIBRATION_BATCHES = 8
 #: (name, stages): each a list of (method, fields) run in order.
 CONFIGS: list[tuple[str, list[tuple[str, dict[str, Any]]]]] = [
-    ("RTN 4-bit g128", [("gptq", {"bits": 4, "group_size": 128, "algorithm": "rtn"})]),
-    ("GPTQ 4-bit g128 (recipe gptq-4bit)", [("recipe", {"name": "gptq-4bit"})]),
-    ("GPTQ+AWQ 4-bit g128", [("gptq", {"bits": 4, "group_size": 128, "awq": True})]),
-    ("RTN 3-bit g64", [("gptq", {"bits": 3, "group_size": 64, "algorithm": "rtn"})]),
-    ("GPTQ 3-bit g64 (recipe gptq-3bit)", [("recipe", {"name": "gptq-3bit"})]),
+    # round-to-nearest rows use the recipes' own settings (same layers, groups, storage)
+    ("RTN 4-bit (gptq-4bit settings)", [("recipe", {"name": "gptq-4bit", "algorithm": "rtn"})]),
+    ("GPTQ 4-bit (recipe gptq-4bit)", [("recipe", {"name": "gptq-4bit"})]),
+    ("GPTQ+AWQ 4-bit", [("recipe", {"name": "gptq-4bit", "awq": True})]),
+    ("RTN 3-bit (gptq-3bit settings)", [("recipe", {"name": "gptq-3bit", "algorithm": "rtn"})]),
+    ("GPTQ 3-bit (recipe gptq-3bit)", [("recipe", {"name": "gptq-3bit"})]),
     ("GPTQ mixed, average 3.25 bits", [("gptq", {"average_bits": 3.25, "group_size": 128})]),
     ("k-means 4-bit (cluster, Linear only)", [("cluster", {"bits": 4})]),
     (
@@ -91,7 +92,13 @@ def apply_stages(model: nn.Module, stages: list, data: Any) -> tuple[nn.Module, 
     notes: dict[str, Any] = {}
     for method, fields in stages:
         if method == "recipe":
-            cfgs = list(Recipe.load(fields["name"]).stages)
+            extra = {k: v for k, v in fields.items() if k != "name"}
+            cfgs = [
+                get_method(c.method).config.parse(
+                    {k: v for k, v in {**c.to_dict(), **extra}.items() if k != "method"}
+                )
+                for c in Recipe.load(fields["name"]).stages
+            ]
         else:
             cfgs = [get_method(method).config.parse(fields)]
         for cfg in cfgs:
@@ -175,7 +182,10 @@ def write_markdown(rows: dict[str, dict], fp32_bytes: int, threads: int) -> None
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="configuration names (prefixes) to run")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--store", default="minilm_lowbit.json", help="rows file under results/ (split runs)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -184,7 +194,7 @@ def main() -> None:
     fp32_bytes = (Path(minilm_dir()) / "model.safetensors").stat().st_size
     base = mz.load_model("zoo:minilm")
     ref, fp32_s = embed(base, test)
-    store = RESULTS / "minilm_lowbit.json"
+    store = RESULTS / args.store
     rows: dict[str, dict] = json.loads(store.read_text()) if store.is_file() else {}
     t0 = time.perf_counter()
     mz.load_model("zoo:minilm")

@@ -81,3 +81,19 @@ def test_round_floats_is_explicit_and_stored_in_16_bits() -> None:
     plain = mz.load_model("zoo:lenet300", data=data)
     _, parts = fmt.read_header(mzip.to_bytes(plain))
     assert len(parts["fc1.weight/values"]) > 3 * n  # fp32 weights: no silent rounding
+
+
+def test_large_tensors_pick_their_codec_by_a_sample_with_the_same_result(monkeypatch):
+    from modelzip.codec import codecs
+
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.randn(1200, 1024, generator=gen).mul(3).round().clamp(-7, 8).add(7)
+    t = codes.to(torch.uint8)  # 1.2M peaked 4-bit codes, over codecs.SAMPLE_MIN
+    assert t.numel() > codecs.SAMPLE_MIN
+    sampled = codecs.encode_options(t, slow=False)
+    monkeypatch.setattr(codecs, "SAMPLE_MIN", 1 << 40)
+    full = codecs.encode_options(t, slow=False)
+    assert sampled[0].codec == full[0].codec and sampled[0].data == full[0].data
+    assert sampled[1] is None and full[1] is None  # slow coders skipped when not wanted
+    with_slow = codecs.encode_options(t)
+    assert with_slow[1] is not None and with_slow[1].decode_ns > 0

@@ -218,7 +218,51 @@ def test_gptq_recipes_keep_lenet300_accuracy(recipe, lenet300, digits):
     cfg = Recipe.load(recipe).stages[0]
     ctx = Context(data=digits, trainer=Trainer(progress=False))
     model = get_method("gptq").apply(copy.deepcopy(lenet300), cfg, ctx)
-    assert ctx.notes["edge_layers"] == ["fc1", "fc3"]
-    assert ctx.notes["layers"]["fc2"]["bits"] == int(recipe[5])
+    assert "edge_layers" not in ctx.notes  # every layer at the recipe's width (as RTN rows)
+    assert {n["bits"] for n in ctx.notes["layers"].values()} == {int(recipe[5])}
     back, _ = mzip.from_bytes(mzip.to_bytes(model))
     assert accuracy(back, digits.test) >= base - 0.03
+
+
+def test_block_inputs_capture_equals_whole_model_and_skips_padding(tmp_path):
+    from modelzip.methods import _gptq_calib as calib
+
+    folder = um.write_tiny_bert(tmp_path / "bert")
+    model = mz.load_model(str(folder))
+    data = mz.load_data("sentences")
+    batches = [x for x, _ in data.val][:2]
+    layers = {
+        n: m
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and "pooler" not in n
+    }
+    order, _ = calib.call_order(model, layers, batches)
+    later = order[4:]  # the first round of layer 1 is reached through block 0 and block 1
+    assert calib.block_of(model, later[0]) == "encoder.encoder.layer.0"
+    whole = calib.capture(model, layers, later, batches)
+    cache = calib.BlockInputs()
+    cached = calib.capture(model, layers, later, batches, cache)
+    assert cache.name == "encoder.encoder.layer.0" and len(cache.calls) == len(batches)
+    assert whole.keys() == cached.keys() and whole
+    real = sum(int((x != 0).sum()) for x in batches)
+    assert real < sum(x.numel() for x in batches)  # the batches do hold padding
+    for name in whole:
+        assert whole[name].rows == cached[name].rows == real  # padding rows left out
+        assert torch.allclose(whole[name].hessian(), cached[name].hessian(), atol=1e-6)
+
+
+def test_group_codes_are_stored_centred_and_old_uncentred_files_still_decode():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 256, generator=g) + torch.rand(64, 1, generator=g)  # zero points vary
+    codes = ops.rtn(w, bits=4, group_size=64)
+    c = GroupCodes.from_codes(codes, bits=4, shape=(64, 256))
+    enc = c.encode(torch.empty(0))
+    assert enc.meta == {"bits": 4, "centered": True}
+    assert not torch.equal(enc.fields["qdata"], codes.qdata)
+    assert torch.equal(decode(enc, CONSTRAINT_KINDS), codes.w_hat)  # exact round trip
+    legacy = Encoded(enc.kind, {**enc.fields, "qdata": codes.qdata.clone()}, {"bits": 4})
+    assert torch.equal(decode(legacy, CONSTRAINT_KINDS), codes.w_hat)
+    stored = len(codecs.get_codec("zstd").encode(enc.fields["qdata"]))
+    assert stored < len(codecs.get_codec("zstd").encode(codes.qdata))  # a shorter code
+    with pytest.raises(FormatError, match="centered"):
+        decode(Encoded(enc.kind, enc.fields, {"bits": 4, "centered": 1}), CONSTRAINT_KINDS)

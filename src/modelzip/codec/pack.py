@@ -38,11 +38,12 @@ def encode_tensors(model: nn.Module) -> tuple[list[list[Any]], list[bytes]]:
     budget_ms = getattr(model, BUDGET_ATTR, DECODE_BUDGET_MS) if coder == "auto" else None
     records: list[list[Any]] = []
     options = []
+    slow = budget_ms is None or budget_ms > 0  # a budget of 0 never picks a slow coder
     for name, enc in constraints.iter_state(model):
         fields = []
         for field_name, t in enc.fields.items():
             t = t.detach().cpu()
-            options.append(encode_options(t, coder))
+            options.append(encode_options(t, coder, slow=slow))
             fields.append([field_name, "", dtype_name(t.dtype), list(t.shape)])
         records.append([name, enc.kind, enc.meta or {}, fields])
     picked = iter(choose(options, math.inf if budget_ms is None else budget_ms * 1e6))

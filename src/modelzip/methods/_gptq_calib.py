@@ -86,9 +86,38 @@ class _Stop(Exception):
     """Raised by a hook to end a calibration forward pass early."""
 
 
-def _run(model: nn.Module, batches: list[torch.Tensor]) -> None:
+@dataclass
+class _Tokens:
+    """The real-token mask (batch x positions) of the batch now running, if the model has one."""
+
+    mask: torch.Tensor | None = None
+
+    def rows(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``layer``'s input matrix, without the rows of padding positions: a sequence model's
+        padding tokens are masked out of attention and pooling, so their activations must not
+        weigh in the Hessian (with short sentences they are a third of the rows or more)."""
+        m = self.mask
+        linear = isinstance(layer, nn.Linear) and x.dim() == 3
+        if m is not None and linear and tuple(x.shape[:2]) == tuple(m.shape):
+            return x[m]
+        return input_matrix(layer, x)
+
+
+def token_mask(model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """The model's own real-token mask for input ``x`` (a ``token_mask`` method, as the
+    sentence encoders have), or None."""
+    fn = getattr(model, "token_mask", None)
+    if not callable(fn):
+        return None
+    m = fn(x)
+    return m.bool() if isinstance(m, torch.Tensor) and m.dim() == 2 else None
+
+
+def _run(model: nn.Module, batches: list[torch.Tensor], tokens: _Tokens | None = None) -> None:
     with torch.no_grad():
         for x in batches:
+            if tokens is not None:
+                tokens.mask = token_mask(model, x)
             with contextlib.suppress(_Stop):
                 model(x)
 
@@ -108,17 +137,18 @@ def call_order(
     (diagonal only) of those that take a Hessian."""
     order: list[str] = []
     stats: dict[str, Stats] = {}
+    tokens = _Tokens()
 
     def hook(name: str, mod: nn.Module, x: torch.Tensor) -> None:
         if name not in stats:
             order.append(name)
             stats[name] = Stats()
         if why_no_hessian(mod) is None:
-            stats[name].add(input_matrix(mod, x))
+            stats[name].add(tokens.rows(mod, x))
 
     handles = _hooked(layers, hook)
     try:
-        _run(model.eval(), batches)
+        _run(model.eval(), batches, tokens)
     finally:
         for h in handles:
             h.remove()
@@ -132,15 +162,76 @@ class _Round:
     closed: bool = False
 
 
+def block_of(model: nn.Module, name: str) -> str | None:
+    """The outermost repeated block (an element of an ``nn.ModuleList``, as a transformer's
+    layers are) that contains the layer ``name``; None when the layer is in none."""
+    parts = name.split(".")
+    mods = dict(model.named_modules())
+    for i in range(1, len(parts)):
+        parent = mods.get(".".join(parts[: i - 1])) if i > 1 else model
+        if isinstance(parent, nn.ModuleList):
+            return ".".join(parts[:i])
+    return None
+
+
+@dataclass
+class BlockInputs:
+    """The inputs (args, kwargs, token mask) one repeated block received on each calibration
+    batch, from the model as quantized when they were captured. Later rounds inside the same
+    block run the block alone on them instead of the whole model from its first layer."""
+
+    name: str | None = None
+    calls: list[tuple[tuple[Any, ...], dict[str, Any], torch.Tensor | None]] = field(
+        default_factory=list
+    )
+
+
+def _block_inputs(model: nn.Module, block: str, batches: list[torch.Tensor]) -> BlockInputs:
+    mod = dict(model.named_modules())[block]
+    out = BlockInputs(block)
+    mask: list[torch.Tensor | None] = [None]
+
+    def pre(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        out.calls.append((args, dict(kwargs), mask[0]))
+        raise _Stop
+
+    handle = mod.register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            for x in batches:
+                mask[0] = token_mask(model, x)
+                with contextlib.suppress(_Stop):
+                    model(x)
+    finally:
+        handle.remove()
+    if len(out.calls) != len(batches):  # the block ran more or less than once a batch
+        return BlockInputs()
+    return out
+
+
 def capture(
-    model: nn.Module, layers: dict[str, nn.Module], pending: list[str], batches: list[torch.Tensor]
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    pending: list[str],
+    batches: list[torch.Tensor],
+    cache: BlockInputs | None = None,
 ) -> dict[str, Stats]:
     """Full statistics for ``pending[0]`` and the layers right after it that read the same
-    input tensor; the forward pass stops at the first pending layer outside that run."""
+    input tensor; the forward pass stops at the first pending layer outside that run.
+
+    With a ``cache``, a layer inside a repeated block is reached by running that block alone
+    on its captured inputs (captured once per block, when the first of its layers comes up:
+    the layers before it are quantized by then), not the whole model from the start."""
     first = pending[0]
     rnd = _Round()
     stats: dict[str, Stats] = {}
+    tokens = _Tokens()
     todo = {n: layers[n] for n in pending if why_no_hessian(layers[n]) is None}
+    block = block_of(model, first) if cache is not None else None
+    if cache is not None and block is not None and cache.name != block:
+        found = _block_inputs(model, block, batches)
+        cache.name, cache.calls = block, found.calls
+    use_block = cache is not None and block is not None and bool(cache.calls)
 
     def hook(name: str, mod: nn.Module, x: torch.Tensor) -> None:
         key = (x.data_ptr(), tuple(x.shape))
@@ -156,11 +247,20 @@ def capture(
             rnd.closed = True
             raise _Stop
         if name in rnd.group:
-            stats.setdefault(name, Stats(full=True)).add(input_matrix(mod, x))
+            stats.setdefault(name, Stats(full=True)).add(tokens.rows(mod, x))
 
     handles = _hooked(todo, hook)
     try:
-        _run(model.eval(), batches)
+        if use_block:
+            assert cache is not None and block is not None
+            mod = dict(model.named_modules())[block]
+            with torch.no_grad():
+                for args, kwargs, mask in cache.calls:
+                    tokens.mask = mask
+                    with contextlib.suppress(_Stop):
+                        mod(*args, **kwargs)
+        else:
+            _run(model.eval(), batches, tokens)
     finally:
         for h in handles:
             h.remove()

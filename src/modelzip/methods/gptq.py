@@ -73,6 +73,12 @@ class GPTQConfig(MethodConfig):
         None, description="bits for the first and last Linear/Conv layer to run (by role)"
     )
     bits_choices: list[int] = Field(default_factory=lambda: [2, 3, 4, 5, 6, 8])
+    min_table_rows: int = Field(
+        64,
+        ge=0,
+        le=1 << 20,
+        description="embedding tables with fewer rows stay float (e.g. BERT's token types)",
+    )
     calibration_batches: int = Field(8, ge=1, le=100_000)
     calibration_split: Literal["val", "train"] = Field(
         "val", description="split the calibration batches come from (never test)"
@@ -222,12 +228,31 @@ def _check_layers(layers: dict[str, nn.Module]) -> None:
             raise ModelError(f"{name}.weight holds NaN or inf values: refusing to quantize")
 
 
+def _small_tables(layers: dict[str, nn.Module], min_rows: int) -> dict[str, dict[str, Any]]:
+    """Embedding tables with fewer than ``min_rows`` rows, kept in float, with the reason: each
+    of their rows is looked up by a large share of all tokens (BERT's two token-type rows are
+    added to every token), so a rounding error there is one bias shared by every input, and
+    the table is a few kilobytes."""
+    out = {}
+    for name, layer in layers.items():
+        if isinstance(layer, nn.Embedding) and layer.num_embeddings < min_rows:
+            out[name] = {
+                "algorithm": "float",
+                "why_float": f"embedding table of {layer.num_embeddings} rows < min_table_rows "
+                f"{min_rows}: each row feeds many tokens, so its rounding error would be a "
+                "bias shared by all",
+            }
+    return out
+
+
 @register(GPTQConfig)
 def gptq(model: nn.Module, cfg: GPTQConfig, ctx: Context) -> nn.Module:
     """GPTQ / round-to-nearest group-wise low-bit weights (AWQ and mixed precision options)."""
     layers = select(model, cfg.layers, types=LOWBIT_LAYERS)
     bits = per_layer(cfg.bits, layers, "bits")
     layers = {n: m for n, m in layers.items() if n in bits}
+    kept = _small_tables(layers, cfg.min_table_rows)
+    layers = {n: m for n, m in layers.items() if n not in kept}
     _check_layers(layers)
     needs_data = cfg.algorithm == "gptq" or cfg.awq or cfg.average_bits is not None
     batches = _calibration(ctx, cfg) if needs_data else []
@@ -257,8 +282,9 @@ def gptq(model: nn.Module, cfg: GPTQConfig, ctx: Context) -> nn.Module:
         if reason is not None:
             notes[name] = quantize_layer(name, layer, bits[name], cfg, None, reason)
     pending = [n for n in order if n in layers and n not in notes]
+    cache = calib.BlockInputs()
     while pending:
-        stats = calib.capture(model, layers, pending, batches)
+        stats = calib.capture(model, layers, pending, batches, cache)
         done = [n for n in pending if n in stats] or pending[:1]
         for name in done:
             notes[name] = quantize_layer(
@@ -270,7 +296,7 @@ def gptq(model: nn.Module, cfg: GPTQConfig, ctx: Context) -> nn.Module:
                 "no calibration input captured",
             )
         pending = [n for n in pending if n not in done]
-    ctx.notes["layers"] = {n: notes[n] for n in layers}
+    ctx.notes["layers"] = {n: notes[n] for n in layers} | kept
     ctx.notes["calibration_batches"] = len(batches)
     return model
 

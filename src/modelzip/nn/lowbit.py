@@ -37,6 +37,30 @@ def _value(
     return w.reshape(qdata.shape)
 
 
+def _expand(zero: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Each group's zero point repeated over its inputs, shaped like ``q``'s 2-D view."""
+    rows = q.shape[0]
+    cols = q[0].numel()
+    return zero.to(torch.int16).repeat_interleave(cols // zero.shape[1], dim=1).reshape(rows, cols)
+
+
+def center(q: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+    """Codes as stored: ``(q - zero_point) mod 2^bits``. Weights cluster around zero, which
+    every group's grid puts at its own zero point; relative to it the codes of all groups
+    share one peaked distribution (a shorter entropy code than the raw codes, whose peak
+    moves with the zero point). Exact and invertible (``uncenter``)."""
+    flat = q.reshape(q.shape[0], -1).to(torch.int16)
+    out = (flat - _expand(zero, q)) % (1 << bits)
+    return out.to(torch.uint8).reshape(q.shape)
+
+
+def uncenter(c: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+    """Inverse of ``center``."""
+    flat = c.reshape(c.shape[0], -1).to(torch.int16)
+    out = (flat + _expand(zero, c)) % (1 << bits)
+    return out.to(torch.uint8).reshape(c.shape)
+
+
 class GroupCodes(Constraint):
     """The weight is its stored group-wise codes (the input tensor is ignored)."""
 
@@ -112,13 +136,13 @@ class GroupCodes(Constraint):
 
     def encode(self, x: torch.Tensor) -> Encoded:
         fields = {
-            "qdata": self.qdata.clone(),
+            "qdata": center(self.qdata, self.zero_point, self.bits),
             "scale": self.scale.clone(),
             "zero_point": self.zero_point.clone(),
         }
         if self.in_scale is not None:
             fields["in_scale"] = self.in_scale.clone()
-        return Encoded(self.kind, fields, {"bits": self.bits})
+        return Encoded(self.kind, fields, {"bits": self.bits, "centered": True})
 
     @classmethod
     def decode(cls, fields: dict[str, torch.Tensor], meta: dict[str, Any]) -> torch.Tensor:
@@ -131,4 +155,8 @@ class GroupCodes(Constraint):
         bits = meta.get("bits") if isinstance(meta, dict) else None
         in_scale = fields.get("in_scale")
         cls._check(q, scale, zero, in_scale, bits)  # type: ignore[arg-type]
+        if meta.get("centered") is True:
+            q = uncenter(q, zero, bits)  # type: ignore[arg-type]
+        elif meta.get("centered", False) is not False:
+            raise FormatError("group codes: 'centered' must be true or false")
         return _value(q, scale, zero, in_scale)

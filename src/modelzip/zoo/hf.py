@@ -30,8 +30,13 @@ class SentenceEncoder(nn.Module):
         self.encoder = encoder
         self.pad_id = pad_id
 
+    def token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Which positions hold real tokens (True) rather than padding: what attention and
+        pooling read, and what calibration statistics should (``methods.gptq``)."""
+        return input_ids != self.pad_id
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        mask = (input_ids != self.pad_id).to(torch.int64)
+        mask = self.token_mask(input_ids).to(torch.int64)
         hidden = self.encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
