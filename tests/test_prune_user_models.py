@@ -266,3 +266,28 @@ def test_a_shape_fixed_in_forward_is_reported_and_the_model_left_whole(digits):
     assert model.conv.out_channels == 4 and model.head.in_features == 256
     with torch.no_grad():
         assert torch.equal(model(x), ref)
+
+
+def test_round_to_keeps_whole_vector_blocks_of_channels(digits):
+    model = um.residual_cnn().eval()
+    x = digits.example(16)
+    cfg = PruneConfig(pattern="channel", sparsity=0.6, round_to=8)  # 16 * 0.4 = 6.4 -> 8
+    prune(model, cfg, make_ctx(digits))
+    widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert widths == [8, 8, 8, 8, 8, 16]  # down: 32 * 0.4 = 12.8 -> 16
+    assert model(x).shape == (16, 10)
+
+
+def test_round_to_rounds_each_section_and_never_widens():
+    from modelzip.methods._prune_channels import select_keep
+
+    scores = torch.arange(20, dtype=torch.float)
+    assert select_keep(scores, 10, round_to=8).tolist() == list(range(12, 20))
+    assert select_keep(scores[:6], 3, round_to=8).tolist() == list(range(6))  # kept whole
+    two = select_keep(scores, 10, sections=[(0, 10), (10, 20)], round_to=4)
+    assert two.tolist() == [6, 7, 8, 9, 16, 17, 18, 19]  # 5 per half -> 4 per half
+
+
+def test_round_to_needs_pattern_channel():
+    with pytest.raises(ValueError, match="round_to"):
+        PruneConfig(sparsity=0.5, round_to=8)

@@ -117,7 +117,7 @@ def _plan(
 ) -> list[tuple[Group, torch.Tensor]]:
     chosen = _choose(model, targets, cfg, ctx)
     importance = {k: _importance(model, g, cfg, ctx, stream) for k, (g, _) in chosen.items()}
-    keep = _keep_sets(chosen, importance, step, before, cfg.resolved_scope)
+    keep = _keep_sets(chosen, importance, step, before, cfg.resolved_scope, cfg.round_to)
     return [(g, keep[k]) for k, (g, _) in chosen.items()]
 
 
@@ -248,10 +248,16 @@ def _bn_scale(model: nn.Module, group: Group) -> torch.Tensor | None:
 
 
 def select_keep(
-    scores: torch.Tensor, n_keep: int, block: int = 1, sections: list[tuple[int, int]] | None = None
+    scores: torch.Tensor,
+    n_keep: int,
+    block: int = 1,
+    sections: list[tuple[int, int]] | None = None,
+    *,
+    round_to: int = 1,
 ) -> torch.Tensor:
     """Sorted channels to keep: the best ``n_keep`` (rounded to whole blocks, the same count
-    in each section, never none)."""
+    in each section, never none; with ``round_to``, a multiple of it per section, the
+    nearest one, at least ``round_to``)."""
     c = scores.numel()
     parts = sorted(set(sections or [])) or [(0, c)]
     frac = n_keep / c
@@ -260,6 +266,8 @@ def select_keep(
         s = scores[lo:hi].float()
         units = s.reshape(-1, block).sum(1) if block > 1 else s
         k = max(1, min(units.numel(), round(frac * units.numel())))
+        if round_to > 1 and block == 1:
+            k = min(units.numel(), max(round_to, round_to * round(k / round_to)))
         top = torch.topk(units, k).indices
         idx = (top[:, None] * block + torch.arange(block)[None, :]).flatten() if block > 1 else top
         out.append(idx + lo)
@@ -272,6 +280,7 @@ def _keep_sets(
     step: dict[str, float],
     before: dict[str, int],
     scope: str,
+    round_to: int | None = None,
 ) -> dict[int, torch.Tensor]:
     """Channels to keep per group. Targets are fractions of the original width; a group
     takes the largest target among its selected layers."""
@@ -292,7 +301,7 @@ def _keep_sets(
             wanted[k] = max(1, int(ranks[start : start + scores.numel()].sum()))
             start += scores.numel()
     return {
-        k: select_keep(importance[k], wanted[k], g.block, g.sections)
+        k: select_keep(importance[k], wanted[k], g.block, g.sections, round_to=round_to or 1)
         for k, (g, _) in chosen.items()
     }
 
@@ -324,7 +333,7 @@ def _gradual(
         importance = {k: _importance(model, g, cfg, ctx, step) for k, (g, _) in chosen.items()}
         for k in chosen:
             importance[k] = importance[k] * masks[k]  # masked channels stay removed
-        keep = _keep_sets(chosen, importance, at, before, cfg.resolved_scope)
+        keep = _keep_sets(chosen, importance, at, before, cfg.resolved_scope, cfg.round_to)
         for k, (g, _) in chosen.items():
             row = torch.zeros(g.channels, dtype=torch.bool)
             row[keep[k]] = True
