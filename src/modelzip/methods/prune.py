@@ -97,10 +97,12 @@ class PruneConfig(MethodConfig):
     calibration_batches: int = Field(
         8, ge=1, le=100_000, description="taylor, bias repair: val batches"
     )
-    fold_bn: bool = Field(
-        False,
-        description="pattern channel: fold BatchNorm into the layers first (off by default: "
-        "fine-tuning recovers far better with BatchNorm kept; quantize folds it later)",
+    fold_bn: Literal["after", "first", "off"] = Field(
+        "after",
+        description="pattern channel: fold BatchNorm into the layers 'after' the recipe's last "
+        "stage (the default: importance, surgery and any fine-tuning see BatchNorm; the stored "
+        "model has none), 'first' (before ranking; fine-tuning then recovers less), or 'off'. "
+        "true means 'first', false 'off'",
     )
     round_to: int | None = Field(
         None,
@@ -115,6 +117,13 @@ class PruneConfig(MethodConfig):
         description="pattern channel: consumers take the removed channels' mean into their "
         "bias (Linear and unpadded conv)",
     )
+
+    @field_validator("fold_bn", mode="before")
+    @classmethod
+    def _fold_bool(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            return "first" if v else "off"
+        return v
 
     @field_validator("sparsity")
     @classmethod
