@@ -203,10 +203,12 @@ def render(log: Path) -> str:
         ".mzip bytes; accuracy change in points (pp) on the test split, compressed model loaded "
         "back from its bytes vs the fp32 model trained the same way. mnist5k: 1,000 test images "
         "(0.1 pp each), mean ± standard deviation over seeds 0-2; fashion-mnist: 10,000 test "
-        "images, seed 0; digits fixtures: 360 test images; breast-cancer table: 114.",
+        "images, seed 0; fixtures (seeds 0-2): digits 360 test images, breast-cancer table "
+        "114.",
         "",
-        f"Machine: {_cpu()}. torch threads: 1 per process. The machine was shared with other "
-        "jobs while this ran (2 cores, several agents): wall times are indicative only.",
+        f"Machine of the latest rows: {_cpu()} (older rows: see the notes at the end). torch "
+        "threads: 1 per process. The machine was shared with other jobs while this ran (2 "
+        "cores, several agents): wall times are indicative only.",
         "",
         "| data | model | recipe | seeds | fp32 accuracy | accuracy change (pp) | ratio | .mzip "
         "bytes | s/run |",
@@ -237,6 +239,38 @@ def render(log: Path) -> str:
     return "\n".join(out) + "\n"
 
 
+def render_deep_compression(log: Path) -> str:
+    """Deep Compression's setting: its recipe on fashion-mnist against fp32 trained the same way."""
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    names = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5"}
+    out = [
+        "## Deep Compression's setting on fashion-mnist (10,000 test images)",
+        "",
+        "| model | fp32 (trained the same way) | deep-compression | accuracy change | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for model, label in names.items():
+        found = [
+            r
+            for r in rows
+            if r["data"] == "fashion-mnist"
+            and r["model"] == model
+            and r["recipe"] == "deep-compression"
+            and "error" not in r
+        ]
+        if not found:
+            out.append(f"| {label} | - | not run | MISSED | MISSED |")
+            continue
+        r = found[-1]
+        fp32_bytes = r["ratio"] * r["bytes"]
+        out.append(
+            f"| {label} | {100 * r['baseline']:.2f}% | {100 * r['compressed']:.2f}% | "
+            f"{r['delta_pp']:+.2f} pp | {r['ratio']:.1f}x ({r['bytes']:,} bytes vs "
+            f"{fp32_bytes / 1e6:.2f} MB) |"
+        )
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--part", choices=("mnist5k", "fashion", "fixtures", "budget"))
@@ -247,12 +281,16 @@ def main() -> None:
     p.add_argument("--render", type=Path, default=None, help="render a log to markdown")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--budget-log", type=Path, default=None, help="render: the budget part's log")
+    p.add_argument("--notes", type=Path, default=None, help="render: markdown appended at the end")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     if args.render is not None:
         text = render(args.render)
         if args.budget_log is not None:
             text += "\n" + render_budget(args.budget_log)
+        text += "\n" + render_deep_compression(args.render)
+        if args.notes is not None:
+            text += "\n" + args.notes.read_text()
         if args.out:
             args.out.write_text(text)
         print(text)

@@ -108,3 +108,42 @@ def test_fold_bn_is_a_recipe_stage(digits):
     model, stages = run(model, recipe, make_ctx(digits))
     assert stages[0]["method"] == "fold_bn" and len(stages[0]["notes"]["folded"]) == 6
     assert stages[0]["accuracy"] == before
+
+
+def _prune_then_train(fold: str, last: list[dict] | None = None) -> Recipe:
+    prune_stage = {"method": "prune", "pattern": "channel", "sparsity": 0.5, "fold_bn": fold}
+    train = {"method": "finetune", "epochs": 1, "lr": 3e-3}
+    return Recipe.from_dict({"stages": [prune_stage, train, *(last or [])]})
+
+
+def test_channel_pruning_folds_batchnorm_after_the_last_stage_at_no_cost(digits):
+    """The default: BatchNorm is there for ranking and fine-tuning, gone from the result, and
+    the outputs are those of the same run that keeps it (folding is exact in eval mode)."""
+    x = digits.example(32)
+    folded = mz.compress(
+        trained_like("residual_cnn"), digits, _prune_then_train("after"), measure_latency=False
+    )
+    kept = mz.compress(
+        trained_like("residual_cnn"), digits, _prune_then_train("off"), measure_latency=False
+    )
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded["model"].modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in kept["model"].modules()) == 6
+    notes = folded["stages"]
+    assert notes[0]["notes"]["fold_bn"] == "after the recipe's last stage"
+    assert len(notes[1]["notes"]["deferred"]["fold_bn"]["folded"]) == 6
+    with torch.no_grad():
+        torch.testing.assert_close(folded["model"](x), kept["model"](x), rtol=0, atol=1e-4)
+    assert folded["compressed"]["bytes"] < kept["compressed"]["bytes"]
+
+
+def test_deferred_folding_runs_before_an_encode_stage(digits):
+    recipe = _prune_then_train("after", [{"method": "encode"}])
+    res = mz.compress(trained_like("depthwise_cnn"), digits, recipe, measure_latency=False)
+    assert "deferred" in res["stages"][1]["notes"] and "deferred" not in res["stages"][2]["notes"]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in res["model"].modules())
+
+
+def test_fold_bn_booleans_keep_their_meaning():
+    assert PruneConfig(pattern="channel", fold_bn=True).fold_bn == "first"
+    assert PruneConfig(pattern="channel", fold_bn=False).fold_bn == "off"
+    assert PruneConfig(pattern="channel").fold_bn == "after"

@@ -266,3 +266,72 @@ def test_a_shape_fixed_in_forward_is_reported_and_the_model_left_whole(digits):
     assert model.conv.out_channels == 4 and model.head.in_features == 256
     with torch.no_grad():
         assert torch.equal(model(x), ref)
+
+
+def test_round_to_keeps_whole_vector_blocks_of_channels(digits):
+    model = um.residual_cnn().eval()
+    x = digits.example(16)
+    cfg = PruneConfig(pattern="channel", sparsity=0.6, round_to=8)  # 16 * 0.4 = 6.4 -> 8
+    prune(model, cfg, make_ctx(digits))
+    widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert widths == [8, 8, 8, 8, 8, 16]  # down: 32 * 0.4 = 12.8 -> 16
+    assert model(x).shape == (16, 10)
+
+
+def test_round_to_rounds_each_section_and_never_widens():
+    from modelzip.methods._prune_channels import select_keep
+
+    scores = torch.arange(20, dtype=torch.float)
+    assert select_keep(scores, 10, round_to=8).tolist() == list(range(12, 20))
+    assert select_keep(scores[:6], 3, round_to=8).tolist() == list(range(6))  # kept whole
+    two = select_keep(scores, 10, sections=[(0, 10), (10, 20)], round_to=4)
+    assert two.tolist() == [6, 7, 8, 9, 16, 17, 18, 19]  # 5 per half -> 4 per half
+
+
+def test_round_to_needs_pattern_channel():
+    with pytest.raises(ValueError, match="round_to"):
+        PruneConfig(sparsity=0.5, round_to=8)
+
+
+class GroupedNet(nn.Module):
+    """ResNeXt-style: a 1x1 conv, a grouped 3x3 conv (4 groups), a 1x1 conv, a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(1, 16, 1)
+        self.grouped = nn.Conv2d(16, 32, 3, padding=1, groups=4)
+        self.expand = nn.Conv2d(32, 16, 1)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.grouped(torch.relu(self.reduce(x))))
+        return self.head(torch.relu(self.expand(y)).mean((2, 3)))
+
+
+def test_grouped_conv_loses_the_same_channels_per_group_and_stays_exact(digits):
+    torch.manual_seed(0)
+    model = GroupedNet().eval()
+    x = digits.example(16)
+    zero_out(model.reduce, [0, 1, 4, 5, 8, 9, 12, 13])  # two inputs of each group of four
+    zero_out(model.grouped, [r + 8 * j for j in range(4) for r in range(4)])  # 4 per group
+    with torch.no_grad():
+        ref = model(x)
+    groups = channel_groups(model, x[:2])
+    assert groups["reduce"].prunable and groups["grouped"].prunable
+    assert sorted(groups["grouped"].sections) == [(0, 8), (8, 16), (16, 24), (24, 32)]
+    cfg = PruneConfig(pattern="channel", sparsity=0.5, layers=["reduce", "grouped"])
+    prune(model, cfg, make_ctx(digits))
+    g = model.grouped
+    assert (g.in_channels, g.out_channels, g.groups) == (8, 16, 4)
+    assert g.weight.shape == (16, 2, 3, 3) and model.expand.in_channels == 16
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref, rtol=0, atol=1e-5)
+
+
+def test_grouped_conv_keeps_equal_counts_when_importance_is_lopsided(digits):
+    torch.manual_seed(0)
+    model = GroupedNet().eval()
+    zero_out(model.reduce, [0, 1, 2, 3])  # one whole group of inputs is the least important
+    prune(model, PruneConfig(pattern="channel", sparsity=0.5, layers=["reduce"]), make_ctx(digits))
+    assert model.grouped.in_channels == 8 and model.grouped.weight.shape[1] == 2
+    assert model(digits.example(4)).shape == (4, 10)

@@ -20,6 +20,9 @@ class MethodConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=False)
     method: ClassVar[str] = ""
+    #: A stage that only decides how the file is written (``encode``): work other stages
+    #: deferred (``Context.defer``) runs before it, not after it.
+    packs_only: ClassVar[bool] = False
 
     def to_dict(self) -> dict[str, Any]:
         """The stage as it would be written in a recipe (round-trips through ``parse``)."""

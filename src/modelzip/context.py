@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,9 @@ class Context:
         log: a logger writing to stderr.
         notes: free-form per-stage records a method wants in the report (e.g. layers skipped
             and why). The pipeline clears it before each stage and stores it with the metrics.
+        deferred: work a stage asks for once the recipe's last stage is done (``defer``), by
+            name: the pipeline runs each once, after the last stage, and records what it
+            returned in that stage's notes under ``deferred``.
     """
 
     data: DataBundle
@@ -40,6 +44,12 @@ class Context:
     seed: int = 0
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("modelzip"))
     notes: dict[str, Any] = field(default_factory=dict)
+    deferred: dict[str, Callable[[nn.Module, Context], Any]] = field(default_factory=dict)
+
+    def defer(self, name: str, fn: Callable[[nn.Module, Context], Any]) -> None:
+        """Run ``fn(model, ctx)`` after the recipe's last stage (once per ``name``), e.g.
+        folding BatchNorm once every fine-tuning stage has trained with it."""
+        self.deferred.setdefault(name, fn)
 
     def default_loss(self) -> LossFn:
         """The training loss of the data's task (``modelzip.task``): cross-entropy on labels

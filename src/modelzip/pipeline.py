@@ -1,5 +1,10 @@
 """Runs a recipe stage by stage and records metrics after each. Knows no method by name.
 
+A stage can ask for work after the recipe's last stage (``Context.defer``): channel pruning
+defers folding BatchNorm, so fine-tuning stages after it still train with BatchNorm and the
+stored model has none. It runs once, right after the last stage that changes the model
+(before an ``encode`` stage), and before that stage's metrics.
+
 With an accuracy budget (``max_drop`` on the recipe, in points on the val split) the run is
 checked after every stage; when the finished recipe is over budget it runs again from the
 original model with every stage relaxed (``MethodConfig.relaxed``: lower sparsity, more bits,
@@ -149,12 +154,18 @@ def _run_stages(
     full: bool = True,
 ) -> tuple[nn.Module, list[dict[str, Any]]]:
     records: list[dict[str, Any]] = []
+    ctx.deferred = {}
+    # Deferred work runs after the last stage that changes the model (before ``encode``).
+    last = max((i for i, c in enumerate(stages, 1) if not c.packs_only), default=len(stages))
     for i, cfg in enumerate(stages, 1):
         method = get_method(cfg.method)
         ctx.notes = {}
         ctx.log.info("stage %d/%d: %s", i, len(stages), cfg.method)
         t0 = time.perf_counter()
         model = method.apply(model, cfg, ctx)
+        if i == last and ctx.deferred:
+            ctx.notes["deferred"] = {name: fn(model, ctx) for name, fn in ctx.deferred.items()}
+            ctx.deferred = {}
         seconds = time.perf_counter() - t0
         record: dict[str, Any] = {
             "stage": i,

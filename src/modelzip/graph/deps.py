@@ -12,7 +12,8 @@ features; splitting a feature dim into heads makes one position ``D`` channels).
 - ``torch.cat`` on the channel dim concatenates layouts (the consumer after it reads each
   branch's channels at their offsets); ``chunk`` splits one (the sections keep equal size).
 - An elementwise add/mul of two layouts merges their spaces (residual connections).
-- A depthwise conv's output channels follow its input channels.
+- A depthwise conv's output channels follow its input channels; a grouped conv reads and
+  writes its channels in equal blocks (sections: the same count removed from each).
 - ``view`` to ``(..., heads, head_dim)``, attention (matmul or
   ``scaled_dot_product_attention``) and the merge back make the query, key and value
   projections one space removed in whole heads.
@@ -265,9 +266,7 @@ class _Analysis:
             if twice:
                 self.spaces.block(first, why_twice)
             elif groups != 1:
-                self.spaces.block(
-                    first, f"layer {name!r} is a grouped convolution (groups={groups})"
-                )
+                self.grouped_input(first, name, groups)
             elif is_conv and (first.dim != 1 or first.ratio != 1):
                 self.spaces.block(first, f"layer {name!r} does not read them as input channels")
             elif not is_conv and first.dim != x.dim() - 1:
@@ -278,9 +277,28 @@ class _Analysis:
         out = self.new_space(n, name, 1 if is_conv else max(y.dim() - 1, 0))
         if twice:
             self.spaces.block(out, why_twice)
-        if groups != 1:
-            self.spaces.block(out, f"layer {name!r} is a grouped convolution (groups={groups})")
+        if groups != 1:  # each group of filters keeps the same number of channels
+            per = n // groups
+            self.spaces.group(out.pieces[0][0]).sections.extend(
+                (j * per, (j + 1) * per) for j in range(groups)
+            )
         self.out(node, out)
+
+    def grouped_input(self, first: Layout, name: str, groups: int) -> None:
+        """A grouped convolution reads its input channels in ``groups`` equal blocks: the
+        space can lose channels when it is exactly this input, the same count per block."""
+        why = f"layer {name!r} is a grouped convolution (groups={groups}) over"
+        if first.dim != 1 or first.ratio != 1 or len(first.pieces) != 1:
+            self.spaces.block(first, f"{why} more than one channel space")
+            return
+        sid, lo, hi = first.pieces[0]
+        g = self.spaces.group(sid)
+        if (lo, hi) != (0, g.channels):
+            self.spaces.block(first, f"{why} part of a channel space")
+            return
+        per = g.channels // groups
+        self.add_member(first, name, "in")
+        g.sections.extend((j * per, (j + 1) * per) for j in range(groups))
 
 
 def param_name(graph: Graph, t: torch.Tensor) -> str:

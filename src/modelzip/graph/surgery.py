@@ -18,11 +18,11 @@ Linear layers and convolutions without padding.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import cast
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from modelzip.errors import UnsupportedError
@@ -32,12 +32,35 @@ from modelzip.nn.constraints import Mask
 
 def _slice(module: nn.Module, layer: str, name: str, dim: int, idx: torch.Tensor) -> None:
     """Keep entries ``idx`` along ``dim`` of ``module.<name>`` (parameter or buffer)."""
+    _edit(module, layer, name, lambda t: t.index_select(dim, idx.to(t.device)))
+
+
+def _grouped_in(conv: nn.Module, layer: str, gone: set[int]) -> int:
+    """Remove input channels ``gone`` of a grouped convolution (weight dim 1 holds each
+    group's own inputs): the same count from every group; returns the new in_channels."""
+    c = cast("nn.Conv1d | nn.Conv2d", conv)
+    per_in, per_out = c.in_channels // c.groups, c.out_channels // c.groups
+    local = [[i for i in range(per_in) if j * per_in + i not in gone] for j in range(c.groups)]
+    if len({len(k) for k in local}) != 1:
+        raise UnsupportedError(f"{layer}: groups would keep unequal numbers of input channels")
+    rows = torch.tensor([k for k in local for _ in range(per_out)], dtype=torch.long)
+
+    def take(t: torch.Tensor) -> torch.Tensor:
+        idx = rows.to(t.device).view(*rows.shape, *([1] * (t.dim() - 2)))
+        return t.gather(1, idx.expand(-1, -1, *t.shape[2:]))
+
+    _edit(conv, layer, "weight", take)
+    return len(local[0]) * c.groups
+
+
+def _edit(module: nn.Module, layer: str, name: str, take: Callable[[Tensor], Tensor]) -> None:
+    """Replace ``module.<name>`` (and a pruning mask on it) by ``take`` of it."""
     if parametrize.is_parametrized(module, name):
         plists = cast(nn.ModuleDict, module.parametrizations)  # added by parametrize
         plist = cast(parametrize.ParametrizationList, plists[name])
         for p in plist:
             if isinstance(p, Mask):
-                p.mask = p.mask.index_select(dim, idx)
+                p.mask = take(p.mask)
             elif any(True for _ in p.parameters()) or any(True for _ in p.buffers()):
                 raise UnsupportedError(
                     f"{layer}.{name}: cannot remove channels under a "
@@ -46,13 +69,13 @@ def _slice(module: nn.Module, layer: str, name: str, dim: int, idx: torch.Tensor
                 )
         old = plist.original
         plist.original = nn.Parameter(
-            old.detach().index_select(dim, idx).clone(), requires_grad=old.requires_grad
+            take(old.detach()).contiguous().clone(), requires_grad=old.requires_grad
         )
         return
     current = getattr(module, name, None)
     if current is None:
         return
-    new = current.detach().index_select(dim, idx).clone()
+    new = take(current.detach()).contiguous().clone()
     if isinstance(current, nn.Parameter):
         setattr(module, name, nn.Parameter(new, requires_grad=current.requires_grad))
     else:
@@ -130,10 +153,13 @@ def remove_channels(
         if role == "in":
             if means is not None and name in means and gone and _compensate(m, gone, means[name]):
                 compensated.append(name)
-            _slice(m, name, "weight", 1, keep)
             if isinstance(m, nn.Linear):
+                _slice(m, name, "weight", 1, keep)
                 m.in_features = n
+            elif cast("nn.Conv1d | nn.Conv2d", m).groups > 1:
+                cast("nn.Conv1d | nn.Conv2d", m).in_channels = _grouped_in(m, name, gone_set)
             else:
+                _slice(m, name, "weight", 1, keep)
                 cast("nn.Conv1d | nn.Conv2d", m).in_channels = n
             continue
         if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
@@ -147,8 +173,8 @@ def remove_channels(
             m.out_features = n
         else:
             conv = cast("nn.Conv1d | nn.Conv2d", m)
-            if conv.groups > 1:  # depthwise: one filter per channel
-                conv.groups = conv.in_channels = n
+            if conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels:
+                conv.groups = conv.in_channels = n  # depthwise: one filter per channel
             conv.out_channels = n
     for group, keep in plan:
         group.channels = int(keep.numel())

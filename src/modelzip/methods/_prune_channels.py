@@ -3,11 +3,13 @@
 The dependency graph (``modelzip.graph``, traced on a real batch) says which layers change
 together; each group's channels are ranked by the importance of its producers (L1/L2 norm,
 Taylor, BatchNorm scale, or random), and the least important are cut from every member, so
-the model holds smaller tensors. BatchNorms are sliced with their channels and kept, so that
-fine-tuning trains with them (measured on the residual CNN fixture, digits, 50% channels and
-8 epochs: 95.8% kept vs 71.7% with BatchNorm folded before fine-tuning); ``fold_bn: true``
-folds them first (after pruning for ``criterion: bn_scale``, which ranks by them), and
-``quantize`` or a ``fold_bn`` stage folds them later. Schedules: one shot,
+the model holds smaller tensors. BatchNorms are sliced with their channels and kept while the
+recipe runs, so that fine-tuning trains with them (measured on the residual CNN fixture,
+digits, 50% channels and 8 epochs: 95.8% kept vs 71.7% with BatchNorm folded before
+fine-tuning), and folded into the layers after the recipe's last stage (``fold_bn: after``,
+the default; exact in eval mode, so the stored model has no BatchNorm at no cost in
+accuracy). ``fold_bn: first`` folds them before ranking (after pruning for ``criterion:
+bn_scale``, which ranks by them), ``off`` never. Schedules: one shot,
 iterative (prune, fine-tune, repeat) or gradual (channels are masked to zero while training
 on a cubic ramp, then cut, which is exact because they are zero).
 """
@@ -40,9 +42,9 @@ def prune_channels(
     model: nn.Module, layers: dict[str, nn.Module], cfg: PruneConfig, ctx: Context
 ) -> nn.Module:
     """Structured pruning: one shot, iterative rounds, or a gradual ramp while training."""
-    from modelzip.methods.fold_bn import fold_into
+    from modelzip.methods.fold_bn import NORMS, fold_into
 
-    fold_first = cfg.fold_bn and cfg.criterion != "bn_scale"
+    fold_first = cfg.fold_bn == "first" and cfg.criterion != "bn_scale"
     if fold_first:
         ctx.notes["fold_bn"] = fold_into(model, ctx)
     targets = per_layer(cfg.sparsity, layers, "sparsity")
@@ -61,8 +63,11 @@ def prune_channels(
                     model, epochs=cfg.epochs, lr=cfg.lr, description=f"channel prune {r}/{rounds}"
                 )
                 history.append({"round": r, "train_loss": round(loss, 6)})
-    if cfg.fold_bn and not fold_first:
+    if cfg.fold_bn == "first" and not fold_first:  # bn_scale ranks by them: fold after
         ctx.notes["fold_bn"] = fold_into(model, ctx)
+    elif cfg.fold_bn == "after" and any(isinstance(m, NORMS) for m in model.modules()):
+        ctx.defer("fold_bn", fold_into)
+        ctx.notes["fold_bn"] = "after the recipe's last stage"
     after = {n: _width(model.get_submodule(n)) for n in targets if n not in ctx.notes["skipped"]}
     ctx.notes["channels"] = {n: f"{before[n]} -> {after[n]}" for n in after}
     ctx.notes["layer_sparsity"] = {n: round(1 - after[n] / before[n], 6) for n in after}
@@ -117,7 +122,7 @@ def _plan(
 ) -> list[tuple[Group, torch.Tensor]]:
     chosen = _choose(model, targets, cfg, ctx)
     importance = {k: _importance(model, g, cfg, ctx, stream) for k, (g, _) in chosen.items()}
-    keep = _keep_sets(chosen, importance, step, before, cfg.resolved_scope)
+    keep = _keep_sets(chosen, importance, step, before, cfg.resolved_scope, cfg.round_to)
     return [(g, keep[k]) for k, (g, _) in chosen.items()]
 
 
@@ -248,10 +253,16 @@ def _bn_scale(model: nn.Module, group: Group) -> torch.Tensor | None:
 
 
 def select_keep(
-    scores: torch.Tensor, n_keep: int, block: int = 1, sections: list[tuple[int, int]] | None = None
+    scores: torch.Tensor,
+    n_keep: int,
+    block: int = 1,
+    sections: list[tuple[int, int]] | None = None,
+    *,
+    round_to: int = 1,
 ) -> torch.Tensor:
     """Sorted channels to keep: the best ``n_keep`` (rounded to whole blocks, the same count
-    in each section, never none)."""
+    in each section, never none; with ``round_to``, a multiple of it per section, the
+    nearest one, at least ``round_to``)."""
     c = scores.numel()
     parts = sorted(set(sections or [])) or [(0, c)]
     frac = n_keep / c
@@ -260,6 +271,8 @@ def select_keep(
         s = scores[lo:hi].float()
         units = s.reshape(-1, block).sum(1) if block > 1 else s
         k = max(1, min(units.numel(), round(frac * units.numel())))
+        if round_to > 1 and block == 1:
+            k = min(units.numel(), max(round_to, round_to * round(k / round_to)))
         top = torch.topk(units, k).indices
         idx = (top[:, None] * block + torch.arange(block)[None, :]).flatten() if block > 1 else top
         out.append(idx + lo)
@@ -272,6 +285,7 @@ def _keep_sets(
     step: dict[str, float],
     before: dict[str, int],
     scope: str,
+    round_to: int | None = None,
 ) -> dict[int, torch.Tensor]:
     """Channels to keep per group. Targets are fractions of the original width; a group
     takes the largest target among its selected layers."""
@@ -292,7 +306,7 @@ def _keep_sets(
             wanted[k] = max(1, int(ranks[start : start + scores.numel()].sum()))
             start += scores.numel()
     return {
-        k: select_keep(importance[k], wanted[k], g.block, g.sections)
+        k: select_keep(importance[k], wanted[k], g.block, g.sections, round_to=round_to or 1)
         for k, (g, _) in chosen.items()
     }
 
@@ -324,7 +338,7 @@ def _gradual(
         importance = {k: _importance(model, g, cfg, ctx, step) for k, (g, _) in chosen.items()}
         for k in chosen:
             importance[k] = importance[k] * masks[k]  # masked channels stay removed
-        keep = _keep_sets(chosen, importance, at, before, cfg.resolved_scope)
+        keep = _keep_sets(chosen, importance, at, before, cfg.resolved_scope, cfg.round_to)
         for k, (g, _) in chosen.items():
             row = torch.zeros(g.channels, dtype=torch.bool)
             row[keep[k]] = True

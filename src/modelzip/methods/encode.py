@@ -39,6 +39,7 @@ class EncodeConfig(MethodConfig):
     """Options of the entropy-coding stage."""
 
     method: ClassVar[str] = "encode"
+    packs_only: ClassVar[bool] = True
     coder: Literal["auto", "ans", "huffman", "zstd", "packed", "raw"] = "auto"
     decode_budget_ms: float | None = Field(default=DECODE_BUDGET_MS, ge=0)
     round_floats: Literal["none", "fp16", "bf16"] = "none"

@@ -97,16 +97,33 @@ class PruneConfig(MethodConfig):
     calibration_batches: int = Field(
         8, ge=1, le=100_000, description="taylor, bias repair: val batches"
     )
-    fold_bn: bool = Field(
-        False,
-        description="pattern channel: fold BatchNorm into the layers first (off by default: "
-        "fine-tuning recovers far better with BatchNorm kept; quantize folds it later)",
+    fold_bn: Literal["after", "first", "off"] = Field(
+        "after",
+        description="pattern channel: fold BatchNorm into the layers 'after' the recipe's last "
+        "stage (the default: importance, surgery and any fine-tuning see BatchNorm; the stored "
+        "model has none), 'first' (before ranking; fine-tuning then recovers less), or 'off'. "
+        "true means 'first', false 'off'",
+    )
+    round_to: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="pattern channel: keep a multiple of this many channels in each layer "
+        "(8 = the fp32 lanes of AVX2): kernels run on whole vector blocks, so the latency "
+        "falls with the MACs (the nearest multiple; a layer narrower than this is kept)",
     )
     bias_repair: bool = Field(
         True,
         description="pattern channel: consumers take the removed channels' mean into their "
         "bias (Linear and unpadded conv)",
     )
+
+    @field_validator("fold_bn", mode="before")
+    @classmethod
+    def _fold_bool(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            return "first" if v else "off"
+        return v
 
     @field_validator("sparsity")
     @classmethod
@@ -173,6 +190,7 @@ class PruneConfig(MethodConfig):
             ),
             "norm": ("pattern", ("channel",)),
             "fold_bn": ("pattern", ("channel",)),
+            "round_to": ("pattern", ("channel",)),
             "bias_repair": ("pattern", ("channel",)),
         }
         for name, (field, valid) in applies.items():
