@@ -27,6 +27,7 @@ import torch
 
 import modelzip as mz
 from modelzip.eval.evaluate import accuracy
+from modelzip.eval.machine import machine
 from modelzip.export import export_onnx, ort_session
 from modelzip.nn import int8_runtime
 from modelzip.testing.user_models import ResidualCNN, residual_cnn
@@ -45,14 +46,6 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
         fn()
         ts.append(time.perf_counter() - t0)
     return 1000 * statistics.median(ts)
-
-
-def machine_line() -> str:
-    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def session(path: Path) -> ort.InferenceSession:
@@ -127,7 +120,7 @@ def main() -> None:
     lines = [
         "# w8a8 on CNNs: PyTorch int8 and exported int8 ONNX in ONNX Runtime",
         "",
-        f"CPU: {machine_line()}; flags: {', '.join(keep)}; 1 thread; the machine was shared "
+        f"CPU: {machine()['cpu']}; flags: {', '.join(keep)}; 1 thread; the machine was shared "
         "with other jobs. Test sets: fashion-mnist 10,000 images (0.01 pt each), mnist5k 1,000, "
         "digits 360 (0.28 pt each). The fashion-mnist residual CNN trained 2 epochs on 15,000 "
         "training images. "

@@ -84,22 +84,25 @@ def ort_session(model: str | os.PathLike[str] | bytes, threads: int | None = Non
     """
     import onnxruntime as ort
 
-    src = model if isinstance(model, bytes) else str(model)
-    for precise in (True, False):
+    def options(precise: bool) -> Any:
         opts = ort.SessionOptions()
         if precise:
             opts.add_session_config_entry("session.x64quantprecision", "1")
+            opts.log_severity_level = 4  # a failed attempt is retried, not printed
         if threads is not None:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
-        try:
-            return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001  (ORT raises its own Fail type)
-            # ORT 1.32's u8s8 -> u8u8 rewrite fails to initialize some QDQ graphs (a residual
-            # CNN: "Attempt to replace the existing tensor"); run those without it.
-            if not precise or "replace the existing tensor" not in str(exc):
-                raise
-    raise AssertionError("unreachable")
+        return opts
+
+    src = model if isinstance(model, bytes) else str(model)
+    try:
+        return ort.InferenceSession(src, options(True), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001  (ORT raises its own Fail type)
+        # ORT 1.32's u8s8 -> u8u8 rewrite fails to initialize some QDQ graphs (a residual
+        # CNN: "Attempt to replace the existing tensor"); run those without it.
+        if "replace the existing tensor" not in str(exc):
+            raise
+    return ort.InferenceSession(src, options(False), providers=["CPUExecutionProvider"])
 
 
 def _check_with_onnxruntime(model: nn.Module, data: bytes, x: torch.Tensor) -> float:
