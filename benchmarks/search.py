@@ -71,6 +71,7 @@ def part_compare(
     *,
     minutes: float | None,
     margin: float,
+    at_least_recipe: bool,
     out: Path,
 ):
     rows = []
@@ -87,6 +88,7 @@ def part_compare(
             epochs=epochs,
             time_budget_min=minutes,
             margin=margin,
+            at_least_recipe=at_least_recipe,
         )
         shutil.rmtree(folder, ignore_errors=True)
         t0 = time.perf_counter()
@@ -107,6 +109,7 @@ def part_compare(
                 "floor": res["floor"],
                 "target": res.get("target"),
                 "margin": margin,
+                "at_least_recipe": at_least_recipe,
                 "search_met_budget": res["met_budget"],
                 "search_trial": pick["trial"] if pick else None,
                 "search_ratio": pick["ratio"] if pick else None,
@@ -269,7 +272,9 @@ def report() -> None:
             rows[0]["recipe_note"] + f"; search trials train {rows[0]['epochs']} epochs "
             "(gradual prune, recover, after quantizing) at full fidelity, 1/4 of that at the "
             f"first rung; margin {rows[0].get('margin')} points; time budget "
-            f"{rows[0].get('time_budget_min')} min per search.",
+            f"{rows[0].get('time_budget_min')} min per search"
+            + ("; `--at-least-recipe`" if rows[0].get("at_least_recipe") else "")
+            + ".",
             "",
             "| seed | fp32 test | recipe ratio | recipe test | search ratio | search val | "
             "search test | x recipe | test >= recipe | trials (full/early-stopped/failed) | "
@@ -427,6 +432,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--time-budget", type=float, default=None, help="minutes per search")
     ap.add_argument("--margin", type=float, default=0.2)
+    ap.add_argument("--at-least-recipe", action="store_true", help="see `modelzip search`")
     ap.add_argument("--repick", type=Path, help="a finished study folder (with --part, --seeds)")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
@@ -453,6 +459,7 @@ def main() -> None:
             epochs,
             minutes=args.time_budget,
             margin=args.margin,
+            at_least_recipe=args.at_least_recipe,
             out=PARTS / f"{args.part}.json",
         )
     elif args.part == "latency":
