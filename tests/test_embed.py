@@ -68,6 +68,10 @@ def test_embed_runs_a_compressed_int8_file(bert_dir, tmp_path):
     texts = english_splits()["test"][:40]
     a, b = embed(str(bert_dir), texts), embed(str(tmp_path / "q.mzip"), texts)
     assert float((a * b).sum(1).min()) > 0.995
+    # the frozen TorchScript form embed runs: the module's values, at other batch sizes and
+    # sentence lengths than the batch it was traced on (the last batch here is 8, not 16)
+    eager = embed(str(tmp_path / "q.mzip"), texts, batch_size=16, frozen=False)
+    assert np.array_equal(embed(str(tmp_path / "q.mzip"), texts, batch_size=16), eager)
 
 
 @pytest.mark.parametrize(

@@ -79,6 +79,25 @@ class ActivationConfig(BaseModel):
         20.0, ge=0, le=99, description="layers whose int8 output SQNR is lower stay float"
     )
     static_margin_db: float = Field(1.0, ge=0, le=60, description="auto: static allowance")
+    rows: Literal["symmetric", "auto"] = Field(
+        "symmetric",
+        description="dynamic per-token rows: symmetric (max|x| / 127), or auto: asymmetric (a "
+        "zero point per row) for layers where calibration shows it more exact",
+    )
+    rows16_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="dynamic layers: the ones that cause the most output error (measured one "
+        "at a time on a calibration batch) get 16-bit rows (two int8 passes, twice the int8 "
+        "GEMM time) until they account for this share of the error; 0 = off",
+    )
+    weight_rounding: Literal["nearest", "gptq"] = Field(
+        "nearest",
+        description="int8 weights of dynamic per-token layers: rounded to nearest, or by GPTQ "
+        "from the Hessian of their calibration inputs (less output error; needs at least as "
+        "many calibration rows as the layer has inputs, else nearest)",
+    )
 
     @field_validator("bits")
     @classmethod
@@ -312,8 +331,13 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> nn.Module:
             smoothquant=acts.smoothquant,
             min_sqnr_db=acts.min_sqnr_db,
             margin_db=acts.static_margin_db,
+            rounding=acts.weight_rounding,
+            asymmetric=acts.rows == "auto",
+            rows16_share=acts.rows16_share,
         )
         ctx.notes["kept_float"] = dyn_notes.pop("_kept_float")
+        if "_rows16" in dyn_notes:
+            ctx.notes["rows16"] = dyn_notes.pop("_rows16")
     tables = _embedding_tables(model, chosen) if cfg.embeddings else {}
     if tables:
         row_cfg = cfg.model_copy(update={"granularity": "channel", "group_size": None})

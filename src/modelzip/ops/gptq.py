@@ -189,6 +189,7 @@ def gptq(
     damp: float = 0.01,
     block_size: int = 128,
     clip_search: bool = True,
+    grid: tuple[torch.Tensor, torch.Tensor, int] | None = None,
 ) -> Codes:
     """GPTQ codes of ``w`` (out x in) given the Hessian ``h`` (in x in) of its inputs.
 
@@ -201,15 +202,20 @@ def gptq(
         damp: ``damp * mean(diag H)`` is added to the diagonal before inverting (raised
             tenfold while the matrix does not factor, e.g. fewer samples than inputs).
         block_size: columns per block; updates to later columns are applied once per block.
+        grid: a fixed grid instead of fitted ones: per-row ``(scale, zero_point, qmax)``
+            with codes in ``[0, qmax]`` (one group per row). Symmetric int8 per channel is
+            ``(absmax / 127, 127, 254)``: the codes minus 127 are the signed int8 values.
     """
     _check(w, bits)
+    if grid is not None and group_size not in (None, w.shape[1]):
+        raise ValueError("a fixed grid has one scale per row: group_size must be None")
     if h.shape != (w.shape[1], w.shape[1]):
         raise ValueError(f"Hessian shape {tuple(h.shape)} does not fit weight {tuple(w.shape)}")
     if not bool(torch.isfinite(h).all()):
         raise ValueError("the Hessian holds NaN or inf values")
     rows, cols = w.shape
     g = check_group(cols, group_size)
-    qmax = 2**bits - 1
+    qmax = 2**bits - 1 if grid is None else grid[2]
     W = w.detach().double().clone()
     H = h.detach().double().clone()
     dead = H.diagonal() == 0
@@ -221,6 +227,8 @@ def gptq(
     scale = torch.zeros(rows, n_groups)
     zero = torch.zeros(rows, n_groups)
     done = torch.zeros(n_groups, dtype=torch.bool)
+    if grid is not None:
+        scale[:, 0], zero[:, 0], done[0] = grid[0].float(), grid[1], True
     group_of = perm // g
     Q = torch.zeros(rows, cols)
     for i1 in range(0, cols, block_size):

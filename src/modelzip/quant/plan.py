@@ -12,6 +12,14 @@ output ``x W^T + b`` with
 
 The error is measured as output SQNR in dB over all rows seen (at most ``MAX_ROWS`` rows per
 batch, evenly spaced). Inputs of any rank are flattened to rows of the last dimension.
+
+With ``rounding="gptq"`` the first pass also accumulates each layer's input Gram matrix, and the
+int8 weights of every dynamic candidate are rounded by GPTQ on their fixed symmetric per-channel
+grid from the Hessian of the (smoothed) inputs, instead of to nearest. Why: SmoothQuant moves
+activation outliers into the weights, and on MiniLM the rounding error of the smoothed weights
+then costs as much output SQNR as the activations' (measured 3-8 dB per layer); GPTQ spreads
+each column's rounding error over the columns not yet rounded, so the output error of the
+weights nearly vanishes at 8 bits. The second pass measures the error of these codes.
 """
 
 from __future__ import annotations
@@ -24,12 +32,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelzip.nn.dynamic import quantize_rows, smooth_factors
+from modelzip.nn.dynamic import fake_rows, quantize_rows, smooth_factors
+from modelzip.ops import gptq as ops_gptq
 
-__all__ = ["ALPHAS", "LinearPlan", "decide", "measure", "smooth_factors"]
+__all__ = [
+    "ALPHAS",
+    "ASYM_GAIN_DB",
+    "LinearPlan",
+    "decide",
+    "int8_codes",
+    "measure",
+    "smooth_factors",
+]
 from modelzip.quant.calibrate import _hooks, _run
 
 ALPHAS = (0.0, 0.5, 0.75)
+#: Asymmetric rows cost a zero point per row and a correction per output; worth it from here.
+ASYM_GAIN_DB = 0.5
 MAX_ROWS = 512
 
 
@@ -42,10 +61,19 @@ class LinearPlan:
     hi: float = -math.inf
     signal: float = 0.0
     noise_static: float = 0.0
-    noise_dynamic: dict[float, float] = field(default_factory=dict)
+    noise_dynamic: dict[float, float] = field(default_factory=dict)  # symmetric rows, by alpha
+    noise_asym: dict[float, float] = field(default_factory=dict)  # asymmetric rows, by alpha
+    #: symmetric rows with nearest-rounded weights, by alpha (when the codes are GPTQ's): what
+    #: static layers, whose weights are rounded to nearest, are compared with
+    noise_nearest: dict[float, float] = field(default_factory=dict)
     choice: str = ""
     alpha: float = 0.0
+    asymmetric: bool = False
     reason: str = ""
+    gram: torch.Tensor | None = None  # sum of x^T x over calibration rows (float64)
+    rows: int = 0
+    #: alpha -> (int8 codes [out, in], scales [out], how they were rounded), per candidate
+    codes: dict[float, tuple[torch.Tensor, torch.Tensor, str]] = field(default_factory=dict)
 
     def sqnr(self, noise: float) -> float:
         """Output SQNR in dB for an accumulated noise energy."""
@@ -57,10 +85,11 @@ class LinearPlan:
     def sqnr_static(self) -> float:
         return self.sqnr(self.noise_static)
 
-    def best_dynamic(self) -> tuple[float, float]:
-        """(alpha, SQNR dB) of the best smoothing strength."""
-        alpha = min(self.noise_dynamic, key=lambda a: self.noise_dynamic[a])
-        return alpha, self.sqnr(self.noise_dynamic[alpha])
+    def best_dynamic(self, asymmetric: bool = False) -> tuple[float, float]:
+        """(alpha, SQNR dB) of the best smoothing strength, for symmetric or asymmetric rows."""
+        noise = self.noise_asym if asymmetric else self.noise_dynamic
+        alpha = min(noise, key=lambda a: noise[a])
+        return alpha, self.sqnr(noise[alpha])
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -73,6 +102,23 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 def _fake_rows(w: torch.Tensor) -> torch.Tensor:
     codes, scale = quantize_rows(w)
     return codes.float() * scale
+
+
+def int8_codes(
+    w: torch.Tensor, gram: torch.Tensor | None = None, rows: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Symmetric per-row int8 codes of ``w`` (``[out, in]``), their scales ``max|w_row| / 127``
+    and ``"gptq"`` or ``"nearest"``: by GPTQ from ``gram`` (the sum of ``x^T x`` over ``rows``
+    input rows) when there are at least as many rows as inputs, else rounded to nearest."""
+    w = w.detach().float()
+    scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+    if gram is None or rows < w.shape[1]:
+        return torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale, "nearest"
+    zero = torch.full_like(scale, 127.0)
+    res = ops_gptq.gptq(
+        w, 2.0 * gram / rows, bits=8, act_order=True, grid=(scale, zero, 254), clip_search=False
+    )
+    return (res.qdata.to(torch.int16) - 127).to(torch.int8), scale, "gptq"
 
 
 def _static_input(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
@@ -88,6 +134,8 @@ def measure(
     batches: list[torch.Tensor],
     *,
     alphas: tuple[float, ...] = ALPHAS,
+    rounding: str = "nearest",
+    asymmetric: bool = False,
 ) -> dict[str, LinearPlan]:
     """Two calibration passes: input statistics, then each mode's output error."""
     plans = {n: LinearPlan() for n in layers}
@@ -97,22 +145,41 @@ def measure(
         amax = x2.abs().amax(dim=0)
         p.absmax = amax if p.absmax is None else torch.maximum(p.absmax, amax)
         p.lo, p.hi = min(p.lo, float(x2.min())), max(p.hi, float(x2.max()))
+        if rounding == "gptq":
+            g = (x2.T @ x2).double()  # float32 product: the float64 one costs 3x more
+            p.gram = g if p.gram is None else p.gram + g
+            p.rows += x2.shape[0]
 
     with _hooks(dict(layers), stats):
         _run(model, batches)
     smooth = {
         n: {
-            a: smooth_factors(plans[n].absmax, m.weight, a)  # type: ignore[arg-type]  # pass 1
+            a: (
+                torch.ones(m.weight.shape[1])
+                if a == 0  # alpha 0 is "no smoothing", as DynQuantLinear is then built
+                else smooth_factors(plans[n].absmax, m.weight, a)  # type: ignore[arg-type]
+            )
             for a in alphas
         }
         for n, m in layers.items()
         if plans[n].absmax is not None
     }
     w_static = {n: _fake_rows(m.weight.detach().float()) for n, m in layers.items()}
-    w_dyn = {
-        n: {a: _fake_rows(layers[n].weight.detach().float() * s[None, :]) for a, s in d.items()}
-        for n, d in smooth.items()
-    }
+    w_dyn: dict[str, dict[float, torch.Tensor]] = {}
+    w_near: dict[str, dict[float, torch.Tensor]] = {}
+    for n, by_alpha in smooth.items():
+        p, w_dyn[n], w_near[n] = plans[n], {}, {}
+        for a, s in by_alpha.items():
+            gram = None
+            if p.gram is not None:
+                s64 = s.double()
+                gram = p.gram / (s64[:, None] * s64[None, :])  # the Gram matrix of x / s
+            codes, scale, how = int8_codes(layers[n].weight.float() * s[None, :], gram, p.rows)
+            p.codes[a] = (codes, scale, how)
+            w_dyn[n][a] = codes.float() * scale[:, None]
+            if how == "gptq":
+                w_near[n][a] = _fake_rows(layers[n].weight.float() * s[None, :])
+        p.gram = None  # up to 18 MB per layer: not kept past its use
 
     def errors(name: str, m: nn.Module, x: torch.Tensor, _y: torch.Tensor) -> None:
         p, x2 = plans[name], _rows(x)
@@ -123,8 +190,14 @@ def measure(
         out = F.linear(_static_input(x2, p.lo, p.hi), w_static[name], bias)
         p.noise_static += float((out - ref).pow(2).sum())
         for a, s in smooth[name].items():
-            out = F.linear(_fake_rows(x2 / s), w_dyn[name][a], bias)
+            out = F.linear(fake_rows(x2 / s), w_dyn[name][a], bias)
             p.noise_dynamic[a] = p.noise_dynamic.get(a, 0.0) + float((out - ref).pow(2).sum())
+            if a in w_near[name]:
+                out = F.linear(fake_rows(x2 / s), w_near[name][a], bias)
+                p.noise_nearest[a] = p.noise_nearest.get(a, 0.0) + float((out - ref).pow(2).sum())
+            if asymmetric:
+                out = F.linear(fake_rows(x2 / s, asymmetric=True), w_dyn[name][a], bias)
+                p.noise_asym[a] = p.noise_asym.get(a, 0.0) + float((out - ref).pow(2).sum())
 
     with _hooks({n: layers[n] for n in smooth}, errors):
         _run(model, batches)
@@ -132,16 +205,33 @@ def measure(
 
 
 def decide(
-    plans: dict[str, LinearPlan], *, allow_static: bool, margin_db: float, min_sqnr_db: float
+    plans: dict[str, LinearPlan],
+    *,
+    allow_static: bool,
+    margin_db: float,
+    min_sqnr_db: float,
+    asym_gain_db: float = ASYM_GAIN_DB,
 ) -> None:
     """Static where it is within ``margin_db`` of the best dynamic SQNR (cheaper, chains),
-    else dynamic with the best alpha; float when even that is below ``min_sqnr_db``."""
+    else dynamic with the best alpha, asymmetric rows where they gain at least ``asym_gain_db``
+    over symmetric ones (measured); float when even that is below ``min_sqnr_db``."""
     for p in plans.values():
         if not p.noise_dynamic:
             p.choice, p.reason = "float", "never ran on the calibration data"
             continue
         p.alpha, best = p.best_dynamic()
-        if allow_static and p.sqnr_static >= best - margin_db and p.sqnr_static >= min_sqnr_db:
+        # static against dynamic rows on the same (nearest) weight rounding: GPTQ's gain is
+        # not what decides whether a layer's input needs per-token scales
+        like_static = p.sqnr(min(p.noise_nearest.values())) if p.noise_nearest else best
+        if p.noise_asym:
+            alpha, best_asym = p.best_dynamic(asymmetric=True)
+            if best_asym >= best + asym_gain_db:
+                p.alpha, best, p.asymmetric = alpha, best_asym, True
+        if (
+            allow_static
+            and p.sqnr_static >= like_static - margin_db
+            and p.sqnr_static >= min_sqnr_db
+        ):
             p.choice = "static"
         elif best >= min_sqnr_db:
             p.choice = "dynamic"
