@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -52,6 +53,15 @@ def session(path: Path) -> ort.InferenceSession:
     return ort_session(path, threads=1)  # with session.x64quantprecision (exact without VNNI)
 
 
+def _arg(flag: str, default: int) -> int:
+    return int(sys.argv[sys.argv.index(flag) + 1]) if flag in sys.argv else default
+
+
+#: The fashion-mnist residual CNN's training (``--res-epochs N --res-images N``).
+RES_EPOCHS = _arg("--res-epochs", 2)
+RES_IMAGES = _arg("--res-images", 15_000)
+
+
 def main() -> None:
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="cnn-int8-"))
@@ -63,11 +73,11 @@ def main() -> None:
     )
     torch.manual_seed(0)
     res28 = ResidualCNN(side=28)
-    # 15,000 of the training images (the machine is shared and full-resolution residual blocks
-    # are slow to train); the accuracy change is measured on the full 10,000-image test split
-    subset = torch.utils.data.Subset(fashion.train.dataset, range(15_000))
+    # RES_IMAGES of the training images for RES_EPOCHS (full-resolution residual blocks are slow
+    # to train on one thread); the accuracy change is measured on the full 10,000-image test split
+    subset = torch.utils.data.Subset(fashion.train.dataset, range(RES_IMAGES))
     train = torch.utils.data.DataLoader(subset, batch_size=64, shuffle=True)
-    Trainer(progress=False).fit(res28, train, epochs=2, lr=3e-3)
+    Trainer(progress=False).fit(res28, train, epochs=RES_EPOCHS, lr=3e-3)
     cases.append(
         ("residual CNN + BN / fashion-mnist", res28.eval(), fashion, lambda: ResidualCNN(side=28))
     )
@@ -122,8 +132,8 @@ def main() -> None:
         "",
         f"CPU: {machine()['cpu']}; flags: {', '.join(keep)}; 1 thread; the machine was shared "
         "with other jobs. Test sets: fashion-mnist 10,000 images (0.01 pt each), mnist5k 1,000, "
-        "digits 360 (0.28 pt each). The fashion-mnist residual CNN trained 2 epochs on 15,000 "
-        "training images. "
+        f"digits 360 (0.28 pt each). The fashion-mnist residual CNN trained {RES_EPOCHS} epochs on "
+        f"{RES_IMAGES:,} training images. "
         f"int8 kernels: {int8_runtime.describe()['why']}.",
         "",
         "| model | fp32 acc | w8a8 acc | .mzip bytes | int8/fp32 b1 | int8/fp32 b256 | "

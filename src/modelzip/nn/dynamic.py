@@ -186,7 +186,10 @@ class DynQuantLinear(Buildable):
             b = self.bias if self.bias is not None else torch.zeros(self.out_features)
             w_t = self.qweight.t().contiguous()
             if self.asymmetric:
-                y = DynLinearAsymOnnx.apply(x2, w_t, self.w_scale, b, self.row_sums())
+                # a constant made outside the trace: traced, the sum would export an int64
+                # copy of the weight and a ReduceSum (measured: +34 MB on MiniLM)
+                sums = torch.from_numpy(self.qweight.numpy().astype("int32").sum(axis=1))
+                y = DynLinearAsymOnnx.apply(x2, w_t, self.w_scale, b, sums.to(torch.int32))
             elif self.act_bits == 16:
                 y = DynLinear16Onnx.apply(x2, w_t, self.w_scale, b)
             else:
