@@ -175,7 +175,7 @@ def test_ray_engine_runs_trials_in_parallel_into_the_same_study(lenet300, digits
     # kept small (Ray's start and its two workers' imports are most of the time): no seeding
     # analysis, two one-epoch trials, one Ray task each, both in flight at once
     cfg = SearchConfig(
-        max_drop=2,
+        max_drop=20,  # both trials within it: the confirmation stage has candidates
         trials=2,
         engine="ray",
         workers=2,
@@ -207,6 +207,19 @@ def test_ray_engine_runs_trials_in_parallel_into_the_same_study(lenet300, digits
         keep_file=True,
     )
     assert (tmp_path / "s/trials/trial-00000.mzip").read_bytes() == here["blob"]
+    # the confirmation runs went through Ray too, with the confirmation seed
+    conf = result["confirmation"]
+    assert conf["complete"] and conf["tried"], conf
+    t = conf["tried"][0]
+    again = run_recipe(
+        lenet300,
+        digits,
+        space.recipe(study.trials[t["trial"]].params).to_dict(),
+        seed=conf["seed"],
+        latency=False,
+        keep_file=False,
+    )
+    assert t["confirm_val"] == again["metrics"]["accuracy"]
 
 
 def test_ray_missing_is_a_one_line_error_naming_the_extra(monkeypatch, tmp_path, capsys):
