@@ -430,6 +430,13 @@ def search(
             table.add_row(
                 "val accuracy", f"{base['val_accuracy']:.2%}", f"{pick['val_accuracy']:.2%}"
             )
+            if pick.get("confirm_val_accuracy") is not None:
+                seed2 = result["confirmation"]["seed"]
+                table.add_row(
+                    f"val accuracy, run with seed {seed2}",
+                    "",
+                    f"{pick['confirm_val_accuracy']:.2%}",
+                )
             table.add_row(
                 "test accuracy (once)",
                 f"{base['test_accuracy']:.2%}",
