@@ -243,8 +243,9 @@ def _bias_section(path: Path) -> list[str]:
         f"## Val luck, measured: {net} seed {seed}, every candidate trained three times",
         "",
         f"`benchmarks/search_bias.py`: the policies within the budget of one search without "
-        f"confirmation (the same trials as the seed {seed} row above: the search is "
-        f"deterministic), smallest first, each trained again with seeds {int(seed) + 1000} and "
+        f"confirmation, same seed and settings as the seed {seed} row above (the search is "
+        "deterministic: the same trials, up to where a time budget stops one), smallest "
+        f"first, each trained again with seeds {int(seed) + 1000} and "
         f"{int(seed) + 2000} and all three runs evaluated on val and on test (test for this "
         f"analysis only). The recipe run of the benchmark: {head['ratio']:.1f}x, test "
         f"{head['test']:.1%}.",
