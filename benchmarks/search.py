@@ -360,6 +360,27 @@ def report() -> None:
             "```",
             "",
         ]
+    if "lenet300_noconfirm" in parts:
+        lines += [
+            "## lenet300 without the confirmation stage (same settings, `--confirm 0`)",
+            "",
+            "Run earlier this session by the lead on the code just before the confirmation "
+            "stage, on a quiet machine (trials not cut by the time budget):",
+            "",
+            "| seed | search ratio | x recipe | search val | search test | recipe test | "
+            "test >= recipe | trials (full/early-stopped) | search wall |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in parts["lenet300_noconfirm"]["rows"]:
+            t = r["trials"]
+            x = r["search_ratio"] / r["recipe_ratio"]
+            lines.append(
+                f"| {r['seed']} | {r['search_ratio']:.1f}x | {x:.2f}x | {r['search_val']:.2%} | "
+                f"{r['search_test']:.2%} | {r['recipe_test']:.2%} | "
+                f"{'yes' if r['search_test'] >= r['recipe_test'] else 'no'} | "
+                f"{t['complete']}/{t['pruned']} | {r['search_wall_s']:.0f} s |"
+            )
+        lines.append("")
     for path in sorted(PARTS.glob("bias_*.jsonl")):
         lines += _bias_section(path)
     if "latency" in parts:
