@@ -446,6 +446,18 @@ def report() -> None:
         lines.append(f"- {name} seeds run: {n} of 3{'' if n >= 3 else ' (MISSED: time)'}.")
     lines += [
         "- fashion-mnist: not run (MISSED: time).",
+    ]
+    stages = Recipe.load("deep-compression").stages
+    full = [e for e in (getattr(s, "epochs", None) for s in stages) if e is not None]
+    for name in ("lenet300", "lenet5"):
+        rows = parts.get(name, {}).get("rows", [])
+        if rows and list(rows[0]["epochs"]) != full:
+            lines.append(
+                f"- {name}: the search trained with epochs {rows[0]['epochs']}, the recipe "
+                f"with {full}: the search's trial 0 (the `--at-least-recipe` reference) is the "
+                "recipe's policy trained less than the recipe run it is compared with on test."
+            )
+    lines += [
         "",
     ]
     (RESULTS / "search.md").write_text("\n".join(lines) + "\n")
