@@ -175,7 +175,7 @@ def test_ray_engine_runs_trials_in_parallel_into_the_same_study(lenet300, digits
     # kept small (Ray's start and its two workers' imports are most of the time): no seeding
     # analysis, two one-epoch trials, one Ray task each, both in flight at once
     cfg = SearchConfig(
-        max_drop=2,
+        max_drop=20,  # both trials within it: the confirmation stage has candidates
         trials=2,
         engine="ray",
         workers=2,
@@ -207,6 +207,19 @@ def test_ray_engine_runs_trials_in_parallel_into_the_same_study(lenet300, digits
         keep_file=True,
     )
     assert (tmp_path / "s/trials/trial-00000.mzip").read_bytes() == here["blob"]
+    # the confirmation runs went through Ray too, with the confirmation seed
+    conf = result["confirmation"]
+    assert conf["complete"] and conf["tried"], conf
+    t = conf["tried"][0]
+    again = run_recipe(
+        lenet300,
+        digits,
+        space.recipe(study.trials[t["trial"]].params).to_dict(),
+        seed=conf["seed"],
+        latency=False,
+        keep_file=False,
+    )
+    assert t["confirm_val"] == again["metrics"]["accuracy"]
 
 
 def test_ray_missing_is_a_one_line_error_naming_the_extra(monkeypatch, tmp_path, capsys):
@@ -375,3 +388,88 @@ def test_search_works_without_ray_installed():
             n.module or "" for n in top if isinstance(n, ast.ImportFrom)
         ]
         assert not any(n == "ray" or n.startswith("ray.") for n in names), path
+
+
+def _study_of(rows: list[tuple[int, float, bool]]) -> optuna.Study:
+    """A study of finished trials: (bytes, val accuracy, is the recipe's trial)."""
+    from optuna.distributions import FloatDistribution
+
+    study = optuna.create_study()
+    for b, acc, anchor in rows:
+        attrs = {"bytes": b, "ratio": 1000 / b, "accuracy": acc}
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"x": 0.5},
+                distributions={"x": FloatDistribution(0, 1)},
+                value=float(b),
+                user_attrs={**attrs, **({"anchor": "deep-compression"} if anchor else {})},
+            )
+        )
+    return study
+
+
+def test_confirmation_reruns_the_candidates_and_takes_the_first_one_that_holds():
+    # the winner's curse: trial 1 is the smallest above the target on a lucky val draw; its
+    # second run (another seed) falls short, trial 2's holds. Without confirmation: trial 1.
+    from modelzip.search.confirm import confirm_seed, decide, key, run_confirmations
+    from modelzip.search.finish import pick_confirmed, points_of
+
+    study = _study_of([(100, 0.928, True), (40, 0.936, False), (60, 0.934, False)])
+    how = {"floor": 0.927, "margin": 0.2, "confirm": 5, "seed": 0, "at_least_recipe": True}
+    rerun = {0: 0.940, 1: 0.920, 2: 0.936}  # what a second training run scores on val
+    asked: list[list[int]] = []
+
+    def run(numbers: list[int]) -> list[dict | None]:
+        asked.append(numbers)
+        return [{"accuracy": rerun[n], "bytes": 1} for n in numbers]
+
+    record = run_confirmations(study, run, **how)
+    # the recipe's trial first (the paired reference), then the candidates in bytes order
+    assert asked == [[0], [1], [2]]
+    assert record["reference"]["mean"] == pytest.approx(0.934)  # not its one draw, 0.928
+    assert record["target"] == pytest.approx(0.934)
+    assert [(t["trial"], t["confirmed"]) for t in record["tried"]] == [(1, False), (2, True)]
+    assert record["chosen"] == 2
+    points = points_of(study.trials, "bytes")
+    assert pick(points, 0.927, target=0.929)[0]["trial"] == 1  # the plain pick: the lucky one
+    assert pick_confirmed(points, 0.927, record)[0]["trial"] == 2
+    # stored in the study, keyed by trial and seed: deciding again runs nothing
+    assert study.user_attrs[key(2, confirm_seed(0))]["accuracy"] == 0.936
+    assert decide(study, **how) == (record, [])
+    # none confirmed: the recipe's own trial, not an unconfirmed smaller one
+    for n in (1, 2):
+        study.set_user_attr(key(n, confirm_seed(0)), {"accuracy": 0.90})
+    record, missing = decide(study, **how)
+    assert missing == [] and record["chosen"] is None
+    assert pick_confirmed(points, 0.927, record) == (points[0], True)
+    # at most `confirm` candidates are run, in batches for parallel engines
+    study = _study_of([(100, 0.93, False), (40, 0.95, False), (50, 0.95, False), (60, 0.95, False)])
+    _, missing = decide(study, **{**how, "at_least_recipe": False, "confirm": 2, "batch": 4})
+    assert missing == [1, 2]
+
+
+def test_search_confirms_its_pick_and_a_rerun_repeats_no_run(tmp_path, capsys, monkeypatch):
+    study = tmp_path / "s"
+    argv = [*SEARCH, "--max-drop", "3", "--trials", "3", "--study", str(study), "--json"]
+    code, result = _run([*argv, "--at-least-recipe", "--confirm", "2"], capsys)
+    assert code == 0
+    conf = result["confirmation"]
+    assert conf["complete"] and conf["reference"]["trial"] == 0 and conf["seed"] == 1000
+    best = result["best"]
+    assert best["confirmed"] == (conf["chosen"] is not None)
+    if conf["chosen"] is not None:
+        assert best["trial"] == conf["chosen"] and "confirmed by a second run" in result["message"]
+    else:
+        assert best["trial"] == 0  # nothing smaller held: the recipe's own policy
+    storage = f"sqlite:///{study / 'study.db'}"
+    attrs = optuna.load_study(study_name=STUDY_NAME, storage=storage).user_attrs
+    runs = [k for k in attrs if k.startswith("confirm:")]
+    assert len(runs) == 1 + len(conf["tried"]) and len(conf["tried"]) <= 2
+    assert best["bytes"] == (study / "best.mzip").stat().st_size  # the first run is deployed
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished search trained again")
+
+    monkeypatch.setattr("modelzip.search.engines.run_recipe", no_training)
+    code, again = _run([*argv, "--at-least-recipe", "--confirm", "2"], capsys)
+    assert code == 0 and again["confirmation"] == conf and again["best"] == best

@@ -360,6 +360,13 @@ def search(
             "--at-least-recipe", help="the pick also reaches the deep-compression trial's val"
         ),
     ] = False,
+    confirm: Annotated[
+        int,
+        typer.Option(
+            "--confirm",
+            help="candidates trained again with another seed before the pick (0: off)",
+        ),
+    ] = 5,
     weights: WeightsOpt = None,
     seed: SeedOpt = 0,
     as_json: JsonOpt = False,
@@ -394,6 +401,7 @@ def search(
         "epochs": sched,
         "margin": margin,
         "at_least_recipe": at_least_recipe,
+        "confirm": confirm,
         "progress": not as_json,
     }
     try:
@@ -422,6 +430,13 @@ def search(
             table.add_row(
                 "val accuracy", f"{base['val_accuracy']:.2%}", f"{pick['val_accuracy']:.2%}"
             )
+            if pick.get("confirm_val_accuracy") is not None:
+                seed2 = result["confirmation"]["seed"]
+                table.add_row(
+                    f"val accuracy, run with seed {seed2}",
+                    "",
+                    f"{pick['confirm_val_accuracy']:.2%}",
+                )
             table.add_row(
                 "test accuracy (once)",
                 f"{base['test_accuracy']:.2%}",

@@ -51,6 +51,21 @@ class LocalEngine:
                 next_recipe = loop.report(trial, fidelity, out["metrics"])
                 fidelity = 1.0
 
+        def confirm(recipes: list[dict[str, Any]], seed: int) -> list[dict[str, Any] | None]:
+            outs: list[dict[str, Any] | None] = []
+            for recipe in recipes:
+                try:
+                    out = run_recipe(
+                        model, data, recipe, seed=seed, latency=latency, keep_file=False
+                    )
+                except ModelzipError:
+                    outs.append(None)
+                else:
+                    outs.append(out["metrics"])
+            return outs
+
+        loop.confirm(confirm, batch=1)
+
 
 class RayEngine:
     """Trials in parallel as Ray tasks: a local Ray (``ray.init()``) or a cluster address."""
@@ -105,7 +120,7 @@ class RayEngine:
             while len(pending) < self.workers and loop.want_more():
                 submit(*loop.start())
             if not pending:
-                return
+                break
             ready, _ = ray.wait(list(pending), num_returns=1)
             trial, fidelity = pending.pop(ready[0])
             try:
@@ -118,6 +133,18 @@ class RayEngine:
             nxt = loop.report(trial, fidelity, out["metrics"])
             if nxt is not None:
                 submit(trial, nxt, 1.0)
+
+        def confirm(recipes: list[dict[str, Any]], seed: int) -> list[dict[str, Any] | None]:
+            refs = [task.remote(model_ref, data_ref, r, seed, latency, False) for r in recipes]
+            outs: list[dict[str, Any] | None] = []
+            for ref in refs:
+                try:
+                    outs.append(ray.get(ref)["metrics"])
+                except Exception:  # the task's error: that run is not a confirmation
+                    outs.append(None)
+            return outs
+
+        loop.confirm(confirm, batch=self.workers)
 
 
 def make(name: str, *, address: str | None = None, workers: int = 2) -> Engine:

@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from modelzip.codec.format import write_atomic
+from modelzip.search.confirm import SEED_OFFSET
 from modelzip.search.output import pareto_front, pick, plot_front
 from modelzip.search.space import Space
 from modelzip.zoo.data import DataBundle
@@ -75,7 +76,17 @@ def finish(
     trials = study.get_trials(deepcopy=False)
     points = points_of(trials, cfg.objective)
     front = pareto_front(points)
-    chosen, met = pick(points, floor, target=target)
+    confirmation = None
+    if cfg.confirm > 0:
+        from modelzip.search.confirm import decide
+        from modelzip.search.runner import confirm_options
+
+        confirmation, missing = decide(study, **confirm_options(cfg, floor))
+        confirmation["complete"] = not missing  # an interrupted search may not have run them
+        chosen, met = pick_confirmed(points, floor, confirmation, target=target)
+        target = confirmation["target"] if confirmation["target"] is not None else target
+    else:
+        chosen, met = pick(points, floor, target=target)
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     counts["finished"] = counts["complete"] + counts["pruned"]
     counts["requested"] = cfg.trials
@@ -115,6 +126,8 @@ def finish(
         "met_budget": met,
         "study": str(folder),
     }
+    if confirmation is not None:
+        result["confirmation"] = confirmation
     for old in ("best", "closest"):  # a rerun may turn a miss into a hit
         for ext in ("yaml", "mzip"):
             (folder / f"{old}.{ext}").unlink(missing_ok=True)
@@ -132,6 +145,9 @@ def finish(
         else f"MISSES the budget by {shortfall} points: val accuracy {chosen['accuracy']:.2%} "
         f"< floor {floor:.2%}"
     )
+    confirmed = _confirmation_of(confirmation, number)
+    if confirmation is not None:
+        verdict += f"; {confirmed['note']}"
     header = (
         f"# modelzip search, trial {number}: {chosen['bytes']:,} bytes ({chosen['ratio']}x), "
         f"{verdict}.\n# Rerun: modelzip compress {result['model'] or 'MODEL'} --data {data.name}"
@@ -165,6 +181,9 @@ def finish(
         "met_budget": met,
         "evaluated_on_test": "once, after the search chose it on val",
     }
+    if confirmation is not None:
+        pick_record["confirmed"] = confirmed["confirmed"]
+        pick_record["confirm_val_accuracy"] = confirmed["confirm_val"]
     if latency:
         pick_record["test_latency_ms"] = test["latency_ms"]
         b, c = base_test["latency_ms"], test["latency_ms"]
@@ -193,6 +212,58 @@ def finish(
     return result
 
 
+def pick_confirmed(
+    points: list[dict[str, Any]],
+    floor: float,
+    confirmation: dict[str, Any],
+    *,
+    target: float | None = None,
+) -> tuple[dict[str, Any] | None, bool]:
+    """The pick after confirmation: the confirmed candidate; else the recipe's trial when it
+    is the reference; else the plain pick among the trials no confirmation refuted."""
+    eps = 1e-9
+    by_number = {p["trial"]: p for p in points}
+    for number in (confirmation["chosen"], (confirmation["reference"] or {}).get("trial")):
+        p = by_number.get(number) if number is not None else None
+        if p is not None and p["accuracy"] >= floor - eps:
+            return p, True
+    refuted = {t["trial"] for t in confirmation["tried"] if not t["confirmed"]}
+    rest = [p for p in points if p["trial"] not in refuted] or points
+    aim = confirmation["target"] if confirmation["target"] is not None else target
+    return pick(rest, floor, target=aim)
+
+
+def _confirmation_of(confirmation: dict[str, Any] | None, number: int) -> dict[str, Any]:
+    """What the confirmation stage says of the chosen trial, for the YAML header and JSON."""
+    if confirmation is None:
+        return {"confirmed": None, "confirm_val": None, "note": ""}
+    seed = confirmation["seed"]
+    ref = confirmation["reference"] or {}
+    tried = {t["trial"]: t for t in confirmation["tried"]}
+    if number in tried and tried[number]["confirmed"]:
+        t = tried[number]
+        note = (
+            f"confirmed by a second run (seed {seed}): val {t['confirm_val']:.2%}, mean "
+            f"{t['mean']:.2%} >= target {confirmation['target']:.2%}"
+        )
+        return {"confirmed": True, "confirm_val": t["confirm_val"], "note": note}
+    if ref.get("trial") == number:
+        note = (
+            f"the recipe's own policy: none of the {len(tried)} smaller candidate(s) tried "
+            f"was confirmed by a second run (seed {seed})"
+            if tried
+            else "the recipe's own policy: no smaller trial reached the target "
+            f"{confirmation['target']:.2%} (the mean of its runs with seeds "
+            f"{seed - SEED_OFFSET}, {seed})"
+        )
+        return {"confirmed": False, "confirm_val": ref.get("confirm_val"), "note": note}
+    if not confirmation.get("complete", True):
+        note = "NOT confirmed: the search was stopped before its confirmation runs"
+    else:
+        note = f"NOT confirmed: no candidate was confirmed by a second run (seed {seed})"
+    return {"confirmed": False, "confirm_val": None, "note": note}
+
+
 def _load_back(path: Path, model: nn.Module) -> nn.Module:
     """The chosen file as a user loads it: a user model into a copy of its architecture."""
     import copy
@@ -209,4 +280,4 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
     write_atomic(path, (json.dumps(obj, indent=1, default=str) + "\n").encode())
 
 
-__all__ = ["finish", "front_of", "points_of"]
+__all__ = ["finish", "front_of", "pick_confirmed", "points_of"]

@@ -19,7 +19,9 @@ Robust pick: the val split is small (500 images on mnist5k: one image is 0.2 poi
 smallest policy just at the floor is mostly the luckiest one on val. The score aims at the
 floor plus ``margin`` points, and the pick takes the smallest trial at or above that target;
 only when none reaches it does it fall back to the smallest one within the floor itself (which
-still meets the budget).
+still meets the budget). Then ``confirm`` (default 5): the candidates are trained again with
+another seed and the pick is the first whose mean val accuracy over both runs still reaches
+the target (see ``confirm``; ``confirm=0`` turns it off).
 
 Seeding: trial 0 is the ``deep-compression`` recipe's own policy on this model, trained fully
 (see ``anchor``), then two bolder steps from it and the sensitivity-analysis seeds; so the
@@ -86,6 +88,9 @@ class SearchConfig(BaseModel):
     )
     at_least_recipe: bool = Field(
         False, description="also aim at the val accuracy of trial 0 (the recipe's policy)"
+    )
+    confirm: int = Field(
+        5, ge=0, le=1000, description="candidates trained again with another seed before the pick"
     )
     progress: bool = True
 
@@ -223,6 +228,7 @@ def search(
                 study.enqueue_trial(policy, user_attrs=attrs)
         target = floor + cfg.margin / 100
         state = _Loop(study, space, cfg, target, data.name, folder, t_start)
+        state.budget_floor = floor
         state.floor = max(target, anchor_accuracy(study, cfg))  # a resumed study knows it
         with LiveDisplay(f"modelzip search ({cfg.objective})", enabled=cfg.progress) as live:
             state.on_change = live.update
@@ -272,6 +278,7 @@ class _Loop:
         self.failures = 0
         self.on_change: Callable[[SearchStatus], None] | None = None
         self.elapsed_before = float(study.user_attrs.get("elapsed_s", 0.0))
+        self.budget_floor = floor
         (folder / "trials").mkdir(exist_ok=True)
 
     # what the engines call -----------------------------------------------------------------
@@ -344,6 +351,30 @@ class _Loop:
             self._tell(trial, state=TrialState.FAIL)
             self.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
 
+    def confirm(
+        self, run: Callable[[list[dict[str, Any]], int], list[dict[str, Any] | None]], batch: int
+    ) -> None:
+        """After the last trial: the confirmation runs (``confirm``), through ``run`` (full
+        recipes and a seed in, val metrics or None out), stored in the study as they come."""
+        if self.cfg.confirm <= 0:
+            return
+        from modelzip.search.confirm import confirm_seed, run_confirmations
+
+        seed = confirm_seed(self.cfg.seed)
+
+        def go(numbers: list[int]) -> list[dict[str, Any] | None]:
+            trials = self.study.get_trials(deepcopy=False)
+            names = ", ".join(f"#{n}" for n in numbers)
+            self._notify(last=f"confirming {names} with seed {seed}")
+            recipes = [self.space.recipe(trials[n].params, fidelity=1.0).to_dict() for n in numbers]
+            return run(recipes, seed)
+
+        run_confirmations(self.study, go, **self.confirm_options(batch))
+        self.study.set_user_attr("elapsed_s", round(self.elapsed(), 1))
+
+    def confirm_options(self, batch: int = 1) -> dict[str, Any]:
+        return confirm_options(self.cfg, self.budget_floor, batch)
+
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.t_start
 
@@ -410,6 +441,19 @@ class _Loop:
                 last=last,
             )
         )
+
+
+def confirm_options(cfg: SearchConfig, floor: float, batch: int = 1) -> dict[str, Any]:
+    """The keyword arguments of ``confirm.decide`` for this search."""
+    return {
+        "floor": floor,
+        "margin": cfg.margin,
+        "confirm": cfg.confirm,
+        "seed": cfg.seed,
+        "at_least_recipe": cfg.at_least_recipe,
+        "objective": cfg.objective,
+        "batch": batch,
+    }
 
 
 def anchor_accuracy(study: optuna.Study, cfg: SearchConfig) -> float:
