@@ -92,7 +92,8 @@ def apply(
         )
     if rows16_share > 0 and built and batches:
         damage = end_to_end_damage(model, built, batches[0])
-        for name, share in promote(damage, rows16_share).items():
+        wide_layers = promote(damage, rows16_share)
+        for name, share in wide_layers.items():
             # 16-bit rows need no smoothing, and unsmoothed weights round better
             codes, scale, _ = plans[name].codes[0.0]
             float_layer = cast(nn.Linear, built[name][0])
@@ -108,7 +109,7 @@ def apply(
         if damage:
             notes["_rows16"] = {
                 "share_target": rows16_share,
-                "layers": sorted(n for n in promote(damage, rows16_share)),
+                "layers": sorted(wide_layers),
             }
     notes["_kept_float"] = kept
     return model, rest, notes

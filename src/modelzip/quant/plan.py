@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelzip.nn.dynamic import fake_rows, quantize_rows, smooth_factors
+from modelzip.nn.dynamic import fake_rows, smooth_factors
 from modelzip.ops import gptq as ops_gptq
 
 __all__ = [
@@ -99,11 +99,6 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x2
 
 
-def _fake_rows(w: torch.Tensor) -> torch.Tensor:
-    codes, scale = quantize_rows(w)
-    return codes.float() * scale
-
-
 def int8_codes(
     w: torch.Tensor, gram: torch.Tensor | None = None, rows: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -164,7 +159,7 @@ def measure(
         for n, m in layers.items()
         if plans[n].absmax is not None
     }
-    w_static = {n: _fake_rows(m.weight.detach().float()) for n, m in layers.items()}
+    w_static = {n: fake_rows(m.weight.detach().float()) for n, m in layers.items()}
     w_dyn: dict[str, dict[float, torch.Tensor]] = {}
     w_near: dict[str, dict[float, torch.Tensor]] = {}
     for n, by_alpha in smooth.items():
@@ -178,7 +173,7 @@ def measure(
             p.codes[a] = (codes, scale, how)
             w_dyn[n][a] = codes.float() * scale[:, None]
             if how == "gptq":
-                w_near[n][a] = _fake_rows(layers[n].weight.float() * s[None, :])
+                w_near[n][a] = fake_rows(layers[n].weight.float() * s[None, :])
         p.gram = None  # up to 18 MB per layer: not kept past its use
 
     def errors(name: str, m: nn.Module, x: torch.Tensor, _y: torch.Tensor) -> None:
