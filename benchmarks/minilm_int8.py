@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import io
+import os
 import statistics
 import sys
 import tempfile
@@ -114,6 +115,7 @@ def cpu_line() -> str:
 
 
 def main() -> None:
+    load_start = os.getloadavg()[0]
     torch.set_num_threads(1)  # compression and fidelity; latency sets 1 and 2 threads itself
     data = mz.load_data("english", batch_size=64)
     fp32 = mz.load_model("zoo:minilm").eval()
@@ -233,8 +235,9 @@ def main() -> None:
     lines = [
         "# int8 all-MiniLM-L6-v2: modelzip vs torch.ao and ONNX Runtime",
         "",
-        f"CPU: {cpu_line()}. The machine (2 cores) ran another 1-thread benchmark job alongside, "
-        "so 2-thread timings are the noisier ones. "
+        f"CPU: {cpu_line()}; {os.cpu_count()} cores, 1-minute load average {load_start:.1f} at "
+        f"the start and {os.getloadavg()[0]:.1f} at the end (other jobs on the machine slow the "
+        "2-thread timings most). "
         f"Evaluation: {len(x_eval)} `english` test sentences (real sentences from PyTorch's "
         "documentation), 32 tokens; calibration on its separate val split. Latency: best of "
         f"{ROUNDS} interleaved medians; ratio = variant / fp32 PyTorch at the same threads. "
