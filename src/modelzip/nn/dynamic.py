@@ -176,22 +176,22 @@ class DynQuantLinear(Buildable):
         return self._packed[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export():
+            from modelzip.nn.onnx_int8 import DynLinearOnnx
+
+            xs = x if x.dtype == torch.float32 else x.float()
+            if not bool((self.smooth == 1).all()):
+                # one Mul by a constant (made outside the trace, as the row sums are)
+                xs = xs * torch.from_numpy(1.0 / self.smooth.detach().numpy())
+            b = self.bias if self.bias is not None else torch.zeros(self.out_features)
+            rows = "asym" if self.asymmetric else "int16" if self.act_bits == 16 else "int8"
+            sums = self.row_sums() if self.asymmetric else torch.zeros(0, dtype=torch.int32)
+            w_t = self.qweight.t().contiguous()
+            return DynLinearOnnx.apply(xs, w_t, self.w_scale, b, sums, rows)
         shape = x.shape
         x2 = x.reshape(-1, self.in_features).float()
         if not bool((self.smooth == 1).all()):
             x2 = x2 / self.smooth
-        if torch.onnx.is_in_onnx_export():
-            from modelzip.nn.onnx_int8 import DynLinear16Onnx, DynLinearAsymOnnx, DynLinearOnnx
-
-            b = self.bias if self.bias is not None else torch.zeros(self.out_features)
-            w_t = self.qweight.t().contiguous()
-            if self.asymmetric:
-                y = DynLinearAsymOnnx.apply(x2, w_t, self.w_scale, b, self.row_sums())
-            elif self.act_bits == 16:
-                y = DynLinear16Onnx.apply(x2, w_t, self.w_scale, b)
-            else:
-                y = DynLinearOnnx.apply(x2, w_t, self.w_scale, b)
-            return y.reshape(*shape[:-1], self.out_features)
         kernel = int8_runtime.matmul_kernel()
         if self.asymmetric:
             codes, s_row, zero = quantize_rows_asym(x2)

@@ -29,60 +29,16 @@ def _const(g: Any, t: torch.Tensor) -> Any:
 
 
 class DynLinearOnnx(torch.autograd.Function):
-    """``x [M, K]`` -> float ``[M, N]`` through per-row int8 and ``MatMulInteger``."""
+    """``x [..., K]`` (already smoothed) -> float ``[..., N]`` through per-row int8 codes and
+    ``MatMulInteger``; ``rows`` is ``"int8"``, ``"asym"`` or ``"int16"`` (the layer's rows).
 
-    @staticmethod
-    def forward(
-        ctx: Any, x: torch.Tensor, w_t: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor
-    ) -> torch.Tensor:
-        s = x.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127.0
-        q = torch.round(x / s).clamp(-127, 127)
-        return (q @ w_t.float()) * s * w_scale + bias
-
-    @staticmethod
-    def symbolic(g: Any, x: Any, w_t: Any, w_scale: Any, bias: Any) -> Any:
-        absmax = g.op("ReduceMax", g.op("Abs", x), axes_i=[1], keepdims_i=1)
-        eps = _const(g, torch.tensor(1e-12))
-        s = g.op("Div", g.op("Max", absmax, eps), _const(g, torch.tensor(127.0)))
-        q = g.op("Round", g.op("Div", x, s))
-        q = g.op("Clip", q, _const(g, torch.tensor(-127.0)), _const(g, torch.tensor(127.0)))
-        q = _u8(g, g.op("Add", q, _const(g, torch.tensor(128.0))))
-        acc = g.op("MatMulInteger", q, w_t, _const(g, torch.tensor(128, dtype=torch.uint8)))
-        y = g.op("Mul", g.op("Cast", acc, to_i=sh.cast_pytorch_to_onnx["Float"]), s)
-        return g.op("Add", g.op("Mul", y, w_scale), bias)
-
-
-class DynLinear16Onnx(torch.autograd.Function):
-    """``x [M, K]`` -> float ``[M, N]`` through two int8 codes per value (16-bit rows)."""
-
-    @staticmethod
-    def forward(
-        ctx: Any, x: torch.Tensor, w_t: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor
-    ) -> torch.Tensor:
-        from modelzip.nn.dynamic import fake_rows
-
-        return (fake_rows(x, act_bits=16) @ w_t.float()) * w_scale + bias
-
-    @staticmethod
-    def symbolic(g: Any, x: Any, w_t: Any, w_scale: Any, bias: Any) -> Any:
-        absmax = g.op("ReduceMax", g.op("Abs", x), axes_i=[1], keepdims_i=1)
-        s = g.op("Max", absmax, _const(g, torch.tensor(1e-12)))
-        s = g.op("Div", s, _const(g, torch.tensor(127.0)))
-        lo, hi = _const(g, torch.tensor(-127.0)), _const(g, torch.tensor(127.0))
-        t = g.op("Div", x, s)
-        q1 = g.op("Clip", g.op("Round", t), lo, hi)
-        q2 = g.op("Mul", g.op("Sub", t, q1), _const(g, torch.tensor(254.0)))
-        q2 = g.op("Clip", g.op("Round", q2), lo, hi)
-        off, zp = _const(g, torch.tensor(128.0)), _const(g, torch.tensor(128, dtype=torch.uint8))
-        to_f = sh.cast_pytorch_to_onnx["Float"]
-        a1 = g.op("Cast", g.op("MatMulInteger", _u8(g, g.op("Add", q1, off)), w_t, zp), to_i=to_f)
-        a2 = g.op("Cast", g.op("MatMulInteger", _u8(g, g.op("Add", q2, off)), w_t, zp), to_i=to_f)
-        acc = g.op("Add", a1, g.op("Div", a2, _const(g, torch.tensor(254.0))))
-        return g.op("Add", g.op("Mul", g.op("Mul", acc, s), w_scale), bias)
-
-
-class DynLinearAsymOnnx(torch.autograd.Function):
-    """``x [M, K]`` -> float ``[M, N]`` through per-row asymmetric uint8 and ``MatMulInteger``."""
+    The graph is kept short, since at batch 1 each node's fixed cost adds up (measured on
+    MiniLM in ONNX Runtime: the int8 matmuls were 28% of the time, the elementwise and shape
+    nodes around them the rest). Rows stay N-D (``MatMulInteger`` broadcasts over leading
+    dimensions, so no reshape chain); one ``QuantizeLinear`` with scale 1 makes the codes
+    from values already on the grid (it rounds half to even and saturates, as the layer's
+    ``round``/``clamp`` do).
+    """
 
     @staticmethod
     def forward(
@@ -92,27 +48,48 @@ class DynLinearAsymOnnx(torch.autograd.Function):
         w_scale: torch.Tensor,
         bias: torch.Tensor,
         row_sums: torch.Tensor,
+        rows: str,
     ) -> torch.Tensor:
-        from modelzip.nn.dynamic import quantize_rows_asym
+        from modelzip.nn.dynamic import fake_rows
 
-        codes, s, zero = quantize_rows_asym(x)
-        return ((codes.float() + (128.0 - zero)) @ w_t.float()) * s * w_scale + bias
+        x2 = x.reshape(-1, x.shape[-1])
+        act_bits = 16 if rows == "int16" else 8
+        y = (fake_rows(x2, rows == "asym", act_bits) @ w_t.float()) * w_scale + bias
+        return y.reshape(*x.shape[:-1], w_t.shape[1])
 
     @staticmethod
-    def symbolic(g: Any, x: Any, w_t: Any, w_scale: Any, bias: Any, row_sums: Any) -> Any:
-        zero_f = _const(g, torch.tensor(0.0))
-        lo = g.op("Min", g.op("ReduceMin", x, axes_i=[1], keepdims_i=1), zero_f)
-        hi = g.op("Max", g.op("ReduceMax", x, axes_i=[1], keepdims_i=1), zero_f)
-        s = g.op("Div", g.op("Sub", hi, lo), _const(g, torch.tensor(255.0)))
-        s = g.op("Max", s, _const(g, torch.tensor(1e-12)))
-        z = g.op("Round", g.op("Div", g.op("Neg", lo), s))
-        q = g.op("Add", g.op("Round", g.op("Div", x, s)), z)
-        q = _u8(g, g.op("Clip", q, zero_f, _const(g, torch.tensor(255.0))))
-        acc = g.op("MatMulInteger", q, w_t)
-        corr = g.op("Mul", g.op("Cast", z, to_i=sh.cast_pytorch_to_onnx["Int"]), row_sums)
-        acc = g.op("Sub", acc, corr)
-        y = g.op("Mul", g.op("Cast", acc, to_i=sh.cast_pytorch_to_onnx["Float"]), s)
-        return g.op("Add", g.op("Mul", y, w_scale), bias)
+    def symbolic(
+        g: Any, x: Any, w_t: Any, w_scale: Any, bias: Any, row_sums: Any, rows: str
+    ) -> Any:
+        def c(v: float) -> Any:
+            return _const(g, torch.tensor(v))
+
+        one, zp128 = c(1.0), _const(g, torch.tensor(128, dtype=torch.uint8))
+        to_f = sh.cast_pytorch_to_onnx["Float"]
+        if rows == "asym":
+            lo = g.op("Min", g.op("ReduceMin", x, axes_i=[-1], keepdims_i=1), c(0.0))
+            hi = g.op("Max", g.op("ReduceMax", x, axes_i=[-1], keepdims_i=1), c(0.0))
+            s = g.op("Max", g.op("Div", g.op("Sub", hi, lo), c(255.0)), c(1e-12))
+            z = g.op("Round", g.op("Div", g.op("Neg", lo), s))
+            t = g.op("Add", g.op("Div", x, s), z)
+            q = g.op("QuantizeLinear", t, one, _const(g, torch.tensor(0, dtype=torch.uint8)))
+            z_i = g.op("Cast", z, to_i=sh.cast_pytorch_to_onnx["Int"])
+            acc = g.op("Sub", g.op("MatMulInteger", q, w_t), g.op("Mul", z_i, row_sums))
+            y = g.op("Mul", g.op("Cast", acc, to_i=to_f), s)
+            return g.op("Add", g.op("Mul", y, w_scale), bias)
+        absmax = g.op("ReduceMax", g.op("Abs", x), axes_i=[-1], keepdims_i=1)
+        inv = g.op("Div", c(127.0), g.op("Max", absmax, c(1e-12)))  # codes per unit
+        t = g.op("Mul", x, inv)  # in [-127, 127]
+        q = g.op("QuantizeLinear", t, one, zp128)
+        acc = g.op("Cast", g.op("MatMulInteger", q, w_t, zp128), to_i=to_f)
+        if rows == "int16":  # the codes of the rounding residual, on a 254x finer grid
+            r = g.op("Sub", t, g.op("DequantizeLinear", q, one, zp128))
+            q2 = g.op("QuantizeLinear", g.op("Mul", r, c(254.0)), one, zp128)
+            acc2 = g.op("Cast", g.op("MatMulInteger", q2, w_t, zp128), to_i=to_f)
+            acc = g.op("Add", acc, g.op("Mul", acc2, c(1.0 / 254.0)))
+        # (not Mul(Cast(acc), Mul(row scale, w_scale)): ONNX Runtime fuses that pattern into
+        # MatMulIntegerToFloat, which takes one scale for all rows; measured wrong by 98%)
+        return g.op("Add", g.op("Mul", g.op("Div", acc, inv), w_scale), bias)
 
 
 def _u8(g: Any, zp: Any) -> Any:
