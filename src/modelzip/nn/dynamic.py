@@ -184,10 +184,10 @@ class DynQuantLinear(Buildable):
                 # one Mul by a constant (made outside the trace, as the row sums are)
                 xs = xs * torch.from_numpy(1.0 / self.smooth.detach().numpy())
             b = self.bias if self.bias is not None else torch.zeros(self.out_features)
-            rows = "asym" if self.asymmetric else "int16" if self.act_bits == 16 else "int8"
+            kind = "asym" if self.asymmetric else "int16" if self.act_bits == 16 else "int8"
             sums = self.row_sums() if self.asymmetric else torch.zeros(0, dtype=torch.int32)
             w_t = self.qweight.t().contiguous()
-            return DynLinearOnnx.apply(xs, w_t, self.w_scale, b, sums, rows)
+            return DynLinearOnnx.apply(xs, w_t, self.w_scale, b, sums, kind)
         shape = x.shape
         x2 = x.reshape(-1, self.in_features).float()
         if not bool((self.smooth == 1).all()):
