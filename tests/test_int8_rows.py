@@ -160,3 +160,64 @@ def test_w8a8_planner_on_a_tiny_bert_uses_every_row_mode_and_round_trips(english
     assert kinds == [(m.asymmetric, m.act_bits) for m in layers]
     with torch.inference_mode():
         assert torch.equal(back(x), q(x))
+
+
+class ThreeHeads(nn.Module):
+    """Three layers reading one input in a row, as a transformer's query, key and value."""
+
+    def __init__(self, layers: list[DynQuantLinear]):
+        super().__init__()
+        self.q, self.k, self.v = layers
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.q(x), self.k(x), self.v(x)], dim=-1)
+
+
+@pytest.mark.parametrize("mode", MODES, ids=IDS)
+def test_layers_reading_one_input_quantize_it_once_and_compute_the_same(mode, tmp_path):
+    torch.manual_seed(1)
+    smooth = torch.rand(48) + 0.5
+    layers = []
+    for _ in range(3):
+        lin = nn.Linear(48, 20)
+        layers.append(DynQuantLinear.from_float(lin.weight, lin.bias, smooth, **mode))
+    model = ThreeHeads(layers).eval()
+    x = outlier_input()
+    with torch.no_grad():
+        alone = torch.cat([m(x.clone()) for m in layers], dim=-1)  # a new tensor each time
+        assert torch.equal(model(x), alone)
+        # changed in place between two layers: the codes are made again, not reused
+        y1 = model.q(x)
+        x.mul_(2.0)
+        assert torch.equal(model.k(x), layers[1](x.clone())) and y1.shape == (4, 6, 20)
+    path = tmp_path / "three.onnx"
+    export_onnx(model, path, example=x[:1])
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("QuantizeLinear") == (2 if "act_bits" in mode else 1)
+    assert ops.count("MatMulInteger") == (6 if "act_bits" in mode else 3)
+    with torch.no_grad():
+        want = model(x).numpy()
+    assert float(np.abs(ort_session(path).run(None, {"input": x.numpy()})[0] - want).max()) < 1e-4
+    # the middle one smoothed otherwise: the last one cannot reuse the first one's codes
+    model.k.smooth.mul_(1.5)
+    model.k._smooth_hash = None
+    export_onnx(model, path, example=x[:1])
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("QuantizeLinear") == (6 if "act_bits" in mode else 3)
+
+
+def test_the_w8a8_planner_gives_query_key_value_one_smoothing_and_row_kind(english, tmp_path):
+    folder = write_tiny_bert(tmp_path / "bert")
+    model = mz.load_model(str(folder)).eval()
+    q = mz.compress(model, english, "w8a8", measure_latency=False)["model"]
+    found = 0
+    for name, m in q.named_modules():
+        if name.endswith("attention.self.query") and isinstance(m, DynQuantLinear):
+            parent = q.get_submodule(name.rsplit(".", 1)[0])
+            eight = [t for t in (m, parent.key, parent.value) if t.act_bits == 8]
+            # (a layer promoted to 16-bit rows is unsmoothed and leaves the group)
+            for t in eight[1:]:
+                assert torch.equal(t.smooth, eight[0].smooth)
+                assert t.asymmetric == eight[0].asymmetric
+            found += len(eight) >= 2
+    assert found >= 1

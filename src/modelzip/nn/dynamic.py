@@ -24,6 +24,11 @@ kernels at about 16-bit activation precision for twice its int8 GEMM time.
 The int32 products come from ``modelzip.nn.int8_runtime.int8_mm`` (``torch._int_mm`` where it
 is exact, its weight-split form on x86 CPUs without VNNI), then ``acc * s_row * s_w + bias``.
 
+Layers fed the same tensor with the same smoothing and row kind (a transformer's query, key
+and value, which the planner smooths alike for this) quantize it once: the first call keeps its
+codes for the next (``shared_rows``), so eager, traced and exported forms all make the codes
+once per input (measured on MiniLM: 12 fewer quantizations per sentence).
+
 Buffers (what the .mzip stores): ``qweight`` int8 ``[out, in]``, ``w_scale`` ``[out]``, ``bias``
 ``[out]`` (optional), ``smooth`` ``[in]``. The packed weight (and, asymmetric, the weight's
 row sums) are derived on first use.
@@ -32,6 +37,9 @@ row sums) are derived on first use.
 from __future__ import annotations
 
 import math
+import threading
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -42,6 +50,40 @@ from modelzip.nn import int8_runtime
 from modelzip.nn.specs import Buildable
 
 MAX_WEIGHTS = 1 << 31
+
+
+class _LastRows(threading.local):
+    """The last row codes made in this thread, with what they were made from."""
+
+    ref: Callable[[], Any] | None = None
+    version = -1
+    key: tuple[Any, ...] = ()
+    rows: tuple[Any, ...] = ()
+
+
+_LAST_ROWS = _LastRows()
+
+
+def _version(x: torch.Tensor) -> int:
+    try:
+        return int(x._version)
+    except RuntimeError:  # inference-mode tensors keep no version counter
+        return -1
+
+
+def shared_rows(
+    x: torch.Tensor, key: tuple[Any, ...], make: Callable[[], tuple[Any, ...]]
+) -> tuple[Any, ...]:
+    """``make()``, or what it returned for the same tensor ``x`` (the same object, not changed
+    in place since) and the same ``key`` in the call just before: the codes of an input that
+    several layers read in a row are made once. Only the last call is kept (per thread), so
+    nothing outlives the next layer's call."""
+    last = _LAST_ROWS
+    if last.ref is not None and last.ref() is x and last.key == key and last.version == _version(x):
+        return last.rows
+    rows = make()
+    last.ref, last.key, last.version, last.rows = weakref.ref(x), key, _version(x), rows
+    return rows
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,6 +162,7 @@ class DynQuantLinear(Buildable):
         self.register_buffer("smooth", torch.ones(in_features))
         self._packed: tuple[str, torch.Tensor] | None = None
         self._row_sums: torch.Tensor | None = None
+        self._smooth_hash: int | None = None
 
     def to_spec(self) -> dict[str, Any]:
         return {
@@ -176,38 +219,56 @@ class DynQuantLinear(Buildable):
         return self._packed[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.onnx.is_in_onnx_export():
-            from modelzip.nn.onnx_int8 import DynLinearOnnx
+        exporting = torch.onnx.is_in_onnx_export()
+        key = (exporting, self.asymmetric, self.act_bits, self.in_features, self._smooth_key())
+        rows = shared_rows(x, key, lambda: self._row_codes(x, exporting))
+        if exporting:
+            from modelzip.nn.onnx_int8 import RowsMatMulOnnx
 
-            xs = x if x.dtype == torch.float32 else x.float()
-            if not bool((self.smooth == 1).all()):
-                # one Mul by a constant (made outside the trace, as the row sums are)
-                xs = xs * torch.from_numpy(1.0 / self.smooth.detach().numpy())
             b = self.bias if self.bias is not None else torch.zeros(self.out_features)
-            kind = "asym" if self.asymmetric else "int16" if self.act_bits == 16 else "int8"
             sums = self.row_sums() if self.asymmetric else torch.zeros(0, dtype=torch.int32)
             w_t = self.qweight.t().contiguous()
-            return DynLinearOnnx.apply(xs, w_t, self.w_scale, b, sums, kind)
+            return RowsMatMulOnnx.apply(w_t, self.w_scale, b, sums, self._kind(), *rows)
         shape = x.shape
-        x2 = x.reshape(-1, self.in_features).float()
-        if not bool((self.smooth == 1).all()):
-            x2 = x2 / self.smooth
         kernel = int8_runtime.matmul_kernel()
+        codes, s_row, zero = rows
+        acc = int8_runtime.int8_mm(codes, self._packed_weight(kernel), kernel)
         if self.asymmetric:
-            codes, s_row, zero = quantize_rows_asym(x2)
-            acc = int8_runtime.int8_mm(codes, self._packed_weight(kernel), kernel)
             # the zero point, exactly in int32: sum (q - 128 + 128 - z) w = acc + (128 - z) sum w
             acc = torch.addr(acc, (128 - zero).to(torch.int32).view(-1), self.row_sums())
         elif self.act_bits == 16:
-            codes, s_row = quantize_rows16(x2)
-            acc2 = int8_runtime.int8_mm(codes, self._packed_weight(kernel), kernel).float()
-            rows = x2.shape[0]
-            acc_f = torch.add(acc2[:rows], acc2[rows:], alpha=1.0 / 254.0)
+            n = codes.shape[0] // 2
+            acc_f = torch.add(acc[:n].float(), acc[n:].float(), alpha=1.0 / 254.0)
             return self._epilogue(acc_f, s_row).reshape(*shape[:-1], self.out_features)
-        else:
-            codes, s_row = quantize_rows(x2)
-            acc = int8_runtime.int8_mm(codes, self._packed_weight(kernel), kernel)
         return self._epilogue(acc.float(), s_row).reshape(*shape[:-1], self.out_features)
+
+    def _kind(self) -> str:
+        return "asym" if self.asymmetric else "int16" if self.act_bits == 16 else "int8"
+
+    def _smooth_key(self) -> int:
+        if self._smooth_hash is None:
+            self._smooth_hash = hash(self.smooth.detach().numpy().tobytes())
+        return self._smooth_hash
+
+    def _row_codes(self, x: torch.Tensor, exporting: bool) -> tuple[Any, ...]:
+        """The input's row codes and scales: ``(codes, s_row, zero or None)``; exporting, the
+        ONNX nodes that make them (``modelzip.nn.onnx_int8.RowsOnnx``)."""
+        smoothed = not bool((self.smooth == 1).all())
+        if exporting:
+            from modelzip.nn.onnx_int8 import RowsOnnx
+
+            xs = x if x.dtype == torch.float32 else x.float()
+            if smoothed:  # one Mul by a constant (made outside the trace, as the row sums are)
+                xs = xs * torch.from_numpy(1.0 / self.smooth.detach().numpy())
+            return tuple(RowsOnnx.apply(xs, self._kind()))
+        x2 = x.reshape(-1, self.in_features).float()
+        if smoothed:
+            x2 = x2 / self.smooth
+        if self.asymmetric:
+            return quantize_rows_asym(x2)
+        if self.act_bits == 16:
+            return (*quantize_rows16(x2), None)
+        return (*quantize_rows(x2), None)
 
     def _epilogue(self, acc: torch.Tensor, s_row: torch.Tensor) -> torch.Tensor:
         """``acc * s_row * w_scale + bias`` (the bias add fused into the multiply)."""
@@ -226,19 +287,19 @@ class DynQuantLinear(Buildable):
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
-        self._packed = self._row_sums = None
+        self._packed = self._row_sums = self._smooth_hash = None
         for name in ("w_scale", "smooth"):
             t = getattr(self, name)
             if not bool(torch.isfinite(t).all()) or bool((t <= 0).any()):
                 raise FormatError(f"DynQuantLinear {args[1]!r}: {name} must be finite and > 0")
 
     def _apply(self, fn: Any, recurse: bool = True) -> nn.Module:
-        self._packed = self._row_sums = None
+        self._packed = self._row_sums = self._smooth_hash = None
         return super()._apply(fn, recurse)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_packed"] = state["_row_sums"] = None
+        state["_packed"] = state["_row_sums"] = state["_smooth_hash"] = None
         return state
 
     def extra_repr(self) -> str:

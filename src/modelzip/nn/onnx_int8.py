@@ -28,9 +28,11 @@ def _const(g: Any, t: torch.Tensor) -> Any:
     return g.op("Constant", value_t=t)
 
 
-class DynLinearOnnx(torch.autograd.Function):
-    """``x [..., K]`` (already smoothed) -> float ``[..., N]`` through per-row int8 codes and
-    ``MatMulInteger``; ``rows`` is ``"int8"``, ``"asym"`` or ``"int16"`` (the layer's rows).
+class RowsOnnx(torch.autograd.Function):
+    """Per-row codes of ``x [..., K]`` (already smoothed), for ``RowsMatMulOnnx``; ``kind``
+    is ``"int8"`` (-> uint8 codes ``q + 128``, codes per unit ``127 / max|x_row|``),
+    ``"int16"`` (-> those codes, the codes of their rounding residual, codes per unit) or
+    ``"asym"`` (-> uint8 codes, row scales, int32 zero points).
 
     The graph is kept short, since at batch 1 each node's fixed cost adds up (measured on
     MiniLM in ONNX Runtime: the int8 matmuls were 28% of the time, the elementwise and shape
@@ -41,55 +43,92 @@ class DynLinearOnnx(torch.autograd.Function):
     """
 
     @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, kind: str) -> tuple[torch.Tensor, ...]:
+        if kind == "asym":
+            lo = x.amin(dim=-1, keepdim=True).clamp_max(0.0)
+            hi = x.amax(dim=-1, keepdim=True).clamp_min(0.0)
+            s = ((hi - lo) / 255.0).clamp_min(1e-12)
+            z = torch.round(-lo / s)
+            q = (torch.round(x / s) + z).clamp(0, 255).to(torch.uint8)
+            return q, s, z.to(torch.int32)
+        inv = 127.0 / x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12)
+        t = x * inv
+        q = torch.round(t)
+        if kind == "int16":
+            q2 = torch.round((t - q) * 254.0)
+            return (q + 128).to(torch.uint8), (q2 + 128).to(torch.uint8), inv
+        return (q + 128).to(torch.uint8), inv
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, kind: str) -> Any:
+        one = _const(g, torch.tensor(1.0))
+        if kind == "asym":
+            zero_f = _const(g, torch.tensor(0.0))
+            lo = g.op("Min", g.op("ReduceMin", x, axes_i=[-1], keepdims_i=1), zero_f)
+            hi = g.op("Max", g.op("ReduceMax", x, axes_i=[-1], keepdims_i=1), zero_f)
+            s = g.op("Div", g.op("Sub", hi, lo), _const(g, torch.tensor(255.0)))
+            s = g.op("Max", s, _const(g, torch.tensor(1e-12)))
+            z = g.op("Round", g.op("Div", g.op("Neg", lo), s))
+            t = g.op("Add", g.op("Div", x, s), z)
+            q = g.op("QuantizeLinear", t, one, _const(g, torch.tensor(0, dtype=torch.uint8)))
+            return q, s, g.op("Cast", z, to_i=sh.cast_pytorch_to_onnx["Int"])
+        zp = _const(g, torch.tensor(128, dtype=torch.uint8))
+        absmax = g.op("ReduceMax", g.op("Abs", x), axes_i=[-1], keepdims_i=1)
+        absmax = g.op("Max", absmax, _const(g, torch.tensor(1e-12)))
+        inv = g.op("Div", _const(g, torch.tensor(127.0)), absmax)
+        t = g.op("Mul", x, inv)  # in [-127, 127]
+        q = g.op("QuantizeLinear", t, one, zp)
+        if kind == "int16":  # the codes of the rounding residual, on a 254x finer grid
+            r = g.op("Sub", t, g.op("DequantizeLinear", q, one, zp))
+            q2 = g.op("QuantizeLinear", g.op("Mul", r, _const(g, torch.tensor(254.0))), one, zp)
+            return q, q2, inv
+        return q, inv
+
+
+class RowsMatMulOnnx(torch.autograd.Function):
+    """``RowsOnnx`` codes times int8 weights ``w_t [K, N]`` through ``MatMulInteger``, to the
+    float output ``[..., N]``: the int32 sums times the row and weight scales, plus the bias."""
+
+    @staticmethod
     def forward(
         ctx: Any,
-        x: torch.Tensor,
         w_t: torch.Tensor,
         w_scale: torch.Tensor,
         bias: torch.Tensor,
         row_sums: torch.Tensor,
-        rows: str,
+        kind: str,
+        *rows: torch.Tensor,
     ) -> torch.Tensor:
-        from modelzip.nn.dynamic import fake_rows
-
-        x2 = x.reshape(-1, x.shape[-1])
-        act_bits = 16 if rows == "int16" else 8
-        y = (fake_rows(x2, rows == "asym", act_bits) @ w_t.float()) * w_scale + bias
-        return y.reshape(*x.shape[:-1], w_t.shape[1])
+        w = w_t.float()
+        if kind == "asym":
+            q, s, z = rows
+            return ((q.float() - z.float()) @ w) * s * w_scale + bias
+        if kind == "int16":
+            q, q2, inv = rows
+            acc = (q.float() - 128) @ w + ((q2.float() - 128) @ w) / 254.0
+        else:
+            q, inv = rows
+            acc = (q.float() - 128) @ w
+        return acc / inv * w_scale + bias
 
     @staticmethod
     def symbolic(
-        g: Any, x: Any, w_t: Any, w_scale: Any, bias: Any, row_sums: Any, rows: str
+        g: Any, w_t: Any, w_scale: Any, bias: Any, row_sums: Any, kind: str, *rows: Any
     ) -> Any:
-        def c(v: float) -> Any:
-            return _const(g, torch.tensor(v))
-
-        one, zp128 = c(1.0), _const(g, torch.tensor(128, dtype=torch.uint8))
         to_f = sh.cast_pytorch_to_onnx["Float"]
-        if rows == "asym":
-            lo = g.op("Min", g.op("ReduceMin", x, axes_i=[-1], keepdims_i=1), c(0.0))
-            hi = g.op("Max", g.op("ReduceMax", x, axes_i=[-1], keepdims_i=1), c(0.0))
-            s = g.op("Max", g.op("Div", g.op("Sub", hi, lo), c(255.0)), c(1e-12))
-            z = g.op("Round", g.op("Div", g.op("Neg", lo), s))
-            t = g.op("Add", g.op("Div", x, s), z)
-            q = g.op("QuantizeLinear", t, one, _const(g, torch.tensor(0, dtype=torch.uint8)))
-            z_i = g.op("Cast", z, to_i=sh.cast_pytorch_to_onnx["Int"])
-            acc = g.op("Sub", g.op("MatMulInteger", q, w_t), g.op("Mul", z_i, row_sums))
+        if kind == "asym":
+            q, s, z = rows
+            acc = g.op("Sub", g.op("MatMulInteger", q, w_t), g.op("Mul", z, row_sums))
             y = g.op("Mul", g.op("Cast", acc, to_i=to_f), s)
             return g.op("Add", g.op("Mul", y, w_scale), bias)
-        absmax = g.op("ReduceMax", g.op("Abs", x), axes_i=[-1], keepdims_i=1)
-        inv = g.op("Div", c(127.0), g.op("Max", absmax, c(1e-12)))  # codes per unit
-        t = g.op("Mul", x, inv)  # in [-127, 127]
-        q = g.op("QuantizeLinear", t, one, zp128)
-        acc = g.op("Cast", g.op("MatMulInteger", q, w_t, zp128), to_i=to_f)
-        if rows == "int16":  # the codes of the rounding residual, on a 254x finer grid
-            r = g.op("Sub", t, g.op("DequantizeLinear", q, one, zp128))
-            q2 = g.op("QuantizeLinear", g.op("Mul", r, c(254.0)), one, zp128)
-            acc2 = g.op("Cast", g.op("MatMulInteger", q2, w_t, zp128), to_i=to_f)
-            acc = g.op("Add", acc, g.op("Mul", acc2, c(1.0 / 254.0)))
+        zp = _const(g, torch.tensor(128, dtype=torch.uint8))
+        acc = g.op("Cast", g.op("MatMulInteger", rows[0], w_t, zp), to_i=to_f)
+        if kind == "int16":
+            acc2 = g.op("Cast", g.op("MatMulInteger", rows[1], w_t, zp), to_i=to_f)
+            acc = g.op("Add", acc, g.op("Mul", acc2, _const(g, torch.tensor(1.0 / 254.0))))
         # (not Mul(Cast(acc), Mul(row scale, w_scale)): ONNX Runtime fuses that pattern into
         # MatMulIntegerToFloat, which takes one scale for all rows; measured wrong by 98%)
-        return g.op("Add", g.op("Mul", g.op("Div", acc, inv), w_scale), bias)
+        return g.op("Add", g.op("Mul", g.op("Div", acc, rows[-1]), w_scale), bias)
 
 
 def _u8(g: Any, zp: Any) -> Any:

@@ -34,6 +34,7 @@ def apply(
     rounding: str = "nearest",
     asymmetric: bool = False,
     rows16_share: float = 0.0,
+    share_rows: bool = False,
 ) -> tuple[nn.Module, dict[str, nn.Module], dict[str, Any]]:
     """Returns (model, layers left for the static path, per-layer notes + ``_kept_float``)."""
     linears = {
@@ -43,7 +44,13 @@ def apply(
     }
     alphas = plan.ALPHAS if smoothquant else (0.0,)
     plans = plan.measure(
-        model, linears, batches, alphas=alphas, rounding=rounding, asymmetric=asymmetric
+        model,
+        linears,
+        batches,
+        alphas=alphas,
+        rounding=rounding,
+        asymmetric=asymmetric,
+        share_rows=share_rows,
     )
     plan.decide(
         plans,
@@ -74,9 +81,7 @@ def apply(
             kept[name] = p.reason
             continue
         layer = linears[name]
-        smooth = None
-        if p.alpha > 0 and p.absmax is not None:
-            smooth = plan.smooth_factors(p.absmax, layer.weight, p.alpha)
+        smooth = p.smooth[p.alpha] if p.alpha > 0 else None  # a group's is one for all
         codes, scale, how = p.codes[p.alpha]
         new = DynQuantLinear.from_float(
             layer.weight, layer.bias, smooth, codes=(codes, scale), asymmetric=p.asymmetric
@@ -90,6 +95,8 @@ def apply(
             act_mode="dynamic per-token " + ("asymmetric" if p.asymmetric else "symmetric"),
             weight_rounding=how,
         )
+        if len(p.group) > 1:
+            info["rows_shared_with"] = [n for n in p.group if n != name]
     if rows16_share > 0 and built and batches:
         damage = end_to_end_damage(model, built, batches[0])
         wide_layers = promote(damage, rows16_share)

@@ -10,6 +10,12 @@ output ``x W^T + b`` with
   per-row symmetric int8 input after dividing by ``smooth_factors`` and int8 weights of the
   smoothed matrix (what ``DynQuantLinear`` computes).
 
+Layers that read the same input tensor one after another (a transformer's query, key and value)
+are planned as one group: one SmoothQuant vector from all their weights (as SmoothQuant folds
+one vector into the LayerNorm before them), and one row kind, chosen on the group's summed
+relative error, so that at run time they quantize the input once (``DynQuantLinear`` shares
+the codes of an input between such layers).
+
 The error is measured as output SQNR in dB over all rows seen (at most ``MAX_ROWS`` rows per
 batch, evenly spaced). Inputs of any rank are flattened to rows of the last dimension.
 
@@ -25,6 +31,8 @@ weights nearly vanishes at 8 bits. The second pass measures the error of these c
 from __future__ import annotations
 
 import math
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -74,6 +82,10 @@ class LinearPlan:
     rows: int = 0
     #: alpha -> (int8 codes [out, in], scales [out], how they were rounded), per candidate
     codes: dict[float, tuple[torch.Tensor, torch.Tensor, str]] = field(default_factory=dict)
+    #: the layers (this one included) that read the same input one after another
+    group: tuple[str, ...] = ()
+    #: alpha -> the SmoothQuant divisor per input feature (the group's, for a group)
+    smooth: dict[float, torch.Tensor] = field(default_factory=dict)
 
     def sqnr(self, noise: float) -> float:
         """Output SQNR in dB for an accumulated noise energy."""
@@ -131,11 +143,22 @@ def measure(
     alphas: tuple[float, ...] = ALPHAS,
     rounding: str = "nearest",
     asymmetric: bool = False,
+    share_rows: bool = False,
 ) -> dict[str, LinearPlan]:
-    """Two calibration passes: input statistics, then each mode's output error."""
+    """Two calibration passes: input statistics, then each mode's output error; with
+    ``share_rows``, layers reading one input in a row are planned as a group."""
     plans = {n: LinearPlan() for n in layers}
+    groups: list[list[str]] = []
+    last: list[Callable[[], object] | None] = [None]
 
     def stats(name: str, _m: nn.Module, x: torch.Tensor, _y: torch.Tensor) -> None:
+        if not any(name in grp for grp in groups):  # first call: the same input as the last?
+            prev = last[0]
+            if prev is not None and prev() is x:
+                groups[-1].append(name)
+            else:
+                groups.append([name])
+        last[0] = weakref.ref(x)
         p, x2 = plans[name], x.detach().reshape(-1, x.shape[-1]).float()
         amax = x2.abs().amax(dim=0)
         p.absmax = amax if p.absmax is None else torch.maximum(p.absmax, amax)
@@ -147,18 +170,27 @@ def measure(
 
     with _hooks(dict(layers), stats):
         _run(model, batches)
+    for grp in groups if share_rows else []:
+        for n in grp:
+            plans[n].group = tuple(grp)
+
+    def joint_weight(n: str) -> torch.Tensor:  # a group's weights, stacked
+        return torch.cat([layers[m].weight.detach() for m in plans[n].group or (n,)])
+
     smooth = {
         n: {
             a: (
                 torch.ones(m.weight.shape[1])
                 if a == 0  # alpha 0 is "no smoothing", as DynQuantLinear is then built
-                else smooth_factors(plans[n].absmax, m.weight, a)  # type: ignore[arg-type]
+                else smooth_factors(plans[n].absmax, joint_weight(n), a)  # type: ignore[arg-type]
             )
             for a in alphas
         }
         for n, m in layers.items()
         if plans[n].absmax is not None
     }
+    for n, by_alpha in smooth.items():
+        plans[n].smooth = by_alpha
     w_static = {n: fake_rows(m.weight.detach().float()) for n, m in layers.items()}
     w_dyn: dict[str, dict[float, torch.Tensor]] = {}
     w_near: dict[str, dict[float, torch.Tensor]] = {}
@@ -199,6 +231,20 @@ def measure(
     return plans
 
 
+def _joint_best(members: list[LinearPlan], asymmetric: bool) -> tuple[float, float]:
+    """(alpha, SQNR dB) minimising the group's summed relative error (one layer: its own)."""
+
+    def rel(a: float) -> float:
+        return sum(
+            (m.noise_asym if asymmetric else m.noise_dynamic)[a] / max(m.signal, 1e-30)
+            for m in members
+        ) / len(members)
+
+    alpha = min(members[0].noise_dynamic, key=rel)
+    err = rel(alpha)
+    return alpha, 99.0 if err <= 0 else -10 * math.log10(err)
+
+
 def decide(
     plans: dict[str, LinearPlan],
     *,
@@ -214,14 +260,16 @@ def decide(
         if not p.noise_dynamic:
             p.choice, p.reason = "float", "never ran on the calibration data"
             continue
-        p.alpha, best = p.best_dynamic()
+        members = [plans[n] for n in p.group if plans[n].noise_dynamic] or [p]
+        p.alpha, best = _joint_best(members, asymmetric=False)
         # static against dynamic rows on the same (nearest) weight rounding: GPTQ's gain is
         # not what decides whether a layer's input needs per-token scales
         like_static = p.sqnr(min(p.noise_nearest.values())) if p.noise_nearest else best
         if p.noise_asym:
-            alpha, best_asym = p.best_dynamic(asymmetric=True)
+            alpha, best_asym = _joint_best(members, asymmetric=True)
             if best_asym >= best + asym_gain_db:
-                p.alpha, best, p.asymmetric = alpha, best_asym, True
+                p.alpha, p.asymmetric = alpha, True
+        best = p.sqnr((p.noise_asym if p.asymmetric else p.noise_dynamic)[p.alpha])
         if (
             allow_static
             and p.sqnr_static >= like_static - margin_db
