@@ -242,6 +242,10 @@ def main() -> None:
         rows = [r for r in saved["rows"] if r["model"] not in only]
         peer = saved.get("peer")
         kept_meta = {k: v for k, v in saved["meta"].items() if k == "peer_date"}
+        old = saved["meta"]  # where and when the rows not rerun were measured
+        kept_meta["earlier"] = old.get("earlier") or {
+            k: old.get(k) for k in ("date", "cpu", "load")
+        }
 
     def wanted(label: str) -> bool:
         return only is None or label in only
@@ -317,6 +321,12 @@ def markdown(
     rows: list[dict[str, Any]], meta: dict[str, Any], peer: list[dict[str, Any]] | None = None
 ) -> str:
     rerun = f"; rows {', '.join(meta['rerun'])} rerun after a change" if meta.get("rerun") else ""
+    if meta.get("rerun") and meta.get("earlier"):
+        e = meta["earlier"]
+        rerun += (
+            f"; only those rows are from this run, the others from the run of {e['date']} "
+            f"(CPU: {e['cpu']}, load average {e['load']})"
+        )
     lines = [
         "# Structured pruning benchmark",
         "",
