@@ -234,10 +234,18 @@ def main() -> None:
         print(md)
         return
     rows: list[dict[str, Any]] = []
+    peer: list[dict[str, Any]] | None = None
+    kept_meta: dict[str, Any] = {}
     only = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--only=")), None)
-    if only:  # rerun some models, keep the other rows of the last run
-        saved = json.loads((OUT / "structured.json").read_text(encoding="utf-8"))["rows"]
-        rows = [r for r in saved if r["model"] not in only]
+    if only:  # rerun some models, keep the other rows (and the Torch-Pruning rows) of the last run
+        saved = json.loads((OUT / "structured.json").read_text(encoding="utf-8"))
+        rows = [r for r in saved["rows"] if r["model"] not in only]
+        peer = saved.get("peer")
+        kept_meta = {k: v for k, v in saved["meta"].items() if k == "peer_date"}
+        old = saved["meta"]  # where and when the rows not rerun were measured
+        kept_meta["earlier"] = old.get("earlier") or {
+            k: old.get(k) for k in ("date", "cpu", "load")
+        }
 
     def wanted(label: str) -> bool:
         return only is None or label in only
@@ -288,12 +296,12 @@ def main() -> None:
         "seconds": round(time.time() - t0),
         "rerun": only or [],
         "load": load,
+        **kept_meta,
     }
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "structured.json").write_text(
-        json.dumps({"rows": rows, "meta": meta}, indent=1), encoding="utf-8"
-    )
-    md = markdown(rows, meta)
+    saved_now: dict[str, Any] = {"rows": rows, "meta": meta, **({"peer": peer} if peer else {})}
+    (OUT / "structured.json").write_text(json.dumps(saved_now, indent=1), encoding="utf-8")
+    md = markdown(rows, meta, peer)
     (OUT / "structured.md").write_text(md, encoding="utf-8")
     print(md)
 
@@ -313,6 +321,12 @@ def markdown(
     rows: list[dict[str, Any]], meta: dict[str, Any], peer: list[dict[str, Any]] | None = None
 ) -> str:
     rerun = f"; rows {', '.join(meta['rerun'])} rerun after a change" if meta.get("rerun") else ""
+    if meta.get("rerun") and meta.get("earlier"):
+        e = meta["earlier"]
+        rerun += (
+            f"; only those rows are from this run, the others from the run of {e['date']} "
+            f"(CPU: {e['cpu']}, load average {e['load']})"
+        )
     lines = [
         "# Structured pruning benchmark",
         "",

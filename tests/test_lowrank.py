@@ -17,8 +17,10 @@ from modelzip.context import Context
 from modelzip.errors import ConfigError
 from modelzip.methods.lowrank import LowrankConfig, lowrank
 from modelzip.nn.lowrank import LowRankConv2d, LowRankLinear
+from modelzip.nn.quantized import QuantConv2d, QuantLinear, _QuantBase
 from modelzip.ops import lowrank as lr
 from modelzip.source import ModelSource
+from modelzip.testing import user_models as um
 from modelzip.train import Trainer
 
 
@@ -253,3 +255,46 @@ def test_factors_are_ordinary_layers_for_later_stages(digits, lenet300, tmp_path
     with torch.no_grad():
         assert torch.equal(back(x), result["model"](x))
     assert result["compressed"]["accuracy"] > 0.8
+
+
+#: Channel pruning, then factorization, then W8A8: the factors become integer-kernel layers.
+PRUNE_LOWRANK_W8A8 = [
+    {"method": "prune", "pattern": "channel", "sparsity": 0.5},
+    {"method": "finetune", "epochs": 2, "lr": 3e-3},
+    {"method": "lowrank", "ratio": 0.8},
+    {"method": "quantize", "bits": 8, "activations": {"bits": 8}},
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "int8_kind"), [("lenet5", QuantLinear), ("residual_cnn", QuantConv2d)]
+)
+def test_channel_prune_lowrank_w8a8_round_trips(digits, name, int8_kind, tmp_path: Path):
+    # Regression: W8A8 turns low-rank factors into QuantConv2d / QuantLinear; saving crashed in
+    # LowRankConv2d.to_spec, and the loader rebuilt the factors as float layers.
+    torch.manual_seed(0)
+    if name == "lenet5":
+        model, skeleton = _zoo("lenet5", digits), None
+    else:
+        model, skeleton = um.residual_cnn(), um.residual_cnn
+    Trainer(progress=False).fit(model, digits.train, epochs=4, lr=3e-3)
+    recipe = mz.Recipe.from_dict(PRUNE_LOWRANK_W8A8)
+    out = tmp_path / "c.mzip"
+    result = mz.compress(model.eval(), digits, recipe, out=out, measure_latency=False)
+    small = result["model"]
+    int8_factors = {
+        n: (type(m.first), type(m.second))
+        for n, m in small.named_modules()
+        if isinstance(m, LowRankLinear | LowRankConv2d) and isinstance(m.first, _QuantBase)
+    }
+    assert int8_kind in {first for first, _ in int8_factors.values()}  # what this test is about
+    back = mz.load(out, model=skeleton() if skeleton else None)
+    assert {
+        n: (type(back.get_submodule(n).first), type(back.get_submodule(n).second))
+        for n in int8_factors
+    } == int8_factors
+    x = digits.example(32)
+    with torch.no_grad():
+        assert torch.equal(back(x), small(x))
+    factored, int8 = result["stages"][-2]["accuracy"], result["stages"][-1]["accuracy"]
+    assert factored > 0.5 and int8 >= factored - 0.03  # int8 factors compute what they replace

@@ -3,7 +3,9 @@
 The factors are ordinary ``nn.Linear`` / ``nn.Conv2d`` children (``first`` then ``second``),
 so later stages (pruning, quantization, fine-tuning, distillation) see and compress them like
 any other layer, and the spec is read from the children's shapes: a child shrunk by later
-surgery still rebuilds.
+surgery still rebuilds. A child that a later stage replaced (W8A8 quantization turns a factor
+into ``QuantLinear`` / ``QuantConv2d``) has its own spec in the file's architecture, applied
+after this module is built.
 """
 
 from __future__ import annotations
@@ -127,6 +129,8 @@ class LowRankConv2d(Buildable):
         return self.second(self.first(x))
 
     def to_spec(self) -> dict[str, Any]:
+        # ``first`` may have been replaced by a later stage (an int8 ``QuantConv2d``, which has
+        # the same sizes and always pads with zeros); its own spec records its type.
         f = self.first
         return {
             "in_channels": f.in_channels,
@@ -137,7 +141,7 @@ class LowRankConv2d(Buildable):
             "padding": f.padding if isinstance(f.padding, str) else list(f.padding),
             "dilation": list(f.dilation),
             "bias": self.second.bias is not None,
-            "padding_mode": f.padding_mode,
+            "padding_mode": getattr(f, "padding_mode", "zeros"),
         }
 
 

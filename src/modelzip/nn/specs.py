@@ -114,18 +114,19 @@ def build(spec: Any, types: Mapping[str, type[nn.Module]]) -> nn.Module:
 
 
 def architecture(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """Spec of every describable module, by name. Children of Buildable modules are left out
-    (their parent rebuilds them)."""
+    """Spec of every describable module, by name.
+
+    Children of Buildable modules are recorded too: their parent builds them as plain layers,
+    but a later stage may have replaced one (a low-rank factor converted to an integer-kernel
+    layer), and ``apply_architecture`` then replaces it again after building the parent.
+    """
     out: dict[str, dict[str, Any]] = {}
-    skip: list[str] = []
     for name, module in model.named_modules():
-        if not name or any(name.startswith(s + ".") for s in skip) or ".parametrizations" in name:
+        if not name or ".parametrizations" in name:
             continue
         spec = spec_of(module)
         if spec is not None:
             out[name] = spec
-        if isinstance(module, Buildable):
-            skip.append(name)
     return out
 
 
