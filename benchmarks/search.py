@@ -355,7 +355,8 @@ def _data_note(part: dict[str, Any]) -> list[str]:
     load = r.get("load") or {}
     return [
         f"Data: {r['data']} ({z['train']:,} train / {z['val']:,} val / {z['test']:,} test); "
-        f"{subset}; val and test whole.",
+        f"{subset}; val and test whole. fp32 baseline: val {r['baseline_val']:.2%}, test "
+        f"{r['baseline_test']:.2%}; budget floor on val {r['floor']:.2%}.",
         "",
         f"Machine: {meta.get('machine', '?')}. "
         + meta.get("conditions", "Shared with other jobs: wall times are indicative only.")
@@ -464,6 +465,8 @@ def report() -> None:
             )
         lines += ["", "Confirmation per seed (val accuracy of the first run / the second run):"]
         lines += [""] + [f"- seed {r['seed']}: {_confirm_story(r)}" for r in rows]
+        if parts[name].get("notes"):  # written by hand next to a run (what it showed)
+            lines += ["", "Notes:", ""] + [f"- {n}" for n in parts[name]["notes"]]
         lines += [
             "",
             "Chosen policy (seed " + str(rows[0]["seed"]) + "):",
