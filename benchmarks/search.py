@@ -370,6 +370,14 @@ def _data_note(part: dict[str, Any]) -> list[str]:
     ]
 
 
+def _front_line(r: dict[str, Any]) -> str:
+    """The front, smallest file first, with the recipe run's point for comparison."""
+    pts = sorted(r["pareto"], key=lambda p: p["bytes"])
+    return ", ".join(f"#{p['trial']} {p['ratio']:.1f}x {p['accuracy']:.2%}" for p in pts) + (
+        f" (the recipe run: {r['recipe_ratio']:.1f}x, test {r['recipe_test']:.2%})"
+    )
+
+
 def _when(part: dict[str, Any], old: str) -> str:
     """When a part ran: its recorded date, or (parts written before dates were) ``old``."""
     if "date" in part:
@@ -465,6 +473,9 @@ def report() -> None:
             )
         lines += ["", "Confirmation per seed (val accuracy of the first run / the second run):"]
         lines += [""] + [f"- seed {r['seed']}: {_confirm_story(r)}" for r in rows]
+        if rows[0].get("data", "mnist5k") != "mnist5k":
+            lines += ["", "Pareto front of the fully trained trials (ratio, val accuracy):", ""]
+            lines += [f"- seed {r['seed']}: " + _front_line(r) for r in rows]
         if parts[name].get("notes"):  # written by hand next to a run (what it showed)
             lines += ["", "Notes:", ""] + [f"- {n}" for n in parts[name]["notes"]]
         lines += [
