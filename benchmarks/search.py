@@ -542,6 +542,11 @@ def report() -> None:
             "",
             _when(p, "an earlier session's numbers, from the code before the confirmation stage"),
             "",
+            *(
+                [f"Machine: {p['meta']['machine']}. {p['meta'].get('conditions', '')}", ""]
+                if "meta" in p
+                else []
+            ),
             "| engine | wall | best ratio | test | within budget |",
             "|---|---|---|---|---|",
         ]
@@ -624,7 +629,7 @@ def main() -> None:
     if os.environ.get("BENCH_CONDITIONS"):  # how the machine was shared, for the report
         meta["conditions"] = os.environ["BENCH_CONDITIONS"]
     name = args.part if args.data == "mnist5k" else f"{args.part}-{args.data}"
-    if name == args.part:  # the mnist5k parts share one meta; others carry their own
+    if not (PARTS / "meta.json").exists():  # the first runs' machine; each part has its own
         (PARTS / "meta.json").write_text(json.dumps(meta))
     epochs = tuple(int(e) for e in args.epochs.split(","))
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -649,11 +654,11 @@ def main() -> None:
             data_spec=args.data,
             subset=args.train_subset,
         )
-        out["meta"] = meta
     elif args.part == "latency":
         out = part_latency(args.trials, epochs, args.data)
     else:
         out = part_ray(args.trials, epochs, args.data)
+    out["meta"] = meta
     out["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     (PARTS / f"{name}.json").write_text(json.dumps(out, indent=1, default=str))
 
