@@ -256,6 +256,13 @@ def test_pareto_and_pick_on_known_points():
     assert pick([{"number": 0, "objective": 1, "accuracy": 0.925}], 0.928 - 0.003)[1]
 
 
+def test_latency_recipe_rounds_the_channel_fractions(lenet300):
+    space = Space.build(lenet300, objective="latency")
+    policy = {**space.defaults(), "channels:fc1": 0.1 + 0.2, "channels:fc2": 0.0}
+    stages = space.recipe(policy).to_dict()["stages"]
+    assert stages[0]["method"] == "prune" and stages[0]["sparsity"] == {"fc1": 0.3}
+
+
 def test_time_left_counts_trials_and_stops_at_the_time_budget():
     assert time_left(None, 10) is None  # no trial finished yet: unknown
     assert time_left(30.0, 10) == 300.0
