@@ -528,8 +528,19 @@ def report() -> None:
             f"test {pk.get('test_accuracy', 0):.2%} "
             f"(fp32 test {p['baseline']['test_accuracy']:.2%}); "
             f"trials {p['trials']['complete']}/{p['trials']['pruned']}/{p['trials']['fail']}, "
-            f"wall {p['wall_s']:.0f} s.",
+            f"wall {p['wall_s']:.0f} s."
+            + (
+                " The objective is the batch-256 latency: at batch 1 this pick is slower than "
+                "fp32 (int8 kernels pay their overhead per call)."
+                if (pk.get("test_latency_ratio") or {}).get("b1", 0) > 1
+                else ""
+            ),
             "",
+            *(
+                [f"Machine: {p['meta']['machine']}. {p['meta'].get('conditions', '')}", ""]
+                if "meta" in p
+                else []
+            ),
             "```yaml",
             (p["best_yaml"] or "(none)").strip(),
             "```",
