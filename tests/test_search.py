@@ -20,6 +20,7 @@ import modelzip as mz
 from modelzip.cli import main
 from modelzip.recipe import Recipe
 from modelzip.search.output import pareto_front, pick
+from modelzip.search.progress import time_left
 from modelzip.search.runner import EXIT_MISSED_BUDGET, STUDY_NAME
 from modelzip.search.space import Space
 from modelzip.testing import user_models as um
@@ -253,6 +254,23 @@ def test_pareto_and_pick_on_known_points():
     assert pick(pts, 0.78, target=0.95) == (pts[1], True)
     # accuracies are counts / n: a policy exactly at a floor computed by subtraction passes
     assert pick([{"number": 0, "objective": 1, "accuracy": 0.925}], 0.928 - 0.003)[1]
+
+
+def test_latency_recipe_rounds_the_channel_fractions(lenet300):
+    space = Space.build(lenet300, objective="latency")
+    policy = {**space.defaults(), "channels:fc1": 0.1 + 0.2, "channels:fc2": 0.0}
+    stages = space.recipe(policy).to_dict()["stages"]
+    assert stages[0]["method"] == "prune" and stages[0]["sparsity"] == {"fc1": 0.3}
+
+
+def test_time_left_counts_trials_and_stops_at_the_time_budget():
+    assert time_left(None, 10) is None  # no trial finished yet: unknown
+    assert time_left(30.0, 10) == 300.0
+    assert time_left(30.0, 10, workers=2) == 150.0
+    # 200 trials asked for, 10 minutes of budget: no new trial after it, one may be running
+    assert time_left(30.0, 200, elapsed_s=420.0, budget_s=600.0) == 210.0
+    assert time_left(30.0, 200, elapsed_s=900.0, budget_s=600.0) == 30.0
+    assert time_left(30.0, 2, elapsed_s=0.0, budget_s=600.0) == 60.0  # the count ends first
 
 
 def test_space_respects_first_and_last_layer_rules(lenet300):

@@ -21,6 +21,30 @@ def _duration(seconds: float | None) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+def time_left(
+    mean_trial_s: float | None,
+    trials_left: int,
+    *,
+    workers: int = 1,
+    elapsed_s: float = 0.0,
+    budget_s: float | None = None,
+) -> float | None:
+    """The estimated time left: the trials still to run at the mean trial's duration, but
+    with a time budget no longer than what is left of it plus one trial (no new trial
+    starts after the budget; the ones in flight finish).
+
+    Example:
+        >>> time_left(60.0, 100, elapsed_s=500.0, budget_s=600.0)
+        160.0
+    """
+    if mean_trial_s is None:
+        return None
+    by_count = mean_trial_s * max(0, trials_left) / max(1, workers)
+    if budget_s is None:
+        return by_count
+    return min(by_count, max(0.0, budget_s - elapsed_s) + mean_trial_s)
+
+
 @dataclass
 class SearchStatus:
     """What the display shows; the runner updates it after every trial event."""
@@ -85,4 +109,4 @@ class LiveDisplay:
         return table
 
 
-__all__ = ["LiveDisplay", "SearchStatus"]
+__all__ = ["LiveDisplay", "SearchStatus", "time_left"]

@@ -53,7 +53,7 @@ from modelzip.errors import ConfigError
 from modelzip.search import engines
 from modelzip.search.anchor import anchor_policies
 from modelzip.search.finish import finish
-from modelzip.search.progress import LiveDisplay, SearchStatus
+from modelzip.search.progress import LiveDisplay, SearchStatus, time_left
 from modelzip.search.seeds import seed_policies
 from modelzip.search.space import OBJECTIVES, Schedule, Space
 from modelzip.zoo.data import DataBundle
@@ -422,11 +422,13 @@ class _Loop:
         from modelzip.search.finish import front_of
 
         mean = sum(self.durations) / len(self.durations) if self.durations else None
-        left = self.cfg.trials - len(done)
-        eta = (
-            mean * left / max(1, self.cfg.workers if self.cfg.engine == "ray" else 1)
-            if mean
-            else None
+        budget = self.cfg.time_budget_min
+        eta = time_left(
+            mean or None,
+            self.cfg.trials - len(done),
+            workers=self.cfg.workers if self.cfg.engine == "ray" else 1,
+            elapsed_s=self.elapsed(),
+            budget_s=None if budget is None else 60 * budget,
         )
         self.on_change(
             SearchStatus(

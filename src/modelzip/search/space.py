@@ -305,8 +305,8 @@ class Space:
 
     def _latency_stages(self, policy: dict[str, Any], sched: Schedule) -> list[dict[str, Any]]:
         stages: list[dict[str, Any]] = []
-        channels = {
-            u.pattern: float(policy[f"channels:{u.key}"])
+        channels = {  # rounded: Optuna's float steps carry noise (0.30000000000000004)
+            u.pattern: round(float(policy[f"channels:{u.key}"]), 4)
             for u in self.units
             if float(policy.get(f"channels:{u.key}", 0.0)) > 0
         }

@@ -166,8 +166,9 @@ def _from_idx_folder(folder: Path, batch_size: int, seed: int, *, name: str) -> 
     return _bundle(name, x, y, parts, batch_size, seed)
 
 
-def stratified_split(y: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """Fixed, stratified (rest, part) indices with ``fraction`` of the samples in ``part``."""
+def stratified_split(y: np.ndarray, fraction: float | int) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed, stratified (rest, part) indices with ``fraction`` of the samples in ``part``
+    (an int: that many samples)."""
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(y))
