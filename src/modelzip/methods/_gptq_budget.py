@@ -5,7 +5,9 @@ effect on the *model's* output: the squared error of the model's outputs on a ca
 batch with only that layer rounded to ``b`` bits, relative to the outputs' energy
 (``end_to_end_sensitivity``). A layer's own output error does not rank layers by what they
 cost the model (on MiniLM the FFN's second matrices have ordinary own error yet cause most of
-the embedding error; a budget spent by own error measured worse than uniform bits). With
+the embedding error; a budget spent by own error measured worse than uniform bits). The
+effect is measured with round-to-nearest codes, so for the layers GPTQ will quantize it
+overstates their error relative to embedding tables (which are rounded to nearest). With
 ``sensitivity: layer`` it is the layer's own relative output error,
 ``sum_j E[x_j^2] ||dW[:, j]||^2 / sum_j E[x_j^2] ||W[:, j]||^2``, from the second
 moments of its calibration inputs (uniform for embedding tables, whose rows are looked up).
