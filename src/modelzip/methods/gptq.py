@@ -11,9 +11,15 @@ that never ran on the calibration data are rounded to nearest, and the stage not
 Options:
 - ``awq: true`` searches per-input-channel scales on calibration data before quantizing
   (AWQ); the weight is stored as ``Q(w * s) / s`` with ``s`` in the file.
-- ``average_bits: 3.5`` spends a bit budget by sensitivity: each layer's output error at each
-  of ``bits_choices`` (estimated from its inputs' second moments) decides where more bits go;
-  the chosen bits per layer are in the notes. The budget counts code bits per weight.
+- ``average_bits: 3.5`` spends a bit budget by sensitivity: each layer's effect on the
+  model's output at each of ``bits_choices`` (``sensitivity: end_to_end``, measured one layer
+  at a time on a calibration batch; or ``layer``: its own output error, estimated from its
+  inputs' second moments) decides where more bits go; the chosen bits per layer are in the
+  notes. The budget counts code bits per weight.
+- ``tune_scales: 200`` then tunes, with every code fixed, the group scales, the quantized
+  layers' biases and the normalisation layers' parameters for 200 Adam steps so the model's
+  outputs on the calibration batches match the float model's (``_gptq_tune``); kept only
+  when it lowers that error. The file format is unchanged (scales stay fp16).
 - Too little calibration data (fewer input rows than a layer has inputs) makes the Hessian
   rank-deficient and GPTQ would overfit it: such a layer falls back to round-to-nearest, and
   the notes name it with its row count. NaN never reaches a weight.
@@ -25,6 +31,7 @@ Example (YAML)::
       group_size: 128
       act_order: true
       awq: false
+      tune_scales: 0
 """
 
 from __future__ import annotations
@@ -39,7 +46,8 @@ from modelzip.config import MethodConfig
 from modelzip.context import Context
 from modelzip.errors import DataError, ModelError, UnsupportedError
 from modelzip.methods import _gptq_calib as calib
-from modelzip.methods._gptq_budget import allocate_bits
+from modelzip.methods import _gptq_tune as tuning
+from modelzip.methods._gptq_budget import allocate_bits, end_to_end_sensitivity
 from modelzip.nn.constraints import constrain, constraints_of
 from modelzip.nn.lowbit import GroupCodes
 from modelzip.ops import gptq as ops
@@ -69,6 +77,13 @@ class GPTQConfig(MethodConfig):
     clip_search: bool = Field(True, description="search a shrunk range per group (MSE)")
     awq: bool = Field(False, description="search AWQ per-input-channel scales first")
     average_bits: float | None = Field(None, ge=2, le=8, description="mixed-precision budget")
+    sensitivity: Literal["end_to_end", "layer"] = Field(
+        "end_to_end", description="what ranks layers for average_bits: model output or own error"
+    )
+    tune_scales: int = Field(
+        0, ge=0, le=100_000, description="Adam steps tuning scales/biases/norms (codes fixed)"
+    )
+    tune_lr: float = Field(1e-3, gt=0, le=1, description="learning rate of tune_scales")
     edge_bits: int | None = Field(
         None, description="bits for the first and last Linear/Conv layer to run (by role)"
     )
@@ -254,18 +269,28 @@ def gptq(model: nn.Module, cfg: GPTQConfig, ctx: Context) -> nn.Module:
     kept = _small_tables(layers, cfg.min_table_rows)
     layers = {n: m for n, m in layers.items() if n not in kept}
     _check_layers(layers)
-    needs_data = cfg.algorithm == "gptq" or cfg.awq or cfg.average_bits is not None
+    needs_data = (
+        cfg.algorithm == "gptq" or cfg.awq or cfg.average_bits is not None or cfg.tune_scales > 0
+    )
     batches = _calibration(ctx, cfg) if needs_data else []
+    refs = tuning.reference_outputs(model, batches) if cfg.tune_scales > 0 else None
     order, diag = calib.call_order(model, layers, batches) if batches else ([], {})
     if cfg.average_bits is not None:
+        measured = None
+        if cfg.sensitivity == "end_to_end":
+            measured = end_to_end_sensitivity(
+                model, layers, batches[0], cfg.bits_choices, cfg.group_size
+            )
         bits, spent = allocate_bits(
             {n: matrix(m) for n, m in layers.items()},
             diag,
             cfg.bits_choices,
             cfg.average_bits,
             cfg.group_size,
+            measured,
         )
         ctx.notes["average_bits"] = spent
+        ctx.notes["sensitivity"] = "end_to_end" if measured is not None else "layer"
     if cfg.edge_bits is not None:
         edges = [n for n in order if calib.why_no_hessian(layers[n]) is None]
         for name in {edges[0], edges[-1]} if edges else set():
@@ -296,6 +321,13 @@ def gptq(model: nn.Module, cfg: GPTQConfig, ctx: Context) -> nn.Module:
                 "no calibration input captured",
             )
         pending = [n for n in pending if n not in done]
+    if cfg.tune_scales > 0:
+        if refs is None:
+            ctx.notes["tune"] = {"steps": 0, "why_not": "the model's output is not one tensor"}
+        else:
+            ctx.notes["tune"] = tuning.tune(
+                model, batches, refs, steps=cfg.tune_scales, lr=cfg.tune_lr
+            )
     ctx.notes["layers"] = {n: notes[n] for n in layers} | kept
     ctx.notes["calibration_batches"] = len(batches)
     return model
