@@ -124,7 +124,10 @@ def test_impossible_budget_exits_3_and_hands_over_the_closest_policy(tmp_path, c
 def test_sigkill_mid_trial_resumes_without_losing_or_repeating_trials(tmp_path):
     study = tmp_path / "s"
     # Two trials: after the first one finishes (complete or pruned) the second is running.
-    argv = [*SEARCH, "--max-drop", "2", "--trials", "2", "--study", str(study), "--json"]
+    # Trials of some epochs each, so the second one runs for seconds, not for less than one
+    # poll (at "1,0,0" a quiet machine finished both between two polls: the test failed).
+    slow = ["search", "zoo:lenet300", "--data", "digits", "--epochs", "6,2,0"]
+    argv = [*slow, "--max-drop", "2", "--trials", "2", "--study", str(study), "--json"]
     cmd = [sys.executable, "-m", "modelzip.cli", *argv]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -133,7 +136,7 @@ def test_sigkill_mid_trial_resumes_without_losing_or_repeating_trials(tmp_path):
     ended = (TrialState.COMPLETE, TrialState.PRUNED)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.3)
+        time.sleep(0.1)
         # read-only polling with sqlite3: Optuna's own storage would create the tables,
         # racing the search process that is creating them
         try:
