@@ -1,12 +1,13 @@
 """How modelzip's int8 layers appear in an ONNX graph (TorchScript exporter symbolics).
 
-``DynQuantLinear`` becomes integer ops: per-row ``ReduceMax(|x|) / 127`` scales,
-``Round``/``Clip`` to the codes, which go to ``MatMulInteger`` as uint8 ``q + 128`` with zero
-point 128 (the same product as int8 x int8, on ONNX Runtime's fast uint8 x int8 GEMM: the
-int8 x int8 form measured 3x slower there), then the int32 sum times both scales plus the
-bias: the same arithmetic as the PyTorch layer. Asymmetric rows (a zero point per row) are
-uint8 codes without a zero point, and the int32 sum minus ``z_row * sum_k W[n, k]``; 16-bit
-rows are two such products (the codes and those of their rounding residual).
+``DynQuantLinear`` becomes integer ops in two parts. ``RowsOnnx`` makes the row codes: per-row
+``127 / max|x|`` and one ``QuantizeLinear`` to uint8 ``q + 128`` (layers that read one input in a
+row, a transformer's query, key and value, share this part). ``RowsMatMulOnnx`` multiplies them
+in ``MatMulInteger`` with zero point 128 (the same product as int8 x int8, on ONNX Runtime's fast
+uint8 x int8 GEMM: the int8 x int8 form measured 3x slower there), then the int32 sum times both
+scales plus the bias: the same arithmetic as the PyTorch layer. Asymmetric rows (a zero point
+per row) are uint8 codes without a zero point, and the int32 sum minus ``z_row * sum_k W[n, k]``;
+16-bit rows are two such products (the codes and those of their rounding residual).
 ``QuantLinear`` / ``QuantConv2d`` become QDQ: the input and the per-channel weight pass
 through ``QuantizeLinear``/``DequantizeLinear`` pairs with the layer's
 scales and zero points around a float ``MatMul``/``Conv``, and the output through the output
