@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from support import CalibrationOnly
 from torch import nn
 
 import modelzip as mz
@@ -109,21 +110,9 @@ def test_rank_deficient_hessian_is_dampened_never_nan():
     assert torch.equal(res.w_hat, ops.rtn(w, bits=4, group_size=32).w_hat)
 
 
-class _Data:
-    """The one thing calibration reads: a ``val`` split of input batches."""
-
-    def __init__(self, batches):
-        self.loaders = {"val": [(x, x) for x in batches]}
-        self.name = "tiny"
-
-    @property
-    def val(self):
-        return self.loaders["val"]
-
-
 def run_gptq(model, batches, cfg=None, **fields):
     method = get_method("gptq")
-    ctx = Context(data=_Data(batches), trainer=Trainer(progress=False))  # type: ignore[arg-type]
+    ctx = Context(data=CalibrationOnly(batches), trainer=Trainer(progress=False))  # type: ignore[arg-type]
     return method.apply(model, cfg or method.config.parse(fields), ctx), ctx.notes
 
 

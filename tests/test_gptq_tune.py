@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from support import CalibrationOnly
 from torch import nn
 
 import modelzip as mz
@@ -23,19 +24,9 @@ from modelzip.testing import user_models as um
 from modelzip.train import Trainer
 
 
-class _Data:
-    def __init__(self, batches):
-        self.loaders = {"val": [(x, x) for x in batches]}
-        self.name = "tiny"
-
-    @property
-    def val(self):
-        return self.loaders["val"]
-
-
 def run(model, batches, **fields):
     method = get_method("gptq")
-    ctx = Context(data=_Data(batches), trainer=Trainer(progress=False))  # type: ignore[arg-type]
+    ctx = Context(data=CalibrationOnly(batches), trainer=Trainer(progress=False))  # type: ignore[arg-type]
     return method.apply(model, method.config.parse(fields), ctx), ctx.notes
 
 
