@@ -61,16 +61,31 @@ def export_onnx(
                 input_names=["input"],
                 output_names=["output"],
                 dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                custom_opsets={"com.microsoft": 1},  # modelzip.nn.onnx_int8.MATMUL_TO_FLOAT
             )
     except Exception as exc:  # the exporter raises many types for unsupported ops
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsupportedError(f"ONNX export failed: {first}") from None
-    data = buf.getvalue()
+    data = _merged(buf.getvalue())
     out: dict[str, float | int | str] = {"onnx": str(path), "bytes": len(data)}
     if check:
         out["max_abs_diff"] = _check_with_onnxruntime(model, data, x)
     write_atomic(Path(path), data)
     return out
+
+
+def _merged(data: bytes) -> bytes:
+    """``data`` with the int8 products that share row codes merged
+    (``modelzip.nn.onnx_merge``); unchanged when there are none."""
+    from modelzip.nn.onnx_int8 import MATMUL_TO_FLOAT
+    from modelzip.nn.onnx_merge import merge_parallel_products
+
+    if MATMUL_TO_FLOAT.split("::")[1].encode() not in data:
+        return data
+    import onnx
+
+    model = onnx.load_from_string(data)
+    return model.SerializeToString() if merge_parallel_products(model) else data
 
 
 def ort_session(model: str | os.PathLike[str] | bytes, threads: int | None = None) -> Any:

@@ -226,7 +226,7 @@ class DynQuantLinear(Buildable):
             from modelzip.nn.onnx_int8 import RowsMatMulOnnx
 
             b = self.bias if self.bias is not None else torch.zeros(self.out_features)
-            sums = self.row_sums() if self.asymmetric else torch.zeros(0, dtype=torch.int32)
+            sums = self.scaled_row_sums() if self.asymmetric else torch.zeros(0)
             w_t = self.qweight.t().contiguous()
             return RowsMatMulOnnx.apply(w_t, self.w_scale, b, sums, self._kind(), *rows)
         shape = x.shape
@@ -284,6 +284,11 @@ class DynQuantLinear(Buildable):
             sums = self.qweight.detach().numpy().astype("int32").sum(axis=1, dtype="int32")
             self._row_sums = torch.from_numpy(sums)
         return self._row_sums
+
+    def scaled_row_sums(self) -> torch.Tensor:
+        """``w_scale[n] * sum_k qweight[n, k]`` (float ``[out]``, a constant to a trace)."""
+        sums = self.row_sums().numpy().astype("float32")
+        return torch.from_numpy(sums * self.w_scale.detach().numpy())
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)

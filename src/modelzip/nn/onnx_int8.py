@@ -1,13 +1,14 @@
 """How modelzip's int8 layers appear in an ONNX graph (TorchScript exporter symbolics).
 
 ``DynQuantLinear`` becomes integer ops in two parts. ``RowsOnnx`` makes the row codes: per-row
-``127 / max|x|`` and one ``QuantizeLinear`` to uint8 ``q + 128`` (layers that read one input in a
-row, a transformer's query, key and value, share this part). ``RowsMatMulOnnx`` multiplies them
-in ``MatMulInteger`` with zero point 128 (the same product as int8 x int8, on ONNX Runtime's fast
-uint8 x int8 GEMM: the int8 x int8 form measured 3x slower there), then the int32 sum times both
-scales plus the bias: the same arithmetic as the PyTorch layer. Asymmetric rows (a zero point
-per row) are uint8 codes without a zero point, and the int32 sum minus ``z_row * sum_k W[n, k]``;
-16-bit rows are two such products (the codes and those of their rounding residual).
+scales ``max|x| / 127`` and one ``QuantizeLinear`` to uint8 ``q + 128`` (layers that read one
+input in a row, a transformer's query, key and value, share this part). ``RowsMatMulOnnx``
+multiplies them in ONNX Runtime's ``MatMulIntegerToFloat`` with zero point 128 (the same product
+as int8 x int8, on ORT's fast uint8 x int8 GEMM: the int8 x int8 form measured 3x slower there),
+times both scales, plus the bias: the same arithmetic as the PyTorch layer. Asymmetric rows (a
+zero point per row) add their zero point's share ``s (128 - z) * w_scale * sum_k W[n, k]``;
+16-bit rows are two such products (the codes and those of their rounding residual). After the
+export, ``modelzip.nn.onnx_merge`` joins the products that read the same codes into one.
 ``QuantLinear`` / ``QuantConv2d`` become QDQ: the input and the per-channel weight pass
 through ``QuantizeLinear``/``DequantizeLinear`` pairs with the layer's
 scales and zero points around a float ``MatMul``/``Conv``, and the output through the output
@@ -24,16 +25,20 @@ import torch
 import torch.nn.functional as F
 from torch.onnx import symbolic_helper as sh
 
+MATMUL_TO_FLOAT = "com.microsoft::MatMulIntegerToFloat"
+"""ONNX Runtime's integer matmul with a float epilogue (its contrib domain, version 1)."""
+
 
 def _const(g: Any, t: torch.Tensor) -> Any:
     return g.op("Constant", value_t=t)
 
 
 class RowsOnnx(torch.autograd.Function):
-    """Per-row codes of ``x [..., K]`` (already smoothed), for ``RowsMatMulOnnx``; ``kind``
-    is ``"int8"`` (-> uint8 codes ``q + 128``, codes per unit ``127 / max|x_row|``),
-    ``"int16"`` (-> those codes, the codes of their rounding residual, codes per unit) or
-    ``"asym"`` (-> uint8 codes, row scales, int32 zero points).
+    """Per-row codes of ``x [..., K]`` (already smoothed), for ``RowsMatMulOnnx``: the uint8
+    codes and the row scales, then what the kind adds. ``kind`` is ``"int8"`` (-> codes
+    ``q + 128``, scales ``max|x_row| / 127``), ``"int16"`` (-> those two, the codes of their
+    rounding residual and its scales, 254 times finer) or ``"asym"`` (-> codes ``q`` of the
+    row's ``[min, max]``, scales, and the zero point's share ``s * (128 - z)``).
 
     The graph is kept short, since at batch 1 each node's fixed cost adds up (measured on
     MiniLM in ONNX Runtime: the int8 matmuls were 28% of the time, the elementwise and shape
@@ -51,14 +56,14 @@ class RowsOnnx(torch.autograd.Function):
             s = ((hi - lo) / 255.0).clamp_min(1e-12)
             z = torch.round(-lo / s)
             q = (torch.round(x / s) + z).clamp(0, 255).to(torch.uint8)
-            return q, s, z.to(torch.int32)
-        inv = 127.0 / x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12)
-        t = x * inv
+            return q, s, s * (128.0 - z)
+        s = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12) / 127.0
+        t = x / s
         q = torch.round(t)
         if kind == "int16":
             q2 = torch.round((t - q) * 254.0)
-            return (q + 128).to(torch.uint8), (q2 + 128).to(torch.uint8), inv
-        return (q + 128).to(torch.uint8), inv
+            return (q + 128).to(torch.uint8), s, (q2 + 128).to(torch.uint8), s / 254.0
+        return (q + 128).to(torch.uint8), s
 
     @staticmethod
     def symbolic(g: Any, x: Any, kind: str) -> Any:
@@ -69,26 +74,33 @@ class RowsOnnx(torch.autograd.Function):
             hi = g.op("Max", g.op("ReduceMax", x, axes_i=[-1], keepdims_i=1), zero_f)
             s = g.op("Div", g.op("Sub", hi, lo), _const(g, torch.tensor(255.0)))
             s = g.op("Max", s, _const(g, torch.tensor(1e-12)))
-            z = g.op("Round", g.op("Div", g.op("Neg", lo), s))
-            t = g.op("Add", g.op("Div", x, s), z)
+            # -z, with no Neg node: rounding half to even is odd-symmetric, so round(lo / s)
+            # is exactly -round(-lo / s)
+            neg_z = g.op("Round", g.op("Div", lo, s))
+            t = g.op("Sub", g.op("Div", x, s), neg_z)
             q = g.op("QuantizeLinear", t, one, _const(g, torch.tensor(0, dtype=torch.uint8)))
-            return q, s, g.op("Cast", z, to_i=sh.cast_pytorch_to_onnx["Int"])
+            # the zero point's share per row, for ``RowsMatMulOnnx``: s * (128 - z)
+            return q, s, g.op("Mul", s, g.op("Add", _const(g, torch.tensor(128.0)), neg_z))
         zp = _const(g, torch.tensor(128, dtype=torch.uint8))
         absmax = g.op("ReduceMax", g.op("Abs", x), axes_i=[-1], keepdims_i=1)
         absmax = g.op("Max", absmax, _const(g, torch.tensor(1e-12)))
-        inv = g.op("Div", _const(g, torch.tensor(127.0)), absmax)
-        t = g.op("Mul", x, inv)  # in [-127, 127]
+        s = g.op("Div", absmax, _const(g, torch.tensor(127.0)))
+        t = g.op("Div", x, s)  # in [-127, 127]
         q = g.op("QuantizeLinear", t, one, zp)
         if kind == "int16":  # the codes of the rounding residual, on a 254x finer grid
             r = g.op("Sub", t, g.op("DequantizeLinear", q, one, zp))
             q2 = g.op("QuantizeLinear", g.op("Mul", r, _const(g, torch.tensor(254.0))), one, zp)
-            return q, q2, inv
-        return q, inv
+            return q, s, q2, g.op("Div", s, _const(g, torch.tensor(254.0)))
+        return q, s
 
 
 class RowsMatMulOnnx(torch.autograd.Function):
-    """``RowsOnnx`` codes times int8 weights ``w_t [K, N]`` through ``MatMulInteger``, to the
-    float output ``[..., N]``: the int32 sums times the row and weight scales, plus the bias."""
+    """``RowsOnnx`` codes times int8 weights ``w_t [K, N]``, to the float output ``[..., N]``:
+    one ``MatMulIntegerToFloat`` (ONNX Runtime's contrib op: the integer product with zero
+    point 128, times the row scales ``[..., 1]`` and the weight scales ``[N]``; a row-scale
+    input of that shape is broadcast, measured exact), then the bias: the same arithmetic as
+    the PyTorch layer in two nodes instead of five. Asymmetric rows add their zero point's share,
+    ``s * (128 - z)`` per row times ``w_scale * sum_k W[n, k]`` per column (``scaled_sums``)."""
 
     @staticmethod
     def forward(
@@ -96,40 +108,47 @@ class RowsMatMulOnnx(torch.autograd.Function):
         w_t: torch.Tensor,
         w_scale: torch.Tensor,
         bias: torch.Tensor,
-        row_sums: torch.Tensor,
+        scaled_sums: torch.Tensor,
         kind: str,
         *rows: torch.Tensor,
     ) -> torch.Tensor:
         w = w_t.float()
+        y = ((rows[0].float() - 128) @ w) * rows[1] * w_scale + bias
         if kind == "asym":
-            q, s, z = rows
-            return ((q.float() - z.float()) @ w) * s * w_scale + bias
+            return y + rows[2] * scaled_sums
         if kind == "int16":
-            q, q2, inv = rows
-            acc = (q.float() - 128) @ w + ((q2.float() - 128) @ w) / 254.0
-        else:
-            q, inv = rows
-            acc = (q.float() - 128) @ w
-        return acc / inv * w_scale + bias
+            return y + ((rows[2].float() - 128) @ w) * rows[3] * w_scale
+        return y
 
     @staticmethod
     def symbolic(
-        g: Any, w_t: Any, w_scale: Any, bias: Any, row_sums: Any, kind: str, *rows: Any
+        g: Any, w_t: Any, w_scale: Any, bias: Any, scaled_sums: Any, kind: str, *rows: Any
     ) -> Any:
-        to_f = sh.cast_pytorch_to_onnx["Float"]
-        if kind == "asym":
-            q, s, z = rows
-            acc = g.op("Sub", g.op("MatMulInteger", q, w_t), g.op("Mul", z, row_sums))
-            y = g.op("Mul", g.op("Cast", acc, to_i=to_f), s)
-            return g.op("Add", g.op("Mul", y, w_scale), bias)
         zp = _const(g, torch.tensor(128, dtype=torch.uint8))
-        acc = g.op("Cast", g.op("MatMulInteger", rows[0], w_t, zp), to_i=to_f)
-        if kind == "int16":
-            acc2 = g.op("Cast", g.op("MatMulInteger", rows[1], w_t, zp), to_i=to_f)
-            acc = g.op("Add", acc, g.op("Mul", acc2, _const(g, torch.tensor(1.0 / 254.0))))
-        # (not Mul(Cast(acc), Mul(row scale, w_scale)): ONNX Runtime fuses that pattern into
-        # MatMulIntegerToFloat, which takes one scale for all rows; measured wrong by 98%)
-        return g.op("Add", g.op("Mul", g.op("Div", acc, rows[-1]), w_scale), bias)
+        w_zp = _const(g, torch.tensor(0, dtype=torch.int8))
+
+        def product(codes: Any, scale: Any) -> Any:
+            # (the bias is added outside: given per-row scales, ONNX Runtime (1.32) adds its
+            # bias input before multiplying by them, measured: (acc * w_scale + bias) * s_row)
+            y = g.op(MATMUL_TO_FLOAT, codes, w_t, scale, w_scale, zp, w_zp)
+            return _typed_like(y, codes, sh._get_tensor_dim_size(w_t, 1))
+
+        y = product(rows[0], rows[1])
+        if kind == "asym":  # the zero point's share: a row term times a column constant
+            y = g.op("Add", y, g.op("Mul", rows[2], scaled_sums))
+        if kind == "int16":  # the residual's codes, on their finer scales
+            y = g.op("Add", y, product(rows[2], rows[3]))
+        return g.op("Add", y, bias)
+
+
+def _typed_like(y: Any, x: Any, last: int | None) -> Any:
+    """``y`` typed float with ``x``'s rank and last dimension ``last``: a contrib op has no
+    ONNX shape inference, and ONNX Runtime's fusions after it (the residual add and
+    LayerNorm into SkipLayerNormalization) need its output's rank and feature size."""
+    rank = sh._get_tensor_rank(x)
+    if rank is not None:
+        y.setType(x.type().with_dtype(torch.float32).with_sizes([None] * (rank - 1) + [last]))
+    return y
 
 
 def _u8(g: Any, zp: Any) -> Any:
