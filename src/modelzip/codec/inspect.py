@@ -96,9 +96,13 @@ def inspect_detail(
 
 def _grid_bits(rec: dict[str, Any], fields: dict[str, Any]) -> int | None:
     """Bits of the value grid a tensor is stored on: the quantizer's bits, log2 of the
-    codebook size, or None for floats kept as floats."""
+    codebook size, or None for floats kept as floats. Group-wise codes whose rows have their
+    own widths report the width most rows have."""
     meta = rec.get("meta") or {}
-    if rec["kind"] == "affine" and isinstance(meta.get("bits"), int):
+    row_bits = fields.get("row_bits")
+    if rec["kind"] == "group-codes" and row_bits is not None and row_bits.numel():
+        return int(torch.bincount(row_bits.flatten().long()).argmax())
+    if rec["kind"] in ("affine", "group-codes") and isinstance(meta.get("bits"), int):
         return int(meta["bits"])
     cb = fields.get("codebook")
     if cb is not None:
