@@ -11,9 +11,11 @@ from torch import nn
 
 import modelzip as mz
 from modelzip import mzip
-from modelzip.codec import codecs
+from modelzip.codec import codecs, pack
+from modelzip.codec import format as fmt
+from modelzip.codec.inspect import inspect_detail, layer_summary
 from modelzip.context import Context
-from modelzip.errors import FormatError, UnsupportedError
+from modelzip.errors import ConfigError, FormatError, UnsupportedError
 from modelzip.nn.constraints import Encoded, constraints_of, decode, iter_state
 from modelzip.nn.lowbit import GroupCodes
 from modelzip.nn.registry import CONSTRAINT_KINDS
@@ -255,3 +257,88 @@ def test_group_codes_are_stored_centred_and_old_uncentred_files_still_decode():
     assert stored < len(codecs.get_codec("zstd").encode(codes.qdata))  # a shorter code
     with pytest.raises(FormatError, match="centered"):
         decode(Encoded(enc.kind, enc.fields, {"bits": 4, "centered": 1}), CONSTRAINT_KINDS)
+
+
+def per_width_codes(seed: int = 0) -> tuple[torch.Tensor, ops.Codes, torch.Tensor]:
+    """A table whose 9 "used" rows get 8 bits and the rest 3."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(40, 128, generator=g) + torch.rand(40, 1, generator=g)
+    row_bits = torch.full((40,), 3, dtype=torch.uint8)
+    row_bits[torch.randperm(40, generator=g)[:9]] = 8
+    return w, ops.rtn_by_row(w, row_bits, group_size=64), row_bits
+
+
+def test_rows_with_their_own_widths_pack_and_unpack_exactly():
+    w, codes, row_bits = per_width_codes()
+    for b in (3, 8):  # each width's rows are rounded on that width's grid
+        alone = ops.rtn(w[row_bits == b], bits=b, group_size=64)
+        assert torch.equal(alone.w_hat, codes.w_hat[row_bits == b])
+        assert torch.equal(alone.qdata, codes.qdata[row_bits == b])
+    c = GroupCodes.from_codes(codes, bits=8, shape=(40, 128), row_bits=row_bits)
+    enc = c.encode(torch.empty(0))
+    assert enc.meta["row_widths"] == [3, 8] and "qdata" not in enc.fields
+    assert enc.fields["qdata3"].shape == (31, 128) and enc.fields["qdata8"].shape == (9, 128)
+    stored = {}
+    for name, t in enc.fields.items():
+        codec, data = codecs.encode_smallest(t, "packed")
+        flat = codecs.get_codec(codec).decode_shaped(memoryview(data), t.dtype, list(t.shape))
+        stored[name] = flat.reshape(t.shape)
+    packed3 = codecs.get_codec("packed").encode(enc.fields["qdata3"])
+    assert len(packed3) <= 31 * 128 * 3 // 8 + 16  # the narrow rows cost their own width
+    assert torch.equal(decode(Encoded(enc.kind, stored, enc.meta), CONSTRAINT_KINDS), codes.w_hat)
+    assert torch.equal(c(torch.empty(0)), codes.w_hat)
+
+
+def test_per_width_fields_that_do_not_fit_are_refused():
+    _, codes, row_bits = per_width_codes()
+    enc = GroupCodes.from_codes(codes, bits=8, shape=(40, 128), row_bits=row_bits).encode(
+        torch.empty(0)
+    )
+    f, meta = enc.fields, enc.meta
+    cases = [
+        ({**f, "qdata8": f["qdata8"][:5]}, meta, "qdata8 does not fit"),
+        ({k: v for k, v in f.items() if k != "qdata3"}, meta, "qdata3"),
+        (f, {**meta, "row_widths": [8]}, "row_widths does not match"),
+        ({**f, "row_bits": torch.full((40,), 2, dtype=torch.uint8)}, meta, "does not match"),
+        ({**f, "row_bits": row_bits.to(torch.int32)}, meta, "u8"),
+        (f, {**meta, "bits": 4}, "row widths must be 1..4"),
+    ]
+    for fields, m, message in cases:
+        with pytest.raises(FormatError, match=message):
+            GroupCodes.decode(fields, m)
+    wide = {**f, "qdata3": torch.full_like(f["qdata3"], 9)}  # a 3-bit row holding 9
+    with pytest.raises(FormatError, match="exceeds its row's width"):
+        GroupCodes.decode(wide, meta)
+
+
+def test_tiny_bert_used_embedding_rows_get_more_bits_and_round_trip(tmp_path):
+    folder = um.write_tiny_bert(tmp_path / "bert")
+    data = mz.load_data("sentences")
+    model = mz.load_model(str(folder))
+    stage = {"method": "gptq", "bits": 3, "group_size": 64, "used_rows_bits": 8}
+    recipe = Recipe.from_dict({"stages": [stage]})
+    result = mz.compress(model, data, recipe, out=tmp_path / "b.mzip", measure_latency=False)
+    table = result["stages"][0]["notes"]["layers"]["encoder.embeddings.word_embeddings"]
+    used = table["used_rows"]
+    assert 0 < used < 30522 and table["rows_at_bits"] == {"8": used, "3": 30522 - used}
+    header, parts = fmt.read_header((tmp_path / "b.mzip").read_bytes())
+    stored = pack.decode_fields(header, parts, 1 << 26)["encoder.embeddings.word_embeddings.weight"]
+    assert int((stored["row_bits"] == 8).sum()) == used == stored["qdata8"].shape[0]
+    info, detail = inspect_detail((tmp_path / "b.mzip").read_bytes())
+    bits = {r["layer"]: r["bits"] for r in layer_summary(info, detail)}
+    assert bits["encoder.embeddings.word_embeddings"] == 3  # the width of most rows
+    assert bits["encoder.encoder.layer.0.attention.self.query"] == 3
+    loaded = mz.load(tmp_path / "b.mzip")
+    x = data.example(4)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), result["model"](x))
+    plain = mz.compress(
+        mz.load_model(str(folder)),
+        data,
+        Recipe.from_dict({"stages": [{**stage, "used_rows_bits": None}]}),
+        measure_latency=False,
+    )
+    assert result["compressed"]["cosine_mean"] > plain["compressed"]["cosine_mean"]
+    for bad in (9, True, 1):
+        with pytest.raises(ConfigError, match="used_rows_bits"):
+            Recipe.from_dict({"stages": [{**stage, "used_rows_bits": bad}]})

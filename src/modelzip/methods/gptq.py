@@ -20,6 +20,13 @@ Options:
   layers' biases and the normalisation layers' parameters for 200 Adam steps so the model's
   outputs on the calibration batches match the float model's (``_gptq_tune``); kept only
   when it lowers that error. The file format is unchanged (scales stay fp16).
+- ``used_rows_bits: 8`` gives the rows of an embedding table that the calibration data
+  looks up this many bits and leaves the others at ``bits``: a few thousand frequent tokens
+  carry most of a text model's signal (MiniLM: the 2,603 of 30,522 rows that 512 calibration
+  sentences use cover 96% of the tokens of 2,000 other sentences), so their rounding error
+  costs most. Rows are stored per width, so the rarely used rest stays small. The notes give
+  the number of rows at each width. It follows the calibration text: rows of tokens that it
+  never uses get the low width, so calibrate on text like the text the model will embed.
 - Too little calibration data (fewer input rows than a layer has inputs) makes the Hessian
   rank-deficient and GPTQ would overfit it: such a layer falls back to round-to-nearest, and
   the notes name it with its row count. NaN never reaches a weight.
@@ -88,6 +95,9 @@ class GPTQConfig(MethodConfig):
         None, description="bits for the first and last Linear/Conv layer to run (by role)"
     )
     bits_choices: list[int] = Field(default_factory=lambda: [2, 3, 4, 5, 6, 8])
+    used_rows_bits: int | None = Field(
+        None, description="bits for the embedding rows the calibration data looks up"
+    )
     min_table_rows: int = Field(
         64,
         ge=0,
@@ -108,11 +118,11 @@ class GPTQConfig(MethodConfig):
                 raise ValueError(f"bits must be one of {list(ops.LOWBIT_BITS)}, got {b!r}")
         return v
 
-    @field_validator("edge_bits")
+    @field_validator("edge_bits", "used_rows_bits")
     @classmethod
-    def _valid_edge(cls, v: int | None) -> int | None:
-        if v is not None and v not in ops.LOWBIT_BITS:
-            raise ValueError(f"edge_bits must be one of {list(ops.LOWBIT_BITS)}, got {v!r}")
+    def _valid_optional_bits(cls, v: int | None, info: Any) -> int | None:
+        if v is not None and (isinstance(v, bool) or v not in ops.LOWBIT_BITS):
+            raise ValueError(f"{info.field_name} must be one of {list(ops.LOWBIT_BITS)}, got {v!r}")
         return v
 
     @field_validator("bits_choices")
@@ -139,13 +149,18 @@ def matrix(layer: nn.Module) -> torch.Tensor:
     return w.reshape(w.shape[0], -1)
 
 
-def _attach(layer: nn.Module, codes: ops.Codes, bits: int, in_scale: torch.Tensor | None) -> None:
+def _attach(
+    layer: nn.Module,
+    codes: ops.Codes,
+    bits: int,
+    in_scale: torch.Tensor | None,
+    row_bits: torch.Tensor | None = None,
+) -> None:
     w = cast(torch.Tensor, layer.weight)
-    constrain(
-        layer,
-        "weight",
-        GroupCodes.from_codes(codes, bits=bits, shape=tuple(w.shape), in_scale=in_scale),
+    codes_constraint = GroupCodes.from_codes(
+        codes, bits=bits, shape=tuple(w.shape), in_scale=in_scale, row_bits=row_bits
     )
+    constrain(layer, "weight", codes_constraint)
     layer.parametrizations.weight.original.requires_grad_(False)  # type: ignore[union-attr]
 
 
@@ -160,11 +175,15 @@ def quantize_layer(
     cfg: GPTQConfig,
     stats: calib.Stats | None,
     reason: str | None,
+    used_rows: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Quantize one layer in place; returns its notes."""
+    """Quantize one layer in place; returns its notes. ``used_rows`` (an embedding table's
+    rows that the calibration data looked up) get ``cfg.used_rows_bits``."""
     w = matrix(layer)
     g = ops.fit_group_size(w.shape[1], cfg.group_size)
     note: dict[str, Any] = {"bits": bits, "group_size": g}
+    if used_rows is not None and cfg.used_rows_bits is not None:
+        return note | _quantize_table(layer, w, bits, cfg, used_rows, g)
     rtn = ops.rtn(w, bits=bits, group_size=g, clip_search=cfg.clip_search)
     if stats is None or stats.xtx is None:
         _attach(layer, rtn, bits, None)
@@ -211,6 +230,62 @@ def quantize_layer(
     note["calibration_rows"] = stats.rows
     _attach(layer, codes, bits, in_scale)
     return note
+
+
+def _quantize_table(
+    layer: nn.Module,
+    w: torch.Tensor,
+    bits: int,
+    cfg: GPTQConfig,
+    used_rows: torch.Tensor,
+    g: int,
+) -> dict[str, Any]:
+    """Round an embedding table to nearest, its used rows at ``cfg.used_rows_bits``."""
+    hi = cast(int, cfg.used_rows_bits)
+    row_bits = torch.where(used_rows, hi, bits).to(torch.uint8)
+    codes = ops.rtn_by_row(w, row_bits, group_size=g, clip_search=cfg.clip_search)
+    widest = max(bits, hi) if bool(used_rows.any()) else bits
+    uniform = bool((row_bits == row_bits[0]).all())
+    _attach(layer, codes, widest, None, None if uniform else row_bits)
+    used = int(used_rows.sum())
+    return {
+        "algorithm": "rtn",
+        "why_rtn": "embedding table (no input Hessian)",
+        "bits": widest if uniform else bits,
+        "used_rows": used,
+        "used_rows_bits": hi,
+        "rows_at_bits": {str(hi): used, str(bits): int(used_rows.numel()) - used}
+        if hi != bits
+        else {str(bits): int(used_rows.numel())},
+    }
+
+
+def used_table_rows(
+    model: nn.Module, tables: dict[str, nn.Embedding], batches: list[torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Which rows of each embedding table ``batches`` look up (a bool per row)."""
+    seen = {n: torch.zeros(t.num_embeddings, dtype=torch.bool) for n, t in tables.items()}
+
+    def hook(name: str) -> Any:
+        def record(_module: nn.Module, args: tuple[Any, ...]) -> None:
+            ids = args[0]
+            if isinstance(ids, torch.Tensor) and not ids.is_floating_point() and ids.numel():
+                seen[name][ids.detach().flatten().long().clamp(0, len(seen[name]) - 1)] = True
+
+        return record
+
+    handles = [t.register_forward_pre_hook(hook(n)) for n, t in tables.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for x in batches:
+                model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return seen
 
 
 def _calibration(ctx: Context, cfg: GPTQConfig) -> list[torch.Tensor]:
@@ -269,10 +344,18 @@ def gptq(model: nn.Module, cfg: GPTQConfig, ctx: Context) -> nn.Module:
     kept = _small_tables(layers, cfg.min_table_rows)
     layers = {n: m for n, m in layers.items() if n not in kept}
     _check_layers(layers)
+    tables = {n: m for n, m in layers.items() if isinstance(m, nn.Embedding)}
+    if cfg.used_rows_bits is None:
+        tables = {}
     needs_data = (
-        cfg.algorithm == "gptq" or cfg.awq or cfg.average_bits is not None or cfg.tune_scales > 0
+        cfg.algorithm == "gptq"
+        or cfg.awq
+        or cfg.average_bits is not None
+        or cfg.tune_scales > 0
+        or bool(tables)
     )
     batches = _calibration(ctx, cfg) if needs_data else []
+    used = used_table_rows(model, tables, batches) if tables else {}
     refs = tuning.reference_outputs(model, batches) if cfg.tune_scales > 0 else None
     order, diag = calib.call_order(model, layers, batches) if batches else ([], {})
     if cfg.average_bits is not None:
@@ -305,7 +388,9 @@ def gptq(model: nn.Module, cfg: GPTQConfig, ctx: Context) -> nn.Module:
         elif reason is None and name not in order:
             reason = "never ran on the calibration data"
         if reason is not None:
-            notes[name] = quantize_layer(name, layer, bits[name], cfg, None, reason)
+            notes[name] = quantize_layer(
+                name, layer, bits[name], cfg, None, reason, used_rows=used.get(name)
+            )
     pending = [n for n in order if n in layers and n not in notes]
     cache = calib.BlockInputs()
     while pending:

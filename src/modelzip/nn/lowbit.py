@@ -44,31 +44,51 @@ def _expand(zero: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return zero.to(torch.int16).repeat_interleave(cols // zero.shape[1], dim=1).reshape(rows, cols)
 
 
-def center(q: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
-    """Codes as stored: ``(q - zero_point) mod 2^bits``. Weights cluster around zero, which
-    every group's grid puts at its own zero point; relative to it the codes of all groups
-    share one peaked distribution (a shorter entropy code than the raw codes, whose peak
-    moves with the zero point). Exact and invertible (``uncenter``)."""
+def _modulus(bits: int, row_bits: torch.Tensor | None) -> int | torch.Tensor:
+    """``2^bits``, or one ``2^row_bits[r]`` per row (as a column, to broadcast)."""
+    if row_bits is None:
+        return 1 << bits
+    return (
+        torch.ones_like(row_bits, dtype=torch.int16)[:, None] << row_bits.to(torch.int16)[:, None]
+    )
+
+
+def center(
+    q: torch.Tensor, zero: torch.Tensor, bits: int, row_bits: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Codes as stored: ``(q - zero_point) mod 2^bits`` (``2^row_bits[r]`` for row ``r`` when
+    rows have their own widths). Weights cluster around zero, which every group's grid puts at
+    its own zero point; relative to it the codes of all groups share one peaked distribution
+    (a shorter entropy code than the raw codes, whose peak moves with the zero point). Exact
+    and invertible (``uncenter``)."""
     flat = q.reshape(q.shape[0], -1).to(torch.int16)
-    out = (flat - _expand(zero, q)) % (1 << bits)
+    out = (flat - _expand(zero, q)) % _modulus(bits, row_bits)
     return out.to(torch.uint8).reshape(q.shape)
 
 
-def uncenter(c: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+def uncenter(
+    c: torch.Tensor, zero: torch.Tensor, bits: int, row_bits: torch.Tensor | None = None
+) -> torch.Tensor:
     """Inverse of ``center``."""
     flat = c.reshape(c.shape[0], -1).to(torch.int16)
-    out = (flat + _expand(zero, c)) % (1 << bits)
+    out = (flat + _expand(zero, c)) % _modulus(bits, row_bits)
     return out.to(torch.uint8).reshape(c.shape)
 
 
 class GroupCodes(Constraint):
-    """The weight is its stored group-wise codes (the input tensor is ignored)."""
+    """The weight is its stored group-wise codes (the input tensor is ignored).
+
+    Rows may have their own code widths (``row_bits``, each at most ``bits``): an embedding
+    table keeps the rows its data looks up at more bits than the rest. Each width's rows are
+    then stored as their own field, so the entropy coder sees one distribution per width.
+    """
 
     kind = "group-codes"
     qdata: torch.Tensor
     scale: torch.Tensor
     zero_point: torch.Tensor
     in_scale: torch.Tensor | None
+    row_bits: torch.Tensor | None
 
     def __init__(
         self,
@@ -78,6 +98,7 @@ class GroupCodes(Constraint):
         *,
         bits: int,
         in_scale: torch.Tensor | None = None,
+        row_bits: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.bits = bits
@@ -85,7 +106,8 @@ class GroupCodes(Constraint):
         self.register_buffer("scale", scale.float())
         self.register_buffer("zero_point", zero_point.to(torch.uint8))
         self.register_buffer("in_scale", None if in_scale is None else in_scale.float())
-        self._check(self.qdata, self.scale, self.zero_point, self.in_scale, bits)
+        self.register_buffer("row_bits", None if row_bits is None else row_bits.to(torch.uint8))
+        self._check(self.qdata, self.scale, self.zero_point, self.in_scale, bits, self.row_bits)
 
     @classmethod
     def from_codes(
@@ -95,6 +117,7 @@ class GroupCodes(Constraint):
         bits: int,
         shape: tuple[int, ...],
         in_scale: torch.Tensor | None = None,
+        row_bits: torch.Tensor | None = None,
     ) -> GroupCodes:
         """Wrap ``ops.gptq`` codes of the 2-D view of a weight of ``shape``."""
         return cls(
@@ -103,6 +126,7 @@ class GroupCodes(Constraint):
             codes.zero_point,
             bits=bits,
             in_scale=in_scale,
+            row_bits=row_bits,
         )
 
     @staticmethod
@@ -112,6 +136,7 @@ class GroupCodes(Constraint):
         zero: torch.Tensor,
         in_scale: torch.Tensor | None,
         bits: int,
+        row_bits: torch.Tensor | None = None,
     ) -> None:
         if q.dim() < 2 or scale.dim() != 2 or zero.shape != scale.shape:
             raise FormatError(
@@ -125,38 +150,82 @@ class GroupCodes(Constraint):
             raise FormatError(f"group codes: {scale.shape[1]} groups do not divide {cols} inputs")
         if in_scale is not None and in_scale.shape != (cols,):
             raise FormatError(f"group codes: in_scale {tuple(in_scale.shape)} is not ({cols},)")
-        if not isinstance(bits, int) or not 1 <= bits <= 8:
+        if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 8:
             raise FormatError(f"group codes: bits must be 1..8, got {bits!r}")
-        if q.numel() and int(q.max()) >= 2**bits:
-            raise FormatError(f"group codes: a code exceeds {bits} bits")
+        if row_bits is None:
+            if q.numel() and int(q.max()) >= 2**bits:
+                raise FormatError(f"group codes: a code exceeds {bits} bits")
+            return
+        if row_bits.dtype != torch.uint8 or row_bits.shape != (q.shape[0],):
+            raise FormatError(f"group codes: row_bits must be u8 of shape ({q.shape[0]},)")
+        if row_bits.numel() and not (int(row_bits.min()) >= 1 and int(row_bits.max()) <= bits):
+            raise FormatError(f"group codes: row widths must be 1..{bits}")
+        top = (1 << row_bits.to(torch.int16)) - 1
+        flat = q.reshape(q.shape[0], -1).to(torch.int16)
+        if bool((flat > top[:, None]).any()) or bool((zero.to(torch.int16) > top[:, None]).any()):
+            raise FormatError("group codes: a code exceeds its row's width")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = _value(self.qdata, self.scale, self.zero_point, self.in_scale)
         return w.to(x.dtype) if x.is_floating_point() else w
 
     def encode(self, x: torch.Tensor) -> Encoded:
-        fields = {
-            "qdata": center(self.qdata, self.zero_point, self.bits),
-            "scale": self.scale.clone(),
-            "zero_point": self.zero_point.clone(),
-        }
+        codes = center(self.qdata, self.zero_point, self.bits, self.row_bits)
+        meta: dict[str, Any] = {"bits": self.bits, "centered": True}
+        fields: dict[str, torch.Tensor] = {}
+        if self.row_bits is None:
+            fields["qdata"] = codes
+        else:
+            widths = sorted({int(b) for b in self.row_bits.tolist()})
+            for b in widths:
+                fields[f"qdata{b}"] = codes[self.row_bits == b].clone()
+            fields["row_bits"] = self.row_bits.clone()
+            meta["row_widths"] = widths
+        fields["scale"] = self.scale.clone()
+        fields["zero_point"] = self.zero_point.clone()
         if self.in_scale is not None:
             fields["in_scale"] = self.in_scale.clone()
-        return Encoded(self.kind, fields, {"bits": self.bits, "centered": True})
+        return Encoded(self.kind, fields, meta)
+
+    @staticmethod
+    def _rows_by_width(fields: dict[str, torch.Tensor], meta: dict[str, Any]) -> torch.Tensor:
+        """The codes of all rows, put back in order from their per-width fields."""
+        row_bits, widths = fields["row_bits"], meta.get("row_widths")
+        if row_bits.dtype != torch.uint8 or row_bits.dim() != 1:
+            raise FormatError("group codes: row_bits must be a 1-D u8 tensor")
+        if not isinstance(widths, list) or sorted({int(b) for b in row_bits.tolist()}) != widths:
+            raise FormatError("group codes: row_widths does not match row_bits")
+        parts: list[torch.Tensor] = []
+        for b in widths:
+            part = fields.get(f"qdata{b}")
+            if part is None or part.dtype != torch.uint8 or part.dim() < 2:
+                raise FormatError(f"group codes need a u8 field qdata{b}")
+            rows_fit = part.shape[0] == int((row_bits == b).sum())
+            if not rows_fit or (parts and part.shape[1:] != parts[0].shape[1:]):
+                raise FormatError(f"group codes: qdata{b} does not fit row_bits")
+            parts.append(part)
+        q = torch.empty((row_bits.shape[0], *parts[0].shape[1:]), dtype=torch.uint8)
+        for b, part in zip(widths, parts, strict=True):
+            q[row_bits == b] = part
+        return q
 
     @classmethod
     def decode(cls, fields: dict[str, torch.Tensor], meta: dict[str, Any]) -> torch.Tensor:
+        if not isinstance(meta, dict):
+            raise FormatError("group codes: meta must be a mapping")
+        row_bits = fields.get("row_bits")
         try:
-            q, scale, zero = fields["qdata"], fields["scale"], fields["zero_point"]
+            q = cls._rows_by_width(fields, meta) if row_bits is not None else fields["qdata"]
+            scale, zero = fields["scale"], fields["zero_point"]
         except KeyError as exc:
             raise FormatError(f"group codes need field {exc}") from None
         if q.dtype != torch.uint8 or zero.dtype != torch.uint8 or not scale.is_floating_point():
             raise FormatError("group codes: qdata and zero_point must be u8, scale a float")
-        bits = meta.get("bits") if isinstance(meta, dict) else None
+        bits = meta.get("bits")
         in_scale = fields.get("in_scale")
-        cls._check(q, scale, zero, in_scale, bits)  # type: ignore[arg-type]
+        cls._check(q, scale, zero, in_scale, bits, row_bits)  # type: ignore[arg-type]
         if meta.get("centered") is True:
-            q = uncenter(q, zero, bits)  # type: ignore[arg-type]
+            q = uncenter(q, zero, bits, row_bits)  # type: ignore[arg-type]
         elif meta.get("centered", False) is not False:
             raise FormatError("group codes: 'centered' must be true or false")
         return _value(q, scale, zero, in_scale)

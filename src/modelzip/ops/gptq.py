@@ -145,6 +145,33 @@ def rtn(
     return Codes(q.to(torch.uint8), scale, zero.to(torch.uint8), dequantize_grouped(q, scale, zero))
 
 
+def rtn_by_row(
+    w: torch.Tensor,
+    row_bits: torch.Tensor,
+    *,
+    group_size: int | None = None,
+    clip_search: bool = True,
+) -> Codes:
+    """Round-to-nearest codes of ``w`` (out x in) where row ``r`` gets ``row_bits[r]`` bits."""
+    w = w.detach().float()
+    rows, cols = w.shape
+    g = check_group(cols, group_size)
+    qdata = torch.zeros(rows, cols, dtype=torch.uint8)
+    scale = torch.zeros(rows, cols // g)
+    zero = torch.zeros(rows, cols // g, dtype=torch.uint8)
+    w_hat = torch.zeros_like(w)
+    for b in sorted({int(v) for v in row_bits.tolist()}):
+        pick = row_bits == b
+        part = rtn(w[pick], bits=b, group_size=g, clip_search=clip_search)
+        qdata[pick], scale[pick], zero[pick], w_hat[pick] = (
+            part.qdata,
+            part.scale,
+            part.zero_point,
+            part.w_hat,
+        )
+    return Codes(qdata, scale, zero, w_hat)
+
+
 def hessian(x: torch.Tensor) -> torch.Tensor:
     """``2 X^T X / n`` of calibration inputs ``x`` (n x in), in float64."""
     x = x.detach().reshape(-1, x.shape[-1]).double()
