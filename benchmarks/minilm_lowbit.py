@@ -43,9 +43,16 @@ from modelzip.train import Trainer
 from modelzip.zoo.text import minilm_dir
 
 RESULTS = Path(__file__).parent / "results"
+KEEP_MARK = "<!-- notes: kept as they are when the script rewrites the table above -->"
 CALIBRATION_BATCHES = 8
 TUNE_STEPS = 40
 MIXED: dict[str, Any] = {"group_size": 128, "bits_choices": [2, 3, 4, 5], "act_order": True}
+TUNED: dict[str, Any] = {"tune_scales": TUNE_STEPS}
+USED_ROWS_3: dict[str, Any] = {
+    "name": "gptq-4bit",
+    "bits": {"default": 4, "Embedding": 3},
+    "used_rows_bits": 8,
+}
 #: (name, stages): each a list of (method, fields) run in order.
 CONFIGS: list[tuple[str, list[tuple[str, dict[str, Any]]]]] = [
     # round-to-nearest rows use the recipes' own settings (same layers, groups, storage)
@@ -58,6 +65,57 @@ CONFIGS: list[tuple[str, list[tuple[str, dict[str, Any]]]]] = [
     # codes fixed, scales/biases/norms tuned to fp32's outputs on the calibration batches
     ("GPTQ 4-bit + tune_scales", [("recipe", {"name": "gptq-4bit", "tune_scales": TUNE_STEPS})]),
     ("GPTQ 3-bit + tune_scales", [("recipe", {"name": "gptq-3bit", "tune_scales": TUNE_STEPS})]),
+    # the embedding rows the calibration text looks up at 8 bits, the rarely used rest lower
+    (
+        "GPTQ 4-bit, used embedding rows 8-bit + tune_scales",
+        [("recipe", {"name": "gptq-4bit", "used_rows_bits": 8, "tune_scales": TUNE_STEPS})],
+    ),
+    (
+        "GPTQ 4-bit, embedding rest 3-bit, used rows 8-bit + tune_scales",
+        [("recipe", {**USED_ROWS_3, "tune_scales": TUNE_STEPS})],
+    ),
+    (
+        "GPTQ 4-bit, embedding rest 2-bit, used rows 8-bit + tune_scales",
+        [("recipe", {**USED_ROWS_3, "bits": {"default": 4, "Embedding": 2}, **TUNED})],
+    ),
+    # every val sentence (1,000) calibrates, so more embedding rows count as used
+    (
+        "GPTQ 4-bit, embedding rest 3-bit, used rows 8-bit, 16 calibration batches + tune_scales",
+        [("recipe", {**USED_ROWS_3, "calibration_batches": 16, **TUNED})],
+    ),
+    (
+        "GPTQ 4-bit, embedding rest 2-bit, used rows 8-bit, 16 calibration batches + tune_scales",
+        [
+            (
+                "recipe",
+                {
+                    **USED_ROWS_3,
+                    "bits": {"default": 4, "Embedding": 2},
+                    "calibration_batches": 16,
+                    **TUNED,
+                },
+            )
+        ],
+    ),
+    (
+        "GPTQ 4-bit, embedding rest 2-bit, used rows 8-bit, 16 calibration batches"
+        " + tune_scales 120 steps",
+        [
+            (
+                "recipe",
+                {
+                    **USED_ROWS_3,
+                    "bits": {"default": 4, "Embedding": 2},
+                    "calibration_batches": 16,
+                    "tune_scales": 3 * TUNE_STEPS,
+                },
+            )
+        ],
+    ),
+    (
+        "GPTQ 3-bit, used embedding rows 8-bit + tune_scales",
+        [("recipe", {"name": "gptq-3bit", "used_rows_bits": 8, "tune_scales": TUNE_STEPS})],
+    ),
     # bits per layer by each layer's measured effect on the embeddings, then tuned
     (
         "GPTQ mixed by end-to-end effect, average 3.25 bits, g128, tuned",
@@ -191,7 +249,13 @@ def write_markdown(rows: dict[str, dict], fp32_bytes: int, threads: int) -> None
             f" | {r['top10']} | {r['compress_s']} | {r['load_s']} | {r['embed_vs_fp32']}"
             f" | {r.get('load_avg', '?')} |"
         )
-    (RESULTS / "minilm_lowbit.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = RESULTS / "minilm_lowbit.md"
+    # the notes written by hand below the table survive a rerun
+    kept = out.read_text(encoding="utf-8").partition(KEEP_MARK) if out.is_file() else ("", "", "")
+    notes = f"\n{KEEP_MARK}{kept[2]}" if kept[1] else ""
+    tmp = out.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines) + "\n" + notes, encoding="utf-8")
+    tmp.replace(out)
 
 
 def main() -> None:
@@ -248,6 +312,11 @@ def main() -> None:
         if "average_bits" in notes:
             rows[name]["average_bits"] = notes["average_bits"]
             rows[name]["bits"] = {n: v["bits"] for n, v in notes["layers"].items() if "bits" in v}
+        tables = {
+            n: v["rows_at_bits"] for n, v in notes.get("layers", {}).items() if "rows_at_bits" in v
+        }
+        if tables:
+            rows[name]["rows_at_bits"] = tables
         if "tune" in notes:
             rows[name]["tune"] = notes["tune"]
         print(name, rows[name], flush=True)
