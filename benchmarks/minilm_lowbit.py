@@ -112,6 +112,55 @@ CONFIGS: list[tuple[str, list[tuple[str, dict[str, Any]]]]] = [
             )
         ],
     ),
+    # the train split (5,000 other sentences) calibrates: more used rows, more data to tune on
+    (
+        "GPTQ 4-bit, embedding rest 2-bit, used rows 8-bit, 64 train batches + tune_scales",
+        [
+            (
+                "recipe",
+                {
+                    **USED_ROWS_3,
+                    "bits": {"default": 4, "Embedding": 2},
+                    "calibration_split": "train",
+                    "calibration_batches": 64,
+                    **TUNED,
+                },
+            )
+        ],
+    ),
+    (
+        "GPTQ 4-bit, embedding rest 2-bit, used rows 5-bit, 64 train batches + tune_scales",
+        [
+            (
+                "recipe",
+                {
+                    **USED_ROWS_3,
+                    "bits": {"default": 4, "Embedding": 2},
+                    "used_rows_bits": 5,
+                    "calibration_split": "train",
+                    "calibration_batches": 64,
+                    **TUNED,
+                },
+            )
+        ],
+    ),
+    (
+        "GPTQ 4-bit, embedding rest 2-bit, used rows 5-bit, 64 train batches"
+        " + tune_scales 120 steps",
+        [
+            (
+                "recipe",
+                {
+                    **USED_ROWS_3,
+                    "bits": {"default": 4, "Embedding": 2},
+                    "used_rows_bits": 5,
+                    "calibration_split": "train",
+                    "calibration_batches": 64,
+                    "tune_scales": 3 * TUNE_STEPS,
+                },
+            )
+        ],
+    ),
     (
         "GPTQ 3-bit, used embedding rows 8-bit + tune_scales",
         [("recipe", {"name": "gptq-3bit", "used_rows_bits": 8, "tune_scales": TUNE_STEPS})],
