@@ -16,6 +16,7 @@ from modelzip.codec import format as fmt
 from modelzip.codec.inspect import inspect_detail, layer_summary
 from modelzip.context import Context
 from modelzip.errors import ConfigError, FormatError, UnsupportedError
+from modelzip.methods import _gptq_tune as tuning
 from modelzip.nn.constraints import Encoded, constraints_of, decode, iter_state
 from modelzip.nn.lowbit import GroupCodes
 from modelzip.nn.registry import CONSTRAINT_KINDS
@@ -342,3 +343,118 @@ def test_tiny_bert_used_embedding_rows_get_more_bits_and_round_trip(tmp_path):
     for bad in (9, True, 1):
         with pytest.raises(ConfigError, match="used_rows_bits"):
             Recipe.from_dict({"stages": [{**stage, "used_rows_bits": bad}]})
+
+
+def spread_scales_codes(octaves: float, seed: int = 0) -> ops.Codes:
+    """RTN codes of a matrix whose groups' ranges span ``octaves`` within each row."""
+    g = torch.Generator().manual_seed(seed)
+    spread = torch.exp2(-octaves * torch.rand(24, 8, 1, generator=g))
+    w = (torch.randn(24, 8, 32, generator=g) * spread).reshape(24, 256)
+    return ops.rtn(w, bits=4, group_size=32)
+
+
+def test_log_scales_stay_within_a_percent_and_round_trip_exactly():
+    codes = spread_scales_codes(octaves=5.0)
+    c = GroupCodes.from_codes(codes, bits=4, shape=(24, 256), scale_bits=8)
+    assert c.scale_bits == 8
+    rel = (c.scale / codes.scale - 1).abs()
+    assert float(rel.max()) <= 2 ** (1 / 64) - 1 + 1e-6 and float(rel.max()) > 0
+    enc = c.encode(torch.empty(0))
+    assert "scale" not in enc.fields and enc.meta["scale_bits"] == 8
+    assert enc.fields["scale_log"].dtype == torch.uint8
+    assert enc.fields["scale_top"].dtype == torch.float16
+    stored = {}
+    for name, t in enc.fields.items():  # through the real codecs
+        codec, data = codecs.encode_smallest(t, "auto")
+        stored[name] = (
+            codecs.get_codec(codec)
+            .decode_shaped(memoryview(data), t.dtype, list(t.shape))
+            .reshape(t.shape)
+        )
+    assert torch.equal(
+        decode(Encoded(enc.kind, stored, enc.meta), CONSTRAINT_KINDS), c(torch.empty(0))
+    )
+    # the value is what the codes say with the rounded scales, nothing else moved
+    assert torch.equal(
+        c(torch.empty(0)), ops.dequantize_grouped(codes.qdata, c.scale, codes.zero_point)
+    )
+    zstd = codecs.get_codec("zstd")
+    log_bytes = len(zstd.encode(enc.fields["scale_log"])) + len(
+        zstd.encode(enc.fields["scale_top"])
+    )
+    assert log_bytes < 0.75 * len(zstd.encode(codes.scale.half()))
+    before = c.scale.clone()
+    c.set_scale(c.scale)  # idempotent: a grid value stays where it is
+    assert torch.equal(c.scale, before)
+
+
+def test_scales_beyond_eight_octaves_or_too_few_groups_keep_fp16():
+    wide = spread_scales_codes(octaves=12.0)
+    few = ops.rtn(torch.randn(24, 96), bits=4, group_size=32)  # 3 groups a row
+    for codes in (wide, few):
+        c = GroupCodes.from_codes(codes, bits=4, shape=tuple(codes.qdata.shape), scale_bits=8)
+        assert c.scale_bits == 16 and c.wanted_scale_bits == 8
+        assert torch.equal(c.scale, codes.scale)
+        enc = c.encode(torch.empty(0))
+        assert "scale" in enc.fields and "scale_bits" not in enc.meta
+
+
+def test_log_scale_fields_that_do_not_fit_are_refused():
+    c = GroupCodes.from_codes(spread_scales_codes(3.0), bits=4, shape=(24, 256), scale_bits=8)
+    enc = c.encode(torch.empty(0))
+    f, meta = enc.fields, enc.meta
+    cases = [
+        ({**f, "scale_log": f["scale_log"].to(torch.int32)}, meta, "scale_log must be"),
+        ({**f, "scale_top": f["scale_top"][:5]}, meta, "scale_top must be 24"),
+        ({**f, "scale_top": -f["scale_top"]}, meta, "finite and positive"),
+        ({**f, "scale_top": f["scale_top"] * float("nan")}, meta, "finite and positive"),
+        (f, {**meta, "scale_bits": 9}, "scale_bits must be 8 or 16"),
+        ({k: v for k, v in f.items() if k != "scale_top"}, meta, "scale_top"),
+    ]
+    for fields, m, message in cases:
+        with pytest.raises(FormatError, match=message):
+            GroupCodes.decode(fields, m)
+    with pytest.raises(FormatError, match="scale_bits must be 8 or 16"):
+        GroupCodes.from_codes(spread_scales_codes(3.0), bits=4, shape=(24, 256), scale_bits=12)
+
+
+def test_tiny_bert_log_scales_shrink_the_file_and_round_trip(tmp_path):
+    folder = um.write_tiny_bert(tmp_path / "bert")
+    data = mz.load_data("sentences")
+    sizes, cosines = {}, {}
+    for scale_bits in (16, 8):
+        model = mz.load_model(str(folder))
+        stage = {"method": "gptq", "bits": 4, "group_size": 8, "scale_bits": scale_bits}
+        stage |= {"tune_scales": 4, "calibration_batches": 2}
+        out = tmp_path / f"s{scale_bits}.mzip"
+        result = mz.compress(
+            model, data, Recipe.from_dict({"stages": [stage]}), out=out, measure_latency=False
+        )
+        notes = result["stages"][0]["notes"]
+        if scale_bits == 8:
+            assert notes["tensors_by_scale_bits"]["8"] > 0
+            assert notes["tune"]["steps"] == 4  # tuned scales are put back on the log grid
+        sizes[scale_bits], cosines[scale_bits] = (
+            out.stat().st_size,
+            result["compressed"]["cosine_mean"],
+        )
+        loaded = mz.load(out)
+        x = data.example(4)
+        with torch.no_grad():
+            assert torch.equal(loaded(x), result["model"](x))
+    assert sizes[8] < sizes[16]
+    assert cosines[8] > cosines[16] - 0.002
+
+
+def test_log_scales_keep_lenet300_accuracy(lenet300, digits):
+    from modelzip.eval.evaluate import accuracy
+
+    base = accuracy(lenet300, digits.test)
+    cfg = get_method("gptq").config.parse({"bits": 4, "group_size": 64, "scale_bits": 8})
+    ctx = Context(data=digits, trainer=Trainer(progress=False))
+    model = get_method("gptq").apply(copy.deepcopy(lenet300), cfg, ctx)
+    # on digits' 64 inputs only fc2 (300 inputs: 5 groups a row) has enough groups for log codes
+    assert ctx.notes["tensors_by_scale_bits"] == {"8": 1, "16": 2}
+    assert [c.scale_bits for _, c in tuning.group_codes(model)] == [16, 8, 16]
+    back, _ = mzip.from_bytes(mzip.to_bytes(model))
+    assert accuracy(back, digits.test) >= base - 0.03

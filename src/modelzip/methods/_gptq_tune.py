@@ -9,11 +9,11 @@ them for ``steps`` steps so the quantized model's outputs on the calibration bat
 float model's (relative squared error), the idea of OmniQuant's and EfficientQAT's "train
 the quantization parameters, keep the codes" phase, end to end on the whole model.
 
-The tuned scales are rounded to fp16 (the format stores them in 16 bits, exactly), and the
-result is kept only when the calibration error, measured after that rounding, went down;
-otherwise every parameter is put back. The embedding tables' scales are tuned too, but only
-the rows the calibration data looks up receive a gradient (and moment): rows never seen keep
-their GPTQ/round-to-nearest scales.
+The tuned scales are rounded to their stored format (fp16, or the 8-bit log grid of
+``scale_bits: 8``), and the result is kept only when the calibration error, measured after
+that rounding, went down; otherwise every parameter is put back. The embedding tables'
+scales are tuned too, but only the rows the calibration data looks up receive a gradient
+(and moment): rows never seen keep their GPTQ/round-to-nearest scales.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from torch.nn.utils import parametrize
 
 from modelzip.nn.constraints import constraints_of
 from modelzip.nn.lowbit import GroupCodes
-from modelzip.ops.gptq import MIN_SCALE
 
 #: Normalisation layers whose affine parameters are tuned.
 NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, _BatchNorm)
@@ -45,7 +44,7 @@ def reference_outputs(model: nn.Module, batches: list[torch.Tensor]) -> list[tor
     return refs
 
 
-def _codes(model: nn.Module) -> list[tuple[nn.Module, GroupCodes]]:
+def group_codes(model: nn.Module) -> list[tuple[nn.Module, GroupCodes]]:
     out = []
     for mod in model.modules():
         if parametrize.is_parametrized(mod, "weight"):
@@ -101,7 +100,7 @@ def tune(
         >>> notes["error_after"] <= notes["error_before"]
         True
     """
-    pairs = _codes(model)
+    pairs = group_codes(model)
     if not pairs or steps <= 0:
         return {"steps": 0, "why_not": "no group codes to tune" if not pairs else "0 steps"}
     model.eval()  # dropout off, BatchNorm statistics frozen: only the parameters move
@@ -133,7 +132,7 @@ def tune(
     finally:
         with torch.no_grad():
             for (_, c), s0, m in zip(pairs, base, mult, strict=True):
-                c.scale = (s0 * m).clamp_min(MIN_SCALE).half().float()
+                c.set_scale(s0 * m)  # rounded to the stored format (fp16 or 8-bit log codes)
         for p in model.parameters():
             p.requires_grad_(grad_was.get(id(p), False))
     after = output_error(model, batches, refs)
@@ -141,7 +140,7 @@ def tune(
     if not kept:  # never leave the model worse than GPTQ left it
         with torch.no_grad():
             for (_, c), s0 in zip(pairs, base, strict=True):
-                c.scale = s0
+                c.set_scale(s0)  # s0 is already on the stored grid: unchanged
             for p, v in zip(extra, saved, strict=True):
                 p.copy_(v)
     moved = [float((m.detach() - 1).abs().mean()) for m in mult]

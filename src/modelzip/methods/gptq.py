@@ -27,6 +27,11 @@ Options:
   costs most. Rows are stored per width, so the rarely used rest stays small. The notes give
   the number of rows at each width. It follows the calibration text: rows of tokens that it
   never uses get the low width, so calibrate on text like the text the model will embed.
+- ``scale_bits: 8`` stores each group's scale as an 8-bit code on a log grid (32 steps per
+  octave) below its row's largest scale instead of fp16: a scale moves by at most 1.1%, and
+  the scales take about 40% of fp16's bytes (MiniLM, 4 bits, groups of 64: 3% of the file).
+  A tensor whose scales span more than 8 octaves in some row, or whose rows have under 4
+  groups, keeps fp16 scales; the notes say how many tensors have each.
 - Too little calibration data (fewer input rows than a layer has inputs) makes the Hessian
   rank-deficient and GPTQ would overfit it: such a layer falls back to round-to-nearest, and
   the notes name it with its row count. NaN never reaches a weight.
@@ -108,6 +113,9 @@ class GPTQConfig(MethodConfig):
     calibration_split: Literal["val", "train"] = Field(
         "val", description="split the calibration batches come from (never test)"
     )
+    scale_bits: Literal[8, 16] = Field(
+        16, description="group scales as fp16 (16) or 8-bit log codes (8)"
+    )
     layers: list[str] | None = Field(None, description="layer patterns (default: all)")
 
     @field_validator("bits")
@@ -155,10 +163,16 @@ def _attach(
     bits: int,
     in_scale: torch.Tensor | None,
     row_bits: torch.Tensor | None = None,
+    scale_bits: int = 16,
 ) -> None:
     w = cast(torch.Tensor, layer.weight)
     codes_constraint = GroupCodes.from_codes(
-        codes, bits=bits, shape=tuple(w.shape), in_scale=in_scale, row_bits=row_bits
+        codes,
+        bits=bits,
+        shape=tuple(w.shape),
+        in_scale=in_scale,
+        row_bits=row_bits,
+        scale_bits=scale_bits,
     )
     constrain(layer, "weight", codes_constraint)
     layer.parametrizations.weight.original.requires_grad_(False)  # type: ignore[union-attr]
@@ -186,7 +200,7 @@ def quantize_layer(
         return note | _quantize_table(layer, w, bits, cfg, used_rows, g)
     rtn = ops.rtn(w, bits=bits, group_size=g, clip_search=cfg.clip_search)
     if stats is None or stats.xtx is None:
-        _attach(layer, rtn, bits, None)
+        _attach(layer, rtn, bits, None, scale_bits=cfg.scale_bits)
         note["algorithm"] = "rtn"
         if reason:
             note["why_rtn"] = reason
@@ -226,9 +240,10 @@ def quantize_layer(
     w_hat = codes.w_hat if in_scale is None else codes.w_hat / in_scale
     if not bool(torch.isfinite(w_hat).all()):
         raise ModelError(f"{name}: quantized weight is not finite (please report this)")
-    note["rel_error"] = _rel(ops.weighted_error(h, w, w_hat), signal)
+    _attach(layer, codes, bits, in_scale, scale_bits=cfg.scale_bits)
+    # the stored weight (its scales rounded to their storage format) is what the error is of
+    note["rel_error"] = _rel(ops.weighted_error(h, w, matrix(layer)), signal)
     note["calibration_rows"] = stats.rows
-    _attach(layer, codes, bits, in_scale)
     return note
 
 
@@ -246,7 +261,7 @@ def _quantize_table(
     codes = ops.rtn_by_row(w, row_bits, group_size=g, clip_search=cfg.clip_search)
     widest = max(bits, hi) if bool(used_rows.any()) else bits
     uniform = bool((row_bits == row_bits[0]).all())
-    _attach(layer, codes, widest, None, None if uniform else row_bits)
+    _attach(layer, codes, widest, None, None if uniform else row_bits, cfg.scale_bits)
     used = int(used_rows.sum())
     return {
         "algorithm": "rtn",
@@ -415,6 +430,9 @@ def gptq(model: nn.Module, cfg: GPTQConfig, ctx: Context) -> nn.Module:
             )
     ctx.notes["layers"] = {n: notes[n] for n in layers} | kept
     ctx.notes["calibration_batches"] = len(batches)
+    if cfg.scale_bits == 8:
+        stored = [c.scale_bits for _, c in tuning.group_codes(model)]
+        ctx.notes["tensors_by_scale_bits"] = {str(b): stored.count(b) for b in (8, 16)}
     return model
 
 

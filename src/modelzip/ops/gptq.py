@@ -121,6 +121,38 @@ def dequantize_grouped(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor)
     return dequantize(qg, scale[:, :, None], zero[:, :, None]).reshape(rows, cols)
 
 
+#: Steps per octave of the 8-bit log grid of ``log_scales``: a scale moves by at most
+#: 2^(1/64) - 1 = 1.1% when rounded, far below a 2..8-bit code's own rounding error.
+LOG_SCALE_STEPS = 32
+#: Fewest groups a row needs for log codes to pay for the row's own fp16 reference scale.
+LOG_SCALE_MIN_GROUPS = 4
+#: ``2^(-k / LOG_SCALE_STEPS)`` for every 8-bit code ``k``, rounded once from float64 so the
+#: loader's float32 product is the same on every machine (no libm ``exp2`` in the path).
+_LOG_TABLE = torch.tensor([2.0 ** (-k / LOG_SCALE_STEPS) for k in range(256)], dtype=torch.float32)
+
+
+def from_log_scales(codes: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    """Scales (rows x groups) from their 8-bit log codes and each row's largest scale."""
+    return top.float()[:, None] * _LOG_TABLE[codes.long()]
+
+
+def log_scales(scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """8-bit log codes of positive scales (rows x groups) and each row's reference scale (fp16):
+    ``scale ~= top[r] * 2^(-code / LOG_SCALE_STEPS)``. Scales within a row span a few octaves
+    (MiniLM: at most 6.5), so the codes cluster near 0 and entropy-code to about 5 bits
+    instead of fp16's 11. None when some scale lies below the 8 octaves the codes reach
+    (the caller keeps fp16 scales then), and when rows have under ``LOG_SCALE_MIN_GROUPS``
+    groups (the per-row reference would cost more than the codes save)."""
+    if scale.dim() != 2 or scale.shape[1] < LOG_SCALE_MIN_GROUPS:
+        return None
+    top = scale.float().amax(dim=1).clamp_min(MIN_SCALE).half()
+    ratio = scale.float() / top.float()[:, None]
+    k = torch.round(-LOG_SCALE_STEPS * torch.log2(ratio.clamp_min(1e-30))).clamp_min(0)
+    if scale.numel() and float(k.max()) > 255:
+        return None
+    return k.to(torch.uint8), top
+
+
 def _check(w: torch.Tensor, bits: int) -> None:
     if w.dim() != 2:
         raise ValueError(f"expected a 2-D weight matrix, got shape {tuple(w.shape)}")
