@@ -14,6 +14,7 @@ import modelzip as mz
 from modelzip import mzip
 from modelzip.context import Context
 from modelzip.embed import embed
+from modelzip.errors import ConfigError
 from modelzip.methods import _gptq_tune as tuning
 from modelzip.methods._gptq_budget import end_to_end_sensitivity, sensitivity
 from modelzip.methods._gptq_calib import call_order
@@ -148,3 +149,19 @@ def test_average_bits_by_end_to_end_effect_is_noted_and_within_budget(tiny_bert)
     avg = sum(chosen[n] * sizes[n] for n in chosen) / sum(sizes.values())
     assert avg <= 3.5 + 1e-9 and notes["average_bits"] == pytest.approx(avg, abs=1e-3)
     assert len(set(chosen.values())) > 1
+
+
+def test_cosine_schedule_tunes_and_bad_schedules_are_refused(tiny_bert):
+    base, data = tiny_bert
+    calib = [x for x, _ in data.val][:2]
+    refs = tuning.reference_outputs(base, calib)
+    assert refs is not None
+    fields = {"bits": 3, "group_size": 32, "tune_scales": 30, "tune_lr": 3e-3}
+    plain, _ = run(copy.deepcopy(base), calib, bits=3, group_size=32)
+    tuned, notes = run(copy.deepcopy(base), calib, tune_schedule="cosine", **fields)
+    assert notes["tune"]["schedule"] == "cosine" and notes["tune"]["kept"]
+    assert tuning.output_error(tuned, calib, refs) < 0.8 * tuning.output_error(plain, calib, refs)
+    with pytest.raises(ConfigError, match="tune_schedule"):
+        get_method("gptq").config.parse({"tune_schedule": "linear"})
+    with pytest.raises(ValueError, match="schedule must be"):
+        tuning.tune(tuned, calib, refs, steps=1, lr=1e-3, schedule="step")

@@ -90,9 +90,13 @@ def tune(
     *,
     steps: int,
     lr: float,
+    schedule: str = "constant",
 ) -> dict[str, Any]:
     """Tune ``model``'s group scales, quantized layers' biases and norm parameters in place
     (codes fixed) for ``steps`` Adam steps, one calibration batch a step; returns the notes.
+    ``schedule="cosine"`` decays the learning rate from ``lr`` to 0 along a half cosine (the
+    last steps make small moves, so the result sits nearer a minimum than constant-rate
+    steps leave it); ``"constant"`` keeps ``lr`` throughout.
 
     Example:
         >>> refs = reference_outputs(float_model, batches)  # before quantizing
@@ -100,6 +104,8 @@ def tune(
         >>> notes["error_after"] <= notes["error_before"]
         True
     """
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
     pairs = group_codes(model)
     if not pairs or steps <= 0:
         return {"steps": 0, "why_not": "no group codes to tune" if not pairs else "0 steps"}
@@ -117,6 +123,11 @@ def tune(
     opt = torch.optim.Adam(
         [{"params": mult, "lr": lr}, {"params": extra, "lr": lr * 0.1}], betas=(0.9, 0.99)
     )
+    decay = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+        if schedule == "cosine"
+        else None
+    )
     losses: list[float] = []
     try:
         for step in range(steps):
@@ -128,6 +139,8 @@ def tune(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if decay is not None:
+                decay.step()
             losses.append(float(loss.detach()))
     finally:
         with torch.no_grad():
@@ -147,6 +160,7 @@ def tune(
     return {
         "steps": steps,
         "lr": lr,
+        "schedule": schedule,
         "error_before": float(f"{before:.4g}"),
         "error_after": float(f"{after:.4g}") if kept else float(f"{before:.4g}"),
         "kept": kept,

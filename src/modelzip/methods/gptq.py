@@ -96,6 +96,9 @@ class GPTQConfig(MethodConfig):
         0, ge=0, le=100_000, description="Adam steps tuning scales/biases/norms (codes fixed)"
     )
     tune_lr: float = Field(1e-3, gt=0, le=1, description="learning rate of tune_scales")
+    tune_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="tune_scales' learning rate: constant, or cosine decay to 0"
+    )
     edge_bits: int | None = Field(
         None, description="bits for the first and last Linear/Conv layer to run (by role)"
     )
@@ -426,7 +429,12 @@ def gptq(model: nn.Module, cfg: GPTQConfig, ctx: Context) -> nn.Module:
             ctx.notes["tune"] = {"steps": 0, "why_not": "the model's output is not one tensor"}
         else:
             ctx.notes["tune"] = tuning.tune(
-                model, batches, refs, steps=cfg.tune_scales, lr=cfg.tune_lr
+                model,
+                batches,
+                refs,
+                steps=cfg.tune_scales,
+                lr=cfg.tune_lr,
+                schedule=cfg.tune_schedule,
             )
     ctx.notes["layers"] = {n: notes[n] for n in layers} | kept
     ctx.notes["calibration_batches"] = len(batches)
