@@ -53,6 +53,20 @@ USED_ROWS_3: dict[str, Any] = {
     "bits": {"default": 4, "Embedding": 3},
     "used_rows_bits": 8,
 }
+USED_5_2_TRAIN: dict[str, Any] = {
+    **USED_ROWS_3,
+    "bits": {"default": 4, "Embedding": 2},
+    "used_rows_bits": 5,
+    "calibration_split": "train",
+    "calibration_batches": 64,
+}
+USED_3BIT_TRAIN: dict[str, Any] = {
+    **USED_5_2_TRAIN,
+    "bits": {"default": 3, "Embedding": 2},
+    "scale_bits": 8,
+}
+LOG8_4: dict[str, Any] = {"name": "gptq-4bit", "scale_bits": 8}
+LOG8_3: dict[str, Any] = {"name": "gptq-3bit", "scale_bits": 8}
 #: (name, stages): each a list of (method, fields) run in order.
 CONFIGS: list[tuple[str, list[tuple[str, dict[str, Any]]]]] = [
     # round-to-nearest rows use the recipes' own settings (same layers, groups, storage)
@@ -61,6 +75,18 @@ CONFIGS: list[tuple[str, list[tuple[str, dict[str, Any]]]]] = [
     ("GPTQ+AWQ 4-bit", [("recipe", {"name": "gptq-4bit", "awq": True})]),
     ("RTN 3-bit (gptq-3bit settings)", [("recipe", {"name": "gptq-3bit", "algorithm": "rtn"})]),
     ("GPTQ 3-bit (recipe gptq-3bit)", [("recipe", {"name": "gptq-3bit"})]),
+    # the same with group scales as 8-bit log codes (scale_bits: 8)
+    (
+        "RTN 4-bit (gptq-4bit settings), 8-bit log scales",
+        [("recipe", {"name": "gptq-4bit", "algorithm": "rtn", "scale_bits": 8})],
+    ),
+    ("GPTQ 4-bit (recipe gptq-4bit), 8-bit log scales", [("recipe", LOG8_4)]),
+    ("GPTQ+AWQ 4-bit, 8-bit log scales", [("recipe", {**LOG8_4, "awq": True})]),
+    (
+        "RTN 3-bit (gptq-3bit settings), 8-bit log scales",
+        [("recipe", {"name": "gptq-3bit", "algorithm": "rtn", "scale_bits": 8})],
+    ),
+    ("GPTQ 3-bit (recipe gptq-3bit), 8-bit log scales", [("recipe", LOG8_3)]),
     ("GPTQ mixed, average 3.25 bits", [("gptq", {"average_bits": 3.25, "group_size": 128})]),
     # codes fixed, scales/biases/norms tuned to fp32's outputs on the calibration batches
     ("GPTQ 4-bit + tune_scales", [("recipe", {"name": "gptq-4bit", "tune_scales": TUNE_STEPS})]),
@@ -157,6 +183,74 @@ CONFIGS: list[tuple[str, list[tuple[str, dict[str, Any]]]]] = [
                     "calibration_split": "train",
                     "calibration_batches": 64,
                     "tune_scales": 3 * TUNE_STEPS,
+                },
+            )
+        ],
+    ),
+    # more tuning steps and every train sentence: the steps see new text, not repeats
+    (
+        "GPTQ 4-bit, embedding rest 2-bit, used rows 5-bit, 64 train batches"
+        " + tune_scales 240 steps",
+        [("recipe", {**USED_5_2_TRAIN, "tune_scales": 6 * TUNE_STEPS})],
+    ),
+    (
+        "GPTQ 4-bit, embedding rest 2-bit, used rows 5-bit, all 78 train batches"
+        " + tune_scales 240 steps",
+        [("recipe", {**USED_5_2_TRAIN, "calibration_batches": 78, "tune_scales": 6 * TUNE_STEPS})],
+    ),
+    # group scales as 8-bit log codes instead of fp16 (scale_bits: 8)
+    (
+        "GPTQ 4-bit, embedding rest 2-bit, used rows 5-bit, 64 train batches"
+        " + tune_scales 240 steps, 8-bit log scales",
+        [("recipe", {**USED_5_2_TRAIN, "tune_scales": 6 * TUNE_STEPS, "scale_bits": 8})],
+    ),
+    (
+        "GPTQ 4-bit, embedding rest 2-bit, used rows 6-bit, 64 train batches"
+        " + tune_scales 240 steps, 8-bit log scales",
+        [
+            (
+                "recipe",
+                {
+                    **USED_5_2_TRAIN,
+                    "used_rows_bits": 6,
+                    "tune_scales": 6 * TUNE_STEPS,
+                    "scale_bits": 8,
+                },
+            )
+        ],
+    ),
+    (
+        "GPTQ 3-bit, embedding rest 2-bit, used rows 5-bit, 64 train batches"
+        " + tune_scales 240 steps, 8-bit log scales",
+        [
+            (
+                "recipe",
+                {
+                    **USED_5_2_TRAIN,
+                    "bits": {"default": 3, "Embedding": 2},
+                    "tune_scales": 6 * TUNE_STEPS,
+                    "scale_bits": 8,
+                },
+            )
+        ],
+    ),
+    # 3-bit: twice the tuning steps, at a constant rate or decayed along a cosine
+    (
+        "GPTQ 3-bit, embedding rest 2-bit, used rows 5-bit, 64 train batches"
+        " + tune_scales 480 steps, 8-bit log scales",
+        [("recipe", {**USED_3BIT_TRAIN, "tune_scales": 12 * TUNE_STEPS})],
+    ),
+    (
+        "GPTQ 3-bit, embedding rest 2-bit, used rows 5-bit, 64 train batches"
+        " + tune_scales 480 steps cosine lr 2e-3, 8-bit log scales",
+        [
+            (
+                "recipe",
+                {
+                    **USED_3BIT_TRAIN,
+                    "tune_scales": 12 * TUNE_STEPS,
+                    "tune_lr": 2e-3,
+                    "tune_schedule": "cosine",
                 },
             )
         ],
