@@ -406,12 +406,15 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="configuration names (prefixes) to run")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
+        "--seed", type=int, default=0, help="order of the train split (rows named with it)"
+    )
+    parser.add_argument(
         "--store", default="minilm_lowbit.json", help="rows file under results/ (split runs)"
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    data = mz.load_data("english")
+    data = mz.load_data("english", seed=args.seed)
     test = [x for x, _ in data.test]
     fp32_bytes = (Path(minilm_dir()) / "model.safetensors").stat().st_size
     base = mz.load_model("zoo:minilm")
@@ -430,7 +433,8 @@ def main() -> None:
     }
     wanted = args.only
     todo = [c for c in CONFIGS if not wanted or any(c[0].startswith(w) for w in wanted)]
-    for name, stages in todo:
+    for config_name, stages in todo:
+        name = config_name if args.seed == 0 else f"{config_name} [train order seed {args.seed}]"
         model = copy.deepcopy(base)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "m.mzip"
