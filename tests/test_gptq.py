@@ -458,3 +458,26 @@ def test_log_scales_keep_lenet300_accuracy(lenet300, digits):
     assert [c.scale_bits for _, c in tuning.group_codes(model)] == [16, 8, 16]
     back, _ = mzip.from_bytes(mzip.to_bytes(model))
     assert accuracy(back, digits.test) >= base - 0.03
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [
+        um.residual_cnn,
+        um.depthwise_cnn,
+        um.concat_net,
+        lambda: nn.Sequential(nn.Flatten(), um.tabular_mlp(64, 10)),
+    ],
+)
+def test_log_scales_fit_user_models(factory, digits):
+    torch.manual_seed(0)
+    model = factory().eval()
+    x = digits.example(16)
+    with torch.no_grad():
+        ref = model(x)
+    model, notes = run_gptq(model, [x for x, _ in digits.val], bits=4, group_size=8, scale_bits=8)
+    assert notes["tensors_by_scale_bits"]["8"] > 0
+    back, _ = mzip.from_bytes(mzip.to_bytes(model), model=factory())
+    with torch.no_grad():
+        assert torch.equal(back(x), model(x))
+        assert torch.nn.functional.cosine_similarity(model(x), ref).mean() > 0.99

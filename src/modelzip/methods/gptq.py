@@ -439,7 +439,12 @@ def gptq(model: nn.Module, cfg: GPTQConfig, ctx: Context) -> nn.Module:
     ctx.notes["layers"] = {n: notes[n] for n in layers} | kept
     ctx.notes["calibration_batches"] = len(batches)
     if cfg.scale_bits == 8:
-        stored = [c.scale_bits for _, c in tuning.group_codes(model)]
+        stored = [
+            c.scale_bits
+            for layer in layers.values()
+            for c in constraints_of(layer, "weight")
+            if isinstance(c, GroupCodes)
+        ]
         ctx.notes["tensors_by_scale_bits"] = {str(b): stored.count(b) for b in (8, 16)}
     return model
 
