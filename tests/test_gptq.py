@@ -50,6 +50,92 @@ def test_gptq_output_error_below_round_to_nearest(bits, group, act_order):
     assert torch.equal(res.scale, res.scale.half().float())  # fp16-exact scales
 
 
+def stored_entropy(codes: ops.Codes, bits: int) -> float:
+    """Bits per weight of the centered codes the file's entropy coder sees (order 0)."""
+    g = codes.qdata.shape[1] // codes.scale.shape[1]
+    zero = codes.zero_point.long().repeat_interleave(g, 1)
+    p = torch.bincount(((codes.qdata.long() - zero) % 2**bits).flatten()).double()
+    p = p[p > 0] / p.sum()
+    return float(-(p * p.log2()).sum())
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_rate_weight_shortens_gptq_codes_below_nearest_and_keeps_its_error_lower(bits):
+    torch.manual_seed(3)
+    # heavy-tailed weights (as trained layers have): most codes sit next to the zero point
+    w = torch.distributions.Laplace(0.0, 1.0).sample((64, 256)) * 0.05
+    both = correlated_inputs(2048, 256)
+    x, held_out = both[:1024], both[1024:]
+    h = ops.hessian(x)
+    near = ops.rtn(w, bits=bits, group_size=64)
+    plain = ops.gptq(w, h, bits=bits, group_size=64, act_order=True)
+    lighter = ops.gptq(w, h, bits=bits, group_size=64, act_order=True, rate_weight=0.2)
+    rated = ops.gptq(w, h, bits=bits, group_size=64, act_order=True, rate_weight=0.4)
+    # plain GPTQ's error-compensated codes are longer than rounding's (strongly correlated
+    # inputs: +2-6% here); the rate term shortens them step by step, below rounding's
+    entropies = [stored_entropy(c, bits) for c in (plain, lighter, rated)]
+    assert entropies == sorted(entropies, reverse=True)
+    assert entropies[0] > stored_entropy(near, bits) > entropies[2]
+    for inputs in (x, held_out):
+        assert ops.output_error(inputs, w, rated.w_hat) < ops.output_error(inputs, w, near.w_hat)
+    assert torch.equal(
+        rated.w_hat, ops.dequantize_grouped(rated.qdata, rated.scale, rated.zero_point)
+    )
+    lengths = ops.code_lengths(near, bits)
+    assert lengths.shape == (2**bits,) and bool(torch.isfinite(lengths).all())
+    assert int(lengths.argmin()) == 0  # the zero point's own code is the most frequent
+
+
+def test_rate_weight_is_checked():
+    w, h = torch.randn(4, 16), torch.eye(16)
+    with pytest.raises(ValueError, match="rate_weight"):
+        ops.gptq(w, h, bits=4, rate_weight=-1.0)
+    grid = (torch.ones(4), torch.full((4,), 127.0), 254)
+    with pytest.raises(ValueError, match="fitted grids"):
+        ops.gptq(w, h, bits=8, grid=grid, rate_weight=0.1)
+    with pytest.raises(ConfigError, match="rate_weight"):
+        get_method("gptq").config.parse({"rate_weight": -0.5})
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_rate_aware_gptq_shrinks_a_trained_lenet300_file_and_keeps_accuracy(bits, lenet300, digits):
+    from modelzip.eval.evaluate import accuracy
+
+    m = get_method("gptq")
+    stage = {
+        "bits": bits,
+        "group_size": 64,
+        "calibration_split": "train",
+        "calibration_batches": 16,
+    }
+    out = {}
+    for name, over in {
+        "rtn": {"algorithm": "rtn"},
+        "plain": {},
+        "rated": {"rate_weight": 0.2},
+    }.items():
+        ctx = Context(data=digits, trainer=Trainer(progress=False))
+        model = m.apply(copy.deepcopy(lenet300), m.config.parse(stage | over), ctx)
+        blob = mzip.to_bytes(model)
+        out[name] = (len(blob), accuracy(mzip.from_bytes(blob)[0], digits.test))
+    assert out["rated"][0] < out["plain"][0]
+    assert out["rated"][1] >= out["rtn"][1] - 1e-9
+
+
+def test_train_split_calibration_does_not_depend_on_earlier_reads(lenet300):
+    # a shuffled train loader gives a new order each read (baseline training, other stages)
+    data = mz.load_data("digits")
+    m = get_method("gptq")
+    cfg = m.config.parse({"bits": 4, "calibration_split": "train", "calibration_batches": 2})
+    codes = []
+    for _ in range(2):
+        model = m.apply(copy.deepcopy(lenet300), cfg, Context(data=data, trainer=None))
+        codes.append([c.qdata for _, c in tuning.group_codes(model)])
+        for _ in data.train:  # another reader in between
+            pass
+    assert all(torch.equal(a, b) for a, b in zip(*codes, strict=True))
+
+
 def test_rtn_is_within_half_a_step_without_clipping():
     w = torch.randn(16, 256, generator=torch.Generator().manual_seed(0))
     c = ops.rtn(w, bits=4, group_size=64, clip_search=False)

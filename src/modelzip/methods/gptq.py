@@ -32,6 +32,14 @@ Options:
   the scales take about 40% of fp16's bytes (MiniLM, 4 bits, groups of 64: 3% of the file).
   A tensor whose scales span more than 8 octaves in some row, or whose rows have under 4
   groups, keeps fp16 scales; the notes say how many tensors have each.
+- ``rate_weight: 0.2`` makes GPTQ's rounding rate-aware: each weight takes the grid point
+  below or above it that minimises its squared distance in grid steps plus ``rate_weight``
+  times the code's length in bits (under the frequencies of the layer's round-to-nearest
+  codes), and GPTQ's update carries the extra error to the later columns. Error compensation
+  alone spreads the codes (a longer entropy code than rounding's); with 0.2 GPTQ's files are
+  0.1-0.4% smaller than round-to-nearest's at the same width (MiniLM, LeNets), for a cosine
+  within 0.003 of nearest rounding. The built-in ``gptq-*`` recipes use 0.2; 0 (the default
+  of the method) rounds to nearest. ``algorithm: rtn`` ignores it.
 - Too little calibration data (fewer input rows than a layer has inputs) makes the Hessian
   rank-deficient and GPTQ would overfit it: such a layer falls back to round-to-nearest, and
   the notes name it with its row count. NaN never reaches a weight.
@@ -53,6 +61,7 @@ from typing import Any, ClassVar, Literal, cast
 import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
+from torch.utils.data import DataLoader, RandomSampler
 
 from modelzip.config import MethodConfig
 from modelzip.context import Context
@@ -87,6 +96,9 @@ class GPTQConfig(MethodConfig):
     damp: float = Field(0.01, gt=0, le=10, description="relative dampening of the Hessian")
     block_size: int = Field(128, ge=1, le=4096)
     clip_search: bool = Field(True, description="search a shrunk range per group (MSE)")
+    rate_weight: float = Field(
+        0.0, ge=0, le=10, description="GPTQ rounding's code-length penalty (0: nearest)"
+    )
     awq: bool = Field(False, description="search AWQ per-input-channel scales first")
     average_bits: float | None = Field(None, ge=2, le=8, description="mixed-precision budget")
     sensitivity: Literal["end_to_end", "layer"] = Field(
@@ -237,6 +249,7 @@ def quantize_layer(
             damp=cfg.damp,
             block_size=cfg.block_size,
             clip_search=cfg.clip_search,
+            rate_weight=cfg.rate_weight,
         )
         note["algorithm"] = "gptq"
         note["damp"] = codes.damp
@@ -313,13 +326,35 @@ def _calibration(ctx: Context, cfg: GPTQConfig) -> list[torch.Tensor]:
     if data is None or "train" not in getattr(data, "loaders", {}):
         raise DataError("calibration_split 'train' needs data with a train split (--data)")
     out = []
-    for x, _ in data.train:
+    for x, _ in first_epoch(data.train):
         out.append(x)
         if len(out) >= cfg.calibration_batches:
             break
     if not out:
         raise DataError(f"calibration needs data: the train split of {data.name!r} is empty")
     return out
+
+
+def first_epoch(loader: DataLoader) -> DataLoader:
+    """``loader`` in the order of its first epoch, however often it was iterated before.
+
+    A shuffled train loader draws a new order each time it is read (baseline training, an
+    earlier stage), so calibrating on "the first batches" would depend on what ran before:
+    on whether the baseline came from the cache, say. A fresh loader seeded like the first
+    epoch gives the same batches every time. Loaders that do not shuffle with a seeded
+    generator are returned as they are."""
+    sampler = getattr(loader, "sampler", None)
+    gen = getattr(sampler, "generator", None)
+    if not isinstance(sampler, RandomSampler) or gen is None or sampler.replacement:
+        return loader
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(gen.initial_seed()),
+        collate_fn=loader.collate_fn,
+        drop_last=loader.drop_last,
+    )
 
 
 def _check_layers(layers: dict[str, nn.Module]) -> None:

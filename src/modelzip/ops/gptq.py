@@ -249,6 +249,7 @@ def gptq(
     block_size: int = 128,
     clip_search: bool = True,
     grid: tuple[torch.Tensor, torch.Tensor, int] | None = None,
+    rate_weight: float = 0.0,
 ) -> Codes:
     """GPTQ codes of ``w`` (out x in) given the Hessian ``h`` (in x in) of its inputs.
 
@@ -264,10 +265,20 @@ def gptq(
         grid: a fixed grid instead of fitted ones: per-row ``(scale, zero_point, qmax)``
             with codes in ``[0, qmax]`` (one group per row). Symmetric int8 per channel is
             ``(absmax / 127, 127, 254)``: the codes minus 127 are the signed int8 values.
+        rate_weight: rate-aware rounding (``code_lengths``): each weight takes the grid point
+            below or above it that minimises ``(position - code)^2 + rate_weight * length``,
+            the squared distance in grid steps plus the code's length in bits under the
+            distribution of the matrix's round-to-nearest codes. A near-tie then goes to the
+            more frequent code, so the entropy-coded file shrinks, and the update spreads
+            the extra error over the later columns like any rounding error. 0: nearest.
     """
     _check(w, bits)
     if grid is not None and group_size not in (None, w.shape[1]):
         raise ValueError("a fixed grid has one scale per row: group_size must be None")
+    if not 0.0 <= rate_weight <= 10.0:
+        raise ValueError(f"rate_weight must lie in [0, 10], got {rate_weight!r}")
+    if rate_weight and grid is not None:
+        raise ValueError("rate_weight needs fitted grids (it models their centered codes)")
     if h.shape != (w.shape[1], w.shape[1]):
         raise ValueError(f"Hessian shape {tuple(h.shape)} does not fit weight {tuple(w.shape)}")
     if not bool(torch.isfinite(h).all()):
@@ -289,6 +300,11 @@ def gptq(
     if grid is not None:
         scale[:, 0], zero[:, 0], done[0] = grid[0].float(), grid[1], True
     group_of = perm // g
+    lengths = (
+        rate_weight * code_lengths(rtn(w, bits=bits, group_size=g, clip_search=clip_search), bits)
+        if rate_weight
+        else None
+    )
     Q = torch.zeros(rows, cols)
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
@@ -303,7 +319,11 @@ def gptq(
                 scale[:, gi], zero[:, gi], done[gi] = s, z, True
             col = W1[:, i].float()
             s, z = scale[:, gi], zero[:, gi]
-            q = quantize(col, s, z, qmax)
+            q = (
+                quantize(col, s, z, qmax)
+                if lengths is None
+                else _rate_round(col / s + z, z, qmax, lengths)
+            )
             Q[:, i1 + i] = q
             err = (col.double() - dequantize(q, s, z).double()) / U1[i, i]
             W1[:, i:] -= err[:, None] * U1[i, i:][None, :]
@@ -318,6 +338,34 @@ def gptq(
         dequantize_grouped(Q, scale, zero),
         damp=used,
     )
+
+
+def code_lengths(codes: Codes, bits: int) -> torch.Tensor:
+    """Length in bits of each centered code ``(q - zero_point) mod 2^bits`` (the symbols the
+    file's entropy coder sees, ``nn.lowbit.center``) under the codes' own frequencies, counts
+    smoothed by 1/2 so that an unseen code has a finite length."""
+    m = 2**bits
+    zero = codes.zero_point.long().repeat_interleave(
+        codes.qdata.shape[1] // codes.scale.shape[1], 1
+    )
+    centered = (codes.qdata.long() - zero) % m
+    counts = torch.bincount(centered.flatten(), minlength=m).double() + 0.5
+    return (-torch.log2(counts / counts.sum())).float()
+
+
+def _rate_round(
+    pos: torch.Tensor, zero: torch.Tensor, qmax: int, lengths: torch.Tensor
+) -> torch.Tensor:
+    """The grid point below or above ``pos`` (a position in grid steps) of least
+    ``distance^2 + length``; ``lengths`` is already scaled by the rate weight."""
+    lo = torch.floor(pos).clamp(0, qmax)
+    hi = (lo + 1).clamp(max=qmax)
+    m = len(lengths)
+
+    def cost(q: torch.Tensor) -> torch.Tensor:
+        return (pos - q).pow(2) + lengths[(q - zero).long() % m]
+
+    return torch.where(cost(hi) < cost(lo), hi, lo)
 
 
 def awq_scales(
