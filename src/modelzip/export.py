@@ -75,17 +75,19 @@ def export_onnx(
 
 
 def _merged(data: bytes) -> bytes:
-    """``data`` with the int8 products that share row codes merged
-    (``modelzip.nn.onnx_merge``); unchanged when there are none."""
+    """``data`` with the int8 products that share row codes merged, and every product
+    owning its weight constants (``modelzip.nn.onnx_merge``); unchanged when there are none."""
     from modelzip.nn.onnx_int8 import MATMUL_TO_FLOAT
-    from modelzip.nn.onnx_merge import merge_parallel_products
+    from modelzip.nn.onnx_merge import merge_parallel_products, own_weight_constants
 
     if MATMUL_TO_FLOAT.split("::")[1].encode() not in data:
         return data
     import onnx
 
     model = onnx.load_from_string(data)
-    return model.SerializeToString() if merge_parallel_products(model) else data
+    changed = merge_parallel_products(model)
+    changed += own_weight_constants(model)
+    return model.SerializeToString() if changed else data
 
 
 def ort_session(model: str | os.PathLike[str] | bytes, threads: int | None = None) -> Any:

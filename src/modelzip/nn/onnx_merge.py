@@ -225,3 +225,56 @@ def _set_nodes(graph: Any, nodes: list[Any]) -> None:
     if len(kept) < len(graph.initializer):
         del graph.initializer[:]
         graph.initializer.extend(kept)
+
+
+#: Inputs of ``MatMulIntegerToFloat`` that ONNX Runtime rewrites in place on CPUs without VNNI:
+#: the int8 weight ``B`` (1) and its zero point (5).
+_REWRITTEN_INPUTS = (1, 5)
+
+
+def own_weight_constants(model: Any) -> int:
+    """Give every ``MatMulIntegerToFloat`` its own copy of the weight and weight zero point
+    it shares with another one (a layer with 16-bit rows runs two products of one weight).
+
+    Why: on x86 CPUs without VNNI, ONNX Runtime's ``session.x64quantprecision`` (the option
+    that keeps u8 x s8 products from saturating in int16, ``modelzip.export.ort_session``)
+    converts each such weight to uint8 in place, and fails to initialize the session
+    ("Attempt to replace the existing tensor") when two nodes read the same one. Copies cost
+    the file the shared weights once more; the arithmetic is unchanged. Returns the number of
+    inputs rewired."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+    seen: set[str] = set()
+    rewired = 0
+    extra_nodes: list[Any] = []
+    for node in graph.node:
+        if node.op_type != MATMUL:
+            continue
+        for pos in _REWRITTEN_INPUTS:
+            if pos >= len(node.input) or not node.input[pos]:
+                continue
+            name = node.input[pos]
+            if name not in seen:
+                seen.add(name)
+                continue
+            copy_name = f"{name}__{node.name or rewired}"
+            if name in inits:
+                copy = type(inits[name])()
+                copy.CopyFrom(inits[name])
+                copy.name = copy_name
+                graph.initializer.append(copy)
+            elif name in consts:
+                copy = type(consts[name])()
+                copy.CopyFrom(consts[name])
+                copy.name = f"{copy.name}__copy{rewired}"
+                del copy.output[:]
+                copy.output.append(copy_name)
+                extra_nodes.append(copy)
+            else:
+                continue  # computed at run time: ORT does not rewrite it
+            node.input[pos] = copy_name
+            rewired += 1
+    if extra_nodes:
+        _set_nodes(graph, extra_nodes + list(graph.node))
+    return rewired
