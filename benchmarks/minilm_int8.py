@@ -15,9 +15,9 @@ exported to int8 ONNX and run in ONNX Runtime; ``torch.ao.quantization.quantize_
 Runtime fp32, and ORT ``quantize_dynamic`` (per-channel int8) without and with the ORT
 transformers optimizer.
 
-Run: ``PYTHONPATH=src python benchmarks/minilm_int8.py [--quick]`` (about 15 minutes on 2
-idle cores; ``--quick``: only the w8a8 mode, 2 calibration batches).
-Writes ``benchmarks/results/minilm_int8.md``.
+Run: ``PYTHONPATH=src python benchmarks/minilm_int8.py [--quick] [--out FILE.md]`` (about 15
+minutes on 2 idle cores; ``--quick``: only the w8a8 mode, 2 calibration batches).
+Writes ``benchmarks/results/minilm_int8.md`` (or ``--out``: e.g. one file per kind of CPU).
 """
 
 from __future__ import annotations
@@ -294,7 +294,8 @@ def main() -> None:
                 f"- latency b{b}, {t} thread(s), no slower than ORT int8: modelzip "
                 f"{ours:.2f} ms vs ORT int8 best {ort_q:.2f} ms ({verdict})"
             )
-    OUT.write_text("\n".join(lines) + "\n")
+    out = Path(sys.argv[sys.argv.index("--out") + 1]) if "--out" in sys.argv else OUT
+    out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
