@@ -18,7 +18,7 @@ from modelzip.context import Context
 from modelzip.errors import ConfigError, FormatError, UnsupportedError
 from modelzip.methods import _gptq_tune as tuning
 from modelzip.nn.constraints import Encoded, constraints_of, decode, iter_state
-from modelzip.nn.lowbit import GroupCodes
+from modelzip.nn.lowbit import GroupCodes, center
 from modelzip.nn.registry import CONSTRAINT_KINDS
 from modelzip.ops import gptq as ops
 from modelzip.recipe import Recipe
@@ -52,9 +52,7 @@ def test_gptq_output_error_below_round_to_nearest(bits, group, act_order):
 
 def stored_entropy(codes: ops.Codes, bits: int) -> float:
     """Bits per weight of the centered codes the file's entropy coder sees (order 0)."""
-    g = codes.qdata.shape[1] // codes.scale.shape[1]
-    zero = codes.zero_point.long().repeat_interleave(g, 1)
-    p = torch.bincount(((codes.qdata.long() - zero) % 2**bits).flatten()).double()
+    p = torch.bincount(center(codes.qdata, codes.zero_point, bits).long().flatten()).double()
     p = p[p > 0] / p.sum()
     return float(-(p * p.log2()).sum())
 

@@ -61,11 +61,10 @@ from typing import Any, ClassVar, Literal, cast
 import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler
 
 from modelzip.config import MethodConfig
 from modelzip.context import Context
-from modelzip.errors import DataError, ModelError, UnsupportedError
+from modelzip.errors import ModelError, UnsupportedError
 from modelzip.methods import _gptq_calib as calib
 from modelzip.methods import _gptq_tune as tuning
 from modelzip.methods._gptq_budget import allocate_bits, end_to_end_sensitivity
@@ -319,44 +318,6 @@ def used_table_rows(
     return seen
 
 
-def _calibration(ctx: Context, cfg: GPTQConfig) -> list[torch.Tensor]:
-    if cfg.calibration_split == "val":
-        return calibration_batches(ctx, cfg.calibration_batches)
-    data = getattr(ctx, "data", None)
-    if data is None or "train" not in getattr(data, "loaders", {}):
-        raise DataError("calibration_split 'train' needs data with a train split (--data)")
-    out = []
-    for x, _ in first_epoch(data.train):
-        out.append(x)
-        if len(out) >= cfg.calibration_batches:
-            break
-    if not out:
-        raise DataError(f"calibration needs data: the train split of {data.name!r} is empty")
-    return out
-
-
-def first_epoch(loader: DataLoader) -> DataLoader:
-    """``loader`` in the order of its first epoch, however often it was iterated before.
-
-    A shuffled train loader draws a new order each time it is read (baseline training, an
-    earlier stage), so calibrating on "the first batches" would depend on what ran before:
-    on whether the baseline came from the cache, say. A fresh loader seeded like the first
-    epoch gives the same batches every time. Loaders that do not shuffle with a seeded
-    generator are returned as they are."""
-    sampler = getattr(loader, "sampler", None)
-    gen = getattr(sampler, "generator", None)
-    if not isinstance(sampler, RandomSampler) or gen is None or sampler.replacement:
-        return loader
-    return DataLoader(
-        loader.dataset,
-        batch_size=loader.batch_size,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(gen.initial_seed()),
-        collate_fn=loader.collate_fn,
-        drop_last=loader.drop_last,
-    )
-
-
 def _check_layers(layers: dict[str, nn.Module]) -> None:
     for name, layer in layers.items():
         found = constraints_of(layer, "weight")
@@ -407,7 +368,11 @@ def gptq(model: nn.Module, cfg: GPTQConfig, ctx: Context) -> nn.Module:
         or cfg.tune_scales > 0
         or bool(tables)
     )
-    batches = _calibration(ctx, cfg) if needs_data else []
+    batches = (
+        calibration_batches(ctx, cfg.calibration_batches, cfg.calibration_split)
+        if needs_data
+        else []
+    )
     used = used_table_rows(model, tables, batches) if tables else {}
     refs = tuning.reference_outputs(model, batches) if cfg.tune_scales > 0 else None
     order, diag = calib.call_order(model, layers, batches) if batches else ([], {})

@@ -14,6 +14,7 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, RandomSampler
 
 from modelzip.context import Context
 from modelzip.errors import DataError
@@ -37,24 +38,48 @@ class LayerStats:
         return self.in_lo <= self.in_hi
 
 
-def calibration_batches(ctx: Context, n: int) -> list[torch.Tensor]:
-    """Up to ``n`` input batches from the validation split (never test data)."""
+def calibration_batches(ctx: Context, n: int, split: str = "val") -> list[torch.Tensor]:
+    """Up to ``n`` input batches of ``split`` (``val``; ``train`` where a method asks for it;
+    never test data), in the split's first-epoch order (``first_epoch``)."""
     data = getattr(ctx, "data", None)
-    if data is None or "val" not in getattr(data, "loaders", {}):
-        raise DataError(
-            "activation calibration needs data: run the recipe with --data (a validation split "
-            "supplies the calibration_batches)"
-        )
+    what = "activation calibration" if split == "val" else "calibration"
+    if data is None or split not in getattr(data, "loaders", {}):
+        if split == "val":
+            raise DataError(
+                "activation calibration needs data: run the recipe with --data (a validation "
+                "split supplies the calibration_batches)"
+            )
+        raise DataError(f"calibration_split {split!r} needs data with a {split} split (--data)")
     out: list[torch.Tensor] = []
-    for x, _ in data.val:
+    for x, _ in first_epoch(data.loaders[split]):
         out.append(x)
         if len(out) >= n:
             break
     if not out:
-        raise DataError(
-            f"activation calibration needs data: the val split of {data.name!r} is empty"
-        )
+        raise DataError(f"{what} needs data: the {split} split of {data.name!r} is empty")
     return out
+
+
+def first_epoch(loader: DataLoader) -> DataLoader:
+    """``loader`` in the order of its first epoch, however often it was iterated before.
+
+    A shuffled train loader draws a new order each time it is read (baseline training, an
+    earlier stage), so calibrating on "the first batches" would depend on what ran before:
+    on whether the baseline came from the cache, say. A fresh loader seeded like the first
+    epoch gives the same batches every time. Loaders that do not shuffle with a seeded
+    generator are returned as they are."""
+    sampler = getattr(loader, "sampler", None)
+    gen = getattr(sampler, "generator", None)
+    if not isinstance(sampler, RandomSampler) or gen is None or sampler.replacement:
+        return loader
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(gen.initial_seed()),
+        collate_fn=loader.collate_fn,
+        drop_last=loader.drop_last,
+    )
 
 
 @contextmanager
