@@ -86,10 +86,11 @@ def int8_rows_only() -> Recipe:
     return dataclasses.replace(rec, stages=(*rec.stages[:-1], last), name="w8a8-int8-rows")
 
 
-def ort_session(path: Path, threads: int):  # noqa: ANN201  (onnxruntime types)
-    # session.x64quantprecision on (ORT's fix for u8 x s8 saturation without VNNI), for every
-    # ONNX variant alike
-    return export.ort_session(path, threads)
+def ort_session(path: Path, threads: int, *, ours: bool):  # noqa: ANN201  (onnxruntime types)
+    """modelzip's export in ``modelzip.export.ort_session`` (ORT's precision option only on
+    CPUs whose int8 kernels saturate); ORT's own models with ORT's default options, as a user
+    of ORT runs them (the option cost them 1.7-1.9x on an EPYC with VNNI)."""
+    return export.ort_session(path, threads, precise=None if ours else False)
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -204,7 +205,10 @@ def main() -> None:
         with torch.inference_mode():
             emb = torch.cat([model(x_eval[i : i + 64]) for i in range(0, len(x_eval), 64)])
         fid[name] = fidelity(emb.float(), ref)
-    sessions = {name: {t: ort_session(p, t) for t in THREADS} for name, p in onnx_files.items()}
+    sessions = {
+        name: {t: ort_session(p, t, ours=name.startswith("modelzip")) for t in THREADS}
+        for name, p in onnx_files.items()
+    }
     for name, by_t in sessions.items():
         s = by_t[2]
         outs = [
@@ -245,6 +249,14 @@ def main() -> None:
         + (" (`--quick`: only the w8a8 mode)." if "--quick" in sys.argv else "."),
         f"int8 kernels here: {int8_runtime.describe()['why']} "
         f"(matmul kernel `{int8_runtime.matmul_kernel()}`).",
+        "ONNX Runtime sessions: modelzip's export with `session.x64quantprecision` "
+        + (
+            "on (ORT's u8 x s8 kernels pair products in int16 on this CPU)"
+            if export.ort_kernels_saturate()
+            else "off (ORT's int8 kernels accumulate in int32 on this CPU: the option is not "
+            "needed and costs time)"
+        )
+        + "; ORT's own models with ORT's default options.",
         "",
         "| variant | bytes | x fp32 file | cos mean | cos min | top-10 overlap | "
         + " | ".join(f"b{b} {t}t" for t in THREADS for b in (1, 32))

@@ -11,7 +11,7 @@ import torch
 
 import modelzip as mz
 from modelzip.cli import main
-from modelzip.export import export_onnx, ort_session
+from modelzip.export import export_onnx, ort_kernels_saturate, ort_session
 from modelzip.testing.user_models import write_tiny_bert
 
 
@@ -40,6 +40,47 @@ def test_a_dynamic_int8_bert_exports_integer_ops_that_match(tmp_path):
     with torch.inference_mode():
         want = q(x).numpy()
     assert float(np.abs(run_ort(path, x) - want).max()) < 1e-4  # batch 32 though exported at 1
+    # the session ORT's precision option makes is exact on every CPU, so it agrees with the
+    # session chosen for this CPU (plain where the kernels do not saturate)
+    precise = ort_session(path, precise=True).run(None, {"input": x.numpy()})[0]
+    assert float(np.abs(precise - want).max()) < 1e-4
+
+
+def precision_option(session) -> str:
+    try:
+        return session.get_session_options().get_session_config_entry("session.x64quantprecision")
+    except RuntimeError:  # ORT raises for an entry that was never set
+        return ""
+
+
+@pytest.mark.parametrize(
+    ("flags", "saturate"),
+    [
+        ({"avx2"}, True),  # AVX2-only EPYC: u8 x s8 pairs saturate in int16
+        ({"avx2", "avx512f"}, True),  # AVX-512 without VNNI too
+        ({"avx2", "avx512f", "avx512_vnni"}, False),
+        ({"avx2", "avx_vnni"}, False),  # MLAS has 256-bit AVX-VNNI kernels
+        ({"amx_int8", "avx512f"}, False),
+        (set(), True),  # flags unknown on x86: stay exact
+    ],
+)
+def test_ort_precision_is_asked_for_only_where_the_kernels_saturate(flags, saturate, monkeypatch):
+    from modelzip.nn import int8_runtime
+
+    monkeypatch.setattr(int8_runtime, "is_x86", lambda: True)
+    assert ort_kernels_saturate(frozenset(flags)) is saturate
+
+
+def test_ort_session_sets_the_precision_option_by_cpu_or_as_told(digits, tmp_path, monkeypatch):
+    path = tmp_path / "m.onnx"
+    export_onnx(mz.load_model("zoo:lenet300", data=digits), path, example=digits.example(1))
+    assert precision_option(ort_session(path, precise=True)) == "1"
+    assert precision_option(ort_session(path, precise=False)) == ""
+    import modelzip.export as export_module
+
+    for saturate, want in ((True, "1"), (False, "")):
+        monkeypatch.setattr(export_module, "ort_kernels_saturate", lambda s=saturate: s)
+        assert precision_option(ort_session(path)) == want
 
 
 def test_a_static_int8_cnn_exports_qdq_that_agrees(digits, tmp_path, capsys):

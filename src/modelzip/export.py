@@ -90,16 +90,28 @@ def _merged(data: bytes) -> bytes:
     return model.SerializeToString() if changed else data
 
 
-def ort_session(model: str | os.PathLike[str] | bytes, threads: int | None = None) -> Any:
+def ort_session(
+    model: str | os.PathLike[str] | bytes,
+    threads: int | None = None,
+    *,
+    precise: bool | None = None,
+) -> Any:
     """An ONNX Runtime CPU session that runs int8 models exactly on CPUs without VNNI too.
 
     ORT's x86 u8 x s8 kernels pair products in int16 without VNNI, as PyTorch's do, and saturate
     (measured on an AVX2-only AMD EPYC: an exported w8a8 LeNet-5 off by 3.1 logits, 0.8% of
     argmaxes changed). ORT's own fix is the session option ``session.x64quantprecision``, which
-    runs such products as u8 x u8 where the weights need it (then: 0.14, every argmax equal);
-    it costs nothing on CPUs with VNNI. Use this for int8 files exported by modelzip.
+    runs such products as u8 x u8 where the weights need it (then: 0.14, every argmax equal).
+    It is not free where it is not needed: on an AMD EPYC with AVX-512 VNNI, where the plain
+    kernels are exact (the same output to the bit), it made MiniLM's int8 export 1.6-1.9x
+    slower. So ``precise=None`` turns it on only on x86 CPUs whose ORT int8 kernels saturate
+    (``ort_kernels_saturate``); True / False force it. Use this for int8 files exported by
+    modelzip.
     """
     import onnxruntime as ort
+
+    if precise is None:
+        precise = ort_kernels_saturate()
 
     def options(precise: bool) -> Any:
         opts = ort.SessionOptions()
@@ -112,6 +124,8 @@ def ort_session(model: str | os.PathLike[str] | bytes, threads: int | None = Non
         return opts
 
     src = model if isinstance(model, bytes) else str(model)
+    if not precise:
+        return ort.InferenceSession(src, options(False), providers=["CPUExecutionProvider"])
     try:
         return ort.InferenceSession(src, options(True), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001  (ORT raises its own Fail type)
@@ -120,6 +134,21 @@ def ort_session(model: str | os.PathLike[str] | bytes, threads: int | None = Non
         if "replace the existing tensor" not in str(exc):
             raise
     return ort.InferenceSession(src, options(False), providers=["CPUExecutionProvider"])
+
+
+#: CPU flags with which ONNX Runtime's (MLAS) u8 x s8 kernels accumulate in int32: AVX-512
+#: VNNI, the 256-bit AVX-VNNI of newer desktop CPUs, and AMX.
+ORT_EXACT_INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def ort_kernels_saturate(flags: frozenset[str] | None = None) -> bool:
+    """Whether ONNX Runtime's int8 kernels pair u8 x s8 products in int16 on this CPU (x86
+    without any of ``ORT_EXACT_INT8_FLAGS``); ``flags`` defaults to this CPU's."""
+    from modelzip.nn import int8_runtime
+
+    if not int8_runtime.is_x86():
+        return False
+    return not (ORT_EXACT_INT8_FLAGS & (int8_runtime.cpu_flags() if flags is None else flags))
 
 
 def _check_with_onnxruntime(model: nn.Module, data: bytes, x: torch.Tensor) -> float:
