@@ -113,9 +113,9 @@ def ort_session(
     if precise is None:
         precise = ort_kernels_saturate()
 
-    def options(precise: bool) -> Any:
+    def options(with_precision: bool) -> Any:
         opts = ort.SessionOptions()
-        if precise:
+        if with_precision:
             opts.add_session_config_entry("session.x64quantprecision", "1")
             opts.log_severity_level = 4  # a failed attempt is retried, not printed
         if threads is not None:
@@ -124,15 +124,14 @@ def ort_session(
         return opts
 
     src = model if isinstance(model, bytes) else str(model)
-    if not precise:
-        return ort.InferenceSession(src, options(False), providers=["CPUExecutionProvider"])
-    try:
-        return ort.InferenceSession(src, options(True), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001  (ORT raises its own Fail type)
-        # ORT 1.32's u8s8 -> u8u8 rewrite fails to initialize some QDQ graphs (a residual
-        # CNN: "Attempt to replace the existing tensor"); run those without it.
-        if "replace the existing tensor" not in str(exc):
-            raise
+    if precise:
+        try:
+            return ort.InferenceSession(src, options(True), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001  (ORT raises its own Fail type)
+            # ORT 1.32's u8s8 -> u8u8 rewrite fails to initialize some QDQ graphs (a residual
+            # CNN: "Attempt to replace the existing tensor"); run those without it.
+            if "replace the existing tensor" not in str(exc):
+                raise
     return ort.InferenceSession(src, options(False), providers=["CPUExecutionProvider"])
 
 
