@@ -133,7 +133,7 @@ def test_recipe_shape_from_the_issue_parses():
         (
             {"activations": {"bit": 8}},
             r"unknown field 'activations.bit'.*'bits'.*valid fields: bits, min_sqnr_db, mode, "
-            r"observer, percentile, rows, rows16_share, share_rows, smoothquant, "
+            r"observer, percentile, rotate, rows, rows16_share, share_rows, smoothquant, "
             r"static_margin_db, weight_rounding$",
         ),
     ],

@@ -40,6 +40,7 @@ from torch.nn.utils import parametrize
 from modelzip.config import MethodConfig
 from modelzip.context import Context
 from modelzip.errors import ConfigError, ModelError, UnsupportedError
+from modelzip.nn import rotation
 from modelzip.nn.constraints import AffineQuant, constrain
 from modelzip.ops import affine
 from modelzip.quant import calibrate, convert, dynamic
@@ -99,12 +100,31 @@ class ActivationConfig(BaseModel):
         "the input is quantized once for all of them (faster; on MiniLM top-10 overlap "
         "-0.001); false: each layer its own",
     )
+    rotate: int = Field(
+        0,
+        ge=0,
+        le=rotation.MAX_BLOCK,
+        description="dynamic layers: multiply each block of this many input features (a power "
+        "of two; per layer the largest power of two up to it that divides the inputs, none "
+        "below 8) by a Hadamard matrix before quantizing, and the weight alike: the product "
+        "is unchanged and outlier features spread over their block (on MiniLM, blocks of 32: "
+        "top-10 overlap 0.956 -> 0.975 at one int8 pass per layer); 0 = off",
+    )
     weight_rounding: Literal["nearest", "gptq"] = Field(
         "nearest",
         description="int8 weights of dynamic per-token layers: rounded to nearest, or by GPTQ "
         "from the Hessian of their calibration inputs (less output error; needs at least as "
         "many calibration rows as the layer has inputs, else nearest)",
     )
+
+    @field_validator("rotate")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if not rotation.is_block(v):
+            raise ValueError(
+                f"rotate must be 0 (off) or a power of two from 2 to {rotation.MAX_BLOCK}, got {v}"
+            )
+        return v
 
     @field_validator("bits")
     @classmethod
@@ -342,6 +362,7 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> nn.Module:
             asymmetric=acts.rows == "auto",
             rows16_share=acts.rows16_share,
             share_rows=acts.share_rows,
+            rotate=acts.rotate,
         )
         ctx.notes["kept_float"] = dyn_notes.pop("_kept_float")
         if "_rows16" in dyn_notes:

@@ -35,6 +35,7 @@ def apply(
     asymmetric: bool = False,
     rows16_share: float = 0.0,
     share_rows: bool = False,
+    rotate: int = 0,
 ) -> tuple[nn.Module, dict[str, nn.Module], dict[str, Any]]:
     """Returns (model, layers left for the static path, per-layer notes + ``_kept_float``)."""
     linears = {
@@ -51,6 +52,7 @@ def apply(
         rounding=rounding,
         asymmetric=asymmetric,
         share_rows=share_rows,
+        rotate=rotate,
     )
     plan.decide(
         plans,
@@ -84,7 +86,12 @@ def apply(
         smooth = p.smooth[p.alpha] if p.alpha > 0 else None  # a group's is one for all
         codes, scale, how = p.codes[p.alpha]
         new = DynQuantLinear.from_float(
-            layer.weight, layer.bias, smooth, codes=(codes, scale), asymmetric=p.asymmetric
+            layer.weight,
+            layer.bias,
+            smooth,
+            codes=(codes, scale),
+            asymmetric=p.asymmetric,
+            rotate=p.rotate,
         )
         convert.replace(model, name, new)
         built[name] = (layer, new)
@@ -95,6 +102,8 @@ def apply(
             act_mode="dynamic per-token " + ("asymmetric" if p.asymmetric else "symmetric"),
             weight_rounding=how,
         )
+        if p.rotate:
+            info["rotate"] = p.rotate
         if len(p.group) > 1:
             info["rows_shared_with"] = [n for n in p.group if n != name]
     if rows16_share > 0 and built and batches:
@@ -105,7 +114,11 @@ def apply(
             codes, scale, _ = plans[name].codes[0.0]
             float_layer = cast(nn.Linear, built[name][0])
             wide = DynQuantLinear.from_float(
-                float_layer.weight, float_layer.bias, codes=(codes, scale), act_bits=16
+                float_layer.weight,
+                float_layer.bias,
+                codes=(codes, scale),
+                act_bits=16,
+                rotate=plans[name].rotate,
             )
             convert.replace(model, name, wide)
             notes[name].update(

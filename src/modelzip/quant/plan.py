@@ -16,6 +16,11 @@ one vector into the LayerNorm before them), and one row kind, chosen on the grou
 relative error, so that at run time they quantize the input once (``DynQuantLinear`` shares
 the codes of an input between such layers).
 
+With ``rotate=b`` every dynamic candidate has its (smoothed) input rotated by a block Hadamard
+matrix (``modelzip.nn.rotation``, blocks of the largest power of two up to ``b`` that divides
+the layer's inputs) and its weight columns alike, before both are quantized: the codes, the
+GPTQ Hessian and the measured error are those of the rotated layer.
+
 The error is measured as output SQNR in dB over all rows seen (at most ``MAX_ROWS`` rows per
 batch, evenly spaced). Inputs of any rank are flattened to rows of the last dimension.
 
@@ -40,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modelzip.nn import rotation
 from modelzip.nn.dynamic import fake_rows, smooth_factors
 from modelzip.ops import gptq as ops_gptq
 
@@ -86,6 +92,8 @@ class LinearPlan:
     group: tuple[str, ...] = ()
     #: alpha -> the SmoothQuant divisor per input feature (the group's, for a group)
     smooth: dict[float, torch.Tensor] = field(default_factory=dict)
+    #: the Hadamard block the dynamic candidates' inputs are rotated by (0: none)
+    rotate: int = 0
 
     def sqnr(self, noise: float) -> float:
         """Output SQNR in dB for an accumulated noise energy."""
@@ -144,10 +152,14 @@ def measure(
     rounding: str = "nearest",
     asymmetric: bool = False,
     share_rows: bool = False,
+    rotate: int = 0,
 ) -> dict[str, LinearPlan]:
     """Two calibration passes: input statistics, then each mode's output error; with
-    ``share_rows``, layers reading one input in a row are planned as a group."""
-    plans = {n: LinearPlan() for n in layers}
+    ``share_rows``, layers reading one input in a row are planned as a group; with ``rotate``,
+    the dynamic candidates are Hadamard-rotated in blocks of up to that size."""
+    plans = {
+        n: LinearPlan(rotate=rotation.block_for(m.in_features, rotate)) for n, m in layers.items()
+    }
     groups: list[list[str]] = []
     last: list[Callable[[], object] | None] = [None]
 
@@ -200,12 +212,14 @@ def measure(
             gram = None
             if p.gram is not None:
                 s64 = s.double()
-                gram = p.gram / (s64[:, None] * s64[None, :])  # the Gram matrix of x / s
-            codes, scale, how = int8_codes(layers[n].weight.float() * s[None, :], gram, p.rows)
+                # the Gram matrix of the layer's quantized input, rotate(x / s)
+                gram = rotation.rotate_gram(p.gram / (s64[:, None] * s64[None, :]), p.rotate)
+            w = rotation.rotate(layers[n].weight.float() * s[None, :], p.rotate)
+            codes, scale, how = int8_codes(w, gram, p.rows)
             p.codes[a] = (codes, scale, how)
             w_dyn[n][a] = codes.float() * scale[:, None]
             if how == "gptq":
-                w_near[n][a] = fake_rows(layers[n].weight.float() * s[None, :])
+                w_near[n][a] = fake_rows(w)
         p.gram = None  # up to 18 MB per layer: not kept past its use
 
     def errors(name: str, m: nn.Module, x: torch.Tensor, _y: torch.Tensor) -> None:
@@ -217,13 +231,14 @@ def measure(
         out = F.linear(_static_input(x2, p.lo, p.hi), w_static[name], bias)
         p.noise_static += float((out - ref).pow(2).sum())
         for a, s in smooth[name].items():
-            out = F.linear(fake_rows(x2 / s), w_dyn[name][a], bias)
+            xr = rotation.rotate(x2 / s, p.rotate)
+            out = F.linear(fake_rows(xr), w_dyn[name][a], bias)
             p.noise_dynamic[a] = p.noise_dynamic.get(a, 0.0) + float((out - ref).pow(2).sum())
             if a in w_near[name]:
-                out = F.linear(fake_rows(x2 / s), w_near[name][a], bias)
+                out = F.linear(fake_rows(xr), w_near[name][a], bias)
                 p.noise_nearest[a] = p.noise_nearest.get(a, 0.0) + float((out - ref).pow(2).sum())
             if asymmetric:
-                out = F.linear(fake_rows(x2 / s, asymmetric=True), w_dyn[name][a], bias)
+                out = F.linear(fake_rows(xr, asymmetric=True), w_dyn[name][a], bias)
                 p.noise_asym[a] = p.noise_asym.get(a, 0.0) + float((out - ref).pow(2).sum())
 
     with _hooks({n: layers[n] for n in smooth}, errors):
