@@ -58,6 +58,8 @@ def test_without_vnni_the_engine_saturates_and_the_automatic_choice_is_exact(tmp
     forced = run_check({**AVX2, "MODELZIP_INT8_KERNELS": "engine"})
     assert forced["kernel"] == "engine"
     assert forced["linear"] > 10 and forced["conv"] > 10  # the saturation the tests must catch
+    # 7-bit weights cannot saturate: the same kernels are exact on them
+    assert max(forced["linear_7bit"], forced["conv_7bit"]) <= 0.5 + 1e-3
     assert forced["matmul_kernel"] == "int_mm"
     if "avx512_vnni" in int8_runtime.cpu_flags():
         # oneDNN capped to AVX2 on a VNNI CPU pairs in int16 too; on a real AVX2-only AMD EPYC
@@ -67,6 +69,8 @@ def test_without_vnni_the_engine_saturates_and_the_automatic_choice_is_exact(tmp
     # both exact candidates may win the timing (split _int_mm, or fp32 on the codes)
     assert auto["kernel"] == "reference" and auto["matmul_kernel"] in ("split", "reference")
     assert max(auto["linear"], auto["conv"], auto["saved_linear"]) <= 0.5 + 1e-3
+    assert auto["engine_7bit"]  # 7-bit layers keep the engine's int8 speed without VNNI
+    assert max(auto["linear_7bit"], auto["conv_7bit"]) <= 0.5 + 1e-3
     assert auto["dynamic"] < 1e-5  # the weight-split int8 GEMM is exact without VNNI
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from torch import nn
@@ -107,6 +108,29 @@ def test_a_rotated_layer_computes_its_reference_saves_and_exports(asymmetric, tm
     export_onnx(nn.Sequential(q).eval(), onnx_path, example=x[:1])
     got = ort_session(onnx_path).run(None, {"input": x.numpy()})[0]
     assert float(np.abs(got - y.numpy()).max()) < 1e-4
+
+
+@pytest.mark.parametrize("shape", [(6, 64), (2, 3, 64), (2, 2, 3, 64)], ids=["2d", "3d", "4d"])
+def test_rotated_layers_export_one_reshape_matmul_reshape_per_rotation(shape, tmp_path):
+    # two rotated layers in a row (the exporter once failed on the second), inputs of any rank;
+    # the rotation's shapes are constants or one Shape: no Gather / Concat subgraph per layer
+    torch.manual_seed(1)
+    a, b = nn.Linear(64, 64), nn.Linear(64, 8)
+    model = nn.Sequential(
+        DynQuantLinear.from_float(a.weight, a.bias, rotate=32),
+        nn.ReLU(),
+        DynQuantLinear.from_float(b.weight, b.bias, torch.rand(64) + 0.5, rotate=16),
+    ).eval()
+    x = torch.randn(*shape)
+    path = tmp_path / "two.onnx"
+    export_onnx(model, path, example=x)
+    kinds = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert kinds.count("MatMul") == 2 and kinds.count("Reshape") == 4
+    assert kinds.count("Shape") <= 2 and not {"Gather", "Concat", "Unsqueeze"} & set(kinds)
+    with torch.inference_mode():
+        want = model(x).numpy()
+    got = ort_session(path).run(None, {"input": x.numpy()})[0]
+    assert got.shape == want.shape and float(np.abs(got - want).max()) < 1e-4
 
 
 def test_rotation_cuts_the_int8_error_of_an_outlier_input():

@@ -93,24 +93,28 @@ def test_act_bits_16_needs_symmetric_rows():
         DynQuantLinear(8, 4, act_bits=12)
 
 
-def test_gptq_int8_codes_beat_nearest_on_correlated_inputs():
+@pytest.mark.parametrize("bits", [8, 7])
+def test_gptq_int8_codes_beat_nearest_on_correlated_inputs(bits):
+    qmax = 2 ** (bits - 1) - 1
     g = torch.Generator().manual_seed(2)
     mix = torch.randn(64, 64, generator=g)
     x = torch.randn(2048, 64, generator=g) @ mix  # correlated inputs: where GPTQ helps
     w = torch.randn(32, 64, generator=g)
     gram = (x.T @ x).double()
-    near, s_near, how_near = int8_codes(w)
-    codes, scale, how = int8_codes(w, gram, x.shape[0])
+    near, s_near, how_near = int8_codes(w, bits=bits)
+    codes, scale, how = int8_codes(w, gram, x.shape[0], bits=bits)
     assert (how_near, how) == ("nearest", "gptq")
     assert torch.equal(scale, s_near)  # the same symmetric per-channel grid
-    assert codes.dtype == torch.int8 and int(codes.abs().max()) <= 127
+    assert torch.allclose(scale, w.abs().amax(1) / qmax)
+    assert codes.dtype == torch.int8 and int(codes.abs().max()) == qmax
+    assert int(near.abs().max()) == qmax
 
     def out_err(c: torch.Tensor) -> float:
         return ops_gptq.output_error(x, w, c.float() * scale[:, None])
 
     assert out_err(codes) < 0.7 * out_err(near)
     # too few rows for the Hessian: nearest, never NaN
-    few, _, how_few = int8_codes(w, gram, rows=10)
+    few, _, how_few = int8_codes(w, gram, rows=10, bits=bits)
     assert how_few == "nearest" and torch.equal(few, near)
 
 

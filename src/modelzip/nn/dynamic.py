@@ -198,10 +198,14 @@ class DynQuantLinear(Buildable):
         asymmetric: bool = False,
         act_bits: int = 8,
         rotate: int = 0,
+        weight_bits: int = 8,
     ) -> DynQuantLinear:
         """Quantize a float weight (``[out, in]``) per output channel, after smoothing and
-        rotating, or take ``codes`` (int8 ``[out, in]``, scales ``[out]``) already rounded (e.g.
-        by GPTQ) for the smoothed, rotated weight."""
+        rotating, on codes ``[-qmax, qmax]`` (``qmax`` 127 for ``weight_bits`` 8, 63 for 7: see
+        ``modelzip.nn.int8_runtime.PAIR_SAFE``), or take ``codes`` (int8 ``[out, in]``, scales
+        ``[out]``) already rounded (e.g. by GPTQ) for the smoothed, rotated weight."""
+        if weight_bits not in (7, 8):
+            raise ValueError(f"weight_bits must be 7 or 8, got {weight_bits!r}")
         out_f, in_f = weight.shape
         layer = cls(
             in_f,
@@ -217,8 +221,9 @@ class DynQuantLinear(Buildable):
             layer.smooth.copy_(smooth.float())
         w = rotation.rotate(w, rotate)
         if codes is None:
-            scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
-            codes = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+            qmax = 2 ** (weight_bits - 1) - 1
+            scale = w.abs().amax(dim=1).clamp_min(1e-12) / qmax
+            codes = torch.round(w / scale[:, None]).clamp(-qmax, qmax).to(torch.int8), scale
         layer.qweight.copy_(codes[0])
         layer.w_scale.copy_(codes[1])
         if bias is not None:
@@ -286,13 +291,14 @@ class DynQuantLinear(Buildable):
         ONNX nodes that make them (``modelzip.nn.onnx_int8.RowsOnnx``)."""
         smoothed = not bool((self.smooth == 1).all())
         if exporting:
-            from modelzip.nn.onnx_int8 import RowsOnnx
+            from modelzip.nn.onnx_int8 import RotateOnnx, RowsOnnx
 
             xs = x if x.dtype == torch.float32 else x.float()
             if smoothed:  # one Mul by a constant (made outside the trace, as the row sums are)
                 xs = xs * torch.from_numpy(1.0 / self.smooth.detach().numpy())
             if self.rotate:  # Reshape, MatMul by the block's constant, Reshape
-                xs = rotation.rotate(xs, self.rotate)
+                h = rotation.hadamard(self.rotate).to(xs.dtype)
+                xs = RotateOnnx.apply(xs, h, self.rotate)
             return tuple(RowsOnnx.apply(xs, self._kind()))
         x2 = x.reshape(-1, self.in_features).float()
         if smoothed:

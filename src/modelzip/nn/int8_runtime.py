@@ -136,6 +136,22 @@ def use(kernel: str) -> Iterator[None]:
         _OVERRIDE.reset(token)
 
 
+#: The largest |int8 weight code| whose uint8 x int8 pair products cannot saturate in int16:
+#: 2 * 255 * 64 = 32,640 <= 32,767. Weights on a 7-bit grid (codes in [-63, 63]) stay within it,
+#: so the saturating kernels (PyTorch's engine and ONNX Runtime without VNNI) are exact on them;
+#: this is ONNX Runtime's ``reduce_range`` and oneDNN's advice for CPUs without VNNI.
+PAIR_SAFE = 64
+
+
+def engine_exact_for(max_abs_code: int) -> bool:
+    """Whether the quantized engine's kernels are exact for a layer whose int8 weight codes
+    are at most ``max_abs_code`` in magnitude: wherever the engine is exact (``kernels``), and,
+    where it pairs products in int16, for codes within ``PAIR_SAFE``; a forced choice
+    (``MODELZIP_INT8_KERNELS``, ``use``) holds for every layer."""
+    k = kernels()
+    return k.exact_engine or (not k.forced and max_abs_code <= PAIR_SAFE)
+
+
 def describe() -> dict[str, str | bool]:
     """What stage notes record about the choice on the machine that ran the stage."""
     k = kernels()
@@ -146,6 +162,7 @@ def describe() -> dict[str, str | bool]:
         "engine": torch.backends.quantized.engine,
         "cpu_vnni": "avx512_vnni" in flags,
         "matmul_kernel": matmul_kernel(),
+        "engine_for_7bit_weights": engine_exact_for(PAIR_SAFE),
         "decided": "at run time on each machine (the file stores no kernel choice)",
     }
 

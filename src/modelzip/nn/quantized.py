@@ -13,8 +13,10 @@ requantizes to (``out_scale``, ``out_zero_point``); ``out_float`` layers return 
 
 Exactness on every CPU: ``modelzip.nn.int8_runtime`` decides in each process whether the engine's
 kernels are exact on this CPU (x86 with AVX-512 VNNI, or qnnpack); where they could saturate (x86
-without VNNI, e.g. AVX2-only AMD EPYC) the layers compute their fake-quant reference in fp32 on the
-dequantized codes instead: same results, no int8 speed-up. Nothing about that choice is stored.
+without VNNI, e.g. AVX2-only AMD EPYC) a layer with 7-bit weights (codes within
+``int8_runtime.PAIR_SAFE``, which cannot saturate) still runs them, and any other layer computes
+its fake-quant reference in fp32 on the dequantized codes instead: same results, no int8
+speed-up. Nothing about that choice is stored.
 
 Kernel choice (measured on this project's CPU, 1 thread, LeNet-5 shapes): the ``x86`` engine
 (fbgemm + oneDNN; torch's default on x86) ran fc 800x500 at 0.81x (b1) and 0.35x (b256) the
@@ -73,6 +75,7 @@ class _QuantBase(Buildable):
         self.register_buffer("out_scale", torch.ones(()))
         self.register_buffer("out_zero_point", torch.zeros((), dtype=torch.int32))
         self._packed: Any = None
+        self._max_code: int | None = None
 
     # --- filled by modelzip.quant.convert ------------------------------------------------
     @torch.no_grad()
@@ -84,7 +87,7 @@ class _QuantBase(Buildable):
         self.qweight.copy_(codes.to(torch.int8).reshape(self.qweight.shape))
         self.w_scale.copy_(scale.float().reshape(-1).expand(out))
         self.w_zero_point.copy_(zero_point.round().to(torch.int32).reshape(-1).expand(out))
-        self._packed = None
+        self._packed = self._max_code = None
 
     @torch.no_grad()
     def set_qparams(self, in_qparams: tuple[float, int], out_qparams: tuple[float, int]) -> None:
@@ -109,6 +112,14 @@ class _QuantBase(Buildable):
         return out
 
     # --- packing ---------------------------------------------------------------------------
+    def uses_engine(self) -> bool:
+        """Whether this layer runs the engine's int8 kernels here: where they are exact for its
+        codes (``int8_runtime.engine_exact_for``: every CPU with VNNI, and 7-bit weights on
+        CPUs without), else the exact fp32 reference."""
+        if self._max_code is None:
+            self._max_code = int(self.qweight.to(torch.int16).abs().max())
+        return int8_runtime.engine_exact_for(self._max_code)
+
     def _qweight_tensor(self) -> torch.Tensor:
         return torch._make_per_channel_quantized_tensor(
             self.qweight, self.w_scale.double(), self.w_zero_point.long(), 0
@@ -171,7 +182,7 @@ class _QuantBase(Buildable):
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
-        self._packed = None  # rebuilt from the loaded buffers on first use
+        self._packed = self._max_code = None  # rebuilt from the loaded buffers on first use
         problem = self.check_qparams()
         if problem is not None:  # values from a file reach C++ kernels: refuse bad ones here
             raise FormatError(f"{type(self).__name__} {args[1]!r}: {problem}")
@@ -191,11 +202,11 @@ class _QuantBase(Buildable):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_packed"] = None  # engine objects are derived, never copied or pickled
+        state["_packed"] = state["_max_code"] = None  # derived, never copied or pickled
         return state
 
     def _apply(self, fn: Any, recurse: bool = True) -> nn.Module:
-        self._packed = None
+        self._packed = self._max_code = None
         return super()._apply(fn, recurse)
 
     # --- run -------------------------------------------------------------------------------
@@ -237,7 +248,7 @@ class QuantLinear(_QuantBase):
             from modelzip.nn.onnx_int8 import QLinearOnnx
 
             return QLinearOnnx.apply(x.float(), *self._onnx_args())
-        if not int8_runtime.kernels().exact_engine:
+        if not self.uses_engine():
             w = self.reference_weight()
             return self._reference_output(F.linear(self._reference_input(x), w, self.bias))
         packed, in_s, in_zp, out_s, out_zp = self.packed()
@@ -302,7 +313,7 @@ class QuantConv2d(_QuantBase):
 
             attrs = (list(self.stride), list(self.padding), list(self.dilation), self.groups)
             return QConvOnnx.apply(x.float(), *self._onnx_args(), attrs)
-        if not int8_runtime.kernels().exact_engine:
+        if not self.uses_engine():
             xd, w = self._reference_input(x), self.reference_weight()
             y = F.conv2d(xd, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
             return self._reference_output(y)

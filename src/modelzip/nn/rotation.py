@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 import torch
 
 #: the largest block: past it the rotation's float product costs more than it gains (on MiniLM
@@ -44,10 +45,12 @@ def hadamard(b: int) -> torch.Tensor:
     """The normalized ``b x b`` Sylvester Hadamard matrix (orthogonal, symmetric, self-inverse)."""
     if not is_block(b) or b == 0:
         raise ValueError(f"Hadamard block size must be a power of two in 2..{MAX_BLOCK}, got {b!r}")
-    h = torch.ones(1, 1)
+    # built in numpy: torch ops would be recorded when the first call comes during an ONNX
+    # trace, and the cached tensor would then be a value of that trace, not a constant
+    h = np.ones((1, 1), dtype=np.float32)
     while h.shape[0] < b:
-        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
-    return h / math.sqrt(b)
+        h = np.block([[h, h], [h, -h]])
+    return torch.from_numpy(h / np.float32(math.sqrt(b)))
 
 
 def rotate(x: torch.Tensor, b: int) -> torch.Tensor:

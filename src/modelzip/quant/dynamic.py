@@ -41,7 +41,7 @@ def apply(
     linears = {
         n: m
         for n, m in chosen.items()
-        if type(m) is nn.Linear and bits[n] == 8 and not parametrize.is_parametrized(m)
+        if type(m) is nn.Linear and bits[n] in (7, 8) and not parametrize.is_parametrized(m)
     }
     alphas = plan.ALPHAS if smoothquant else (0.0,)
     plans = plan.measure(
@@ -53,6 +53,7 @@ def apply(
         asymmetric=asymmetric,
         share_rows=share_rows,
         rotate=rotate,
+        weight_bits={n: bits[n] for n in linears},
     )
     plan.decide(
         plans,
@@ -96,7 +97,7 @@ def apply(
         convert.replace(model, name, new)
         built[name] = (layer, new)
         info.update(
-            bits=8,
+            bits=bits[name],
             granularity="channel",
             int8_kernel=True,
             act_mode="dynamic per-token " + ("asymmetric" if p.asymmetric else "symmetric"),

@@ -120,20 +120,29 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def int8_codes(
-    w: torch.Tensor, gram: torch.Tensor | None = None, rows: int = 0
+    w: torch.Tensor, gram: torch.Tensor | None = None, rows: int = 0, *, bits: int = 8
 ) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Symmetric per-row int8 codes of ``w`` (``[out, in]``), their scales ``max|w_row| / 127``
-    and ``"gptq"`` or ``"nearest"``: by GPTQ from ``gram`` (the sum of ``x^T x`` over ``rows``
-    input rows) when there are at least as many rows as inputs, else rounded to nearest."""
+    """Symmetric per-row codes of ``w`` (``[out, in]``) in int8 storage, their scales
+    ``max|w_row| / qmax`` (``qmax`` 127 for ``bits`` 8, 63 for 7) and ``"gptq"`` or
+    ``"nearest"``: by GPTQ from ``gram`` (the sum of ``x^T x`` over ``rows`` input rows) when
+    there are at least as many rows as inputs, else rounded to nearest."""
+    if bits not in (7, 8):
+        raise ValueError(f"int8 kernel weights take 7 or 8 bits, got {bits!r}")
+    qmax = 2 ** (bits - 1) - 1
     w = w.detach().float()
-    scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+    scale = w.abs().amax(dim=1).clamp_min(1e-12) / qmax
     if gram is None or rows < w.shape[1]:
-        return torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale, "nearest"
-    zero = torch.full_like(scale, 127.0)
+        return torch.round(w / scale[:, None]).clamp(-qmax, qmax).to(torch.int8), scale, "nearest"
+    zero = torch.full_like(scale, float(qmax))
     res = ops_gptq.gptq(
-        w, 2.0 * gram / rows, bits=8, act_order=True, grid=(scale, zero, 254), clip_search=False
+        w,
+        2.0 * gram / rows,
+        bits=bits,
+        act_order=True,
+        grid=(scale, zero, 2 * qmax),
+        clip_search=False,
     )
-    return (res.qdata.to(torch.int16) - 127).to(torch.int8), scale, "gptq"
+    return (res.qdata.to(torch.int16) - qmax).to(torch.int8), scale, "gptq"
 
 
 def _static_input(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
@@ -153,10 +162,12 @@ def measure(
     asymmetric: bool = False,
     share_rows: bool = False,
     rotate: int = 0,
+    weight_bits: dict[str, int] | None = None,
 ) -> dict[str, LinearPlan]:
     """Two calibration passes: input statistics, then each mode's output error; with
     ``share_rows``, layers reading one input in a row are planned as a group; with ``rotate``,
-    the dynamic candidates are Hadamard-rotated in blocks of up to that size."""
+    the dynamic candidates are Hadamard-rotated in blocks of up to that size; ``weight_bits``
+    gives layers 7-bit weight grids (default 8: ``int8_codes``)."""
     plans = {
         n: LinearPlan(rotate=rotation.block_for(m.in_features, rotate)) for n, m in layers.items()
     }
@@ -203,7 +214,12 @@ def measure(
     }
     for n, by_alpha in smooth.items():
         plans[n].smooth = by_alpha
-    w_static = {n: fake_rows(m.weight.detach().float()) for n, m in layers.items()}
+
+    def nearest(w: torch.Tensor, name: str) -> torch.Tensor:  # the grid's values, rounded
+        codes, scale, _ = int8_codes(w, bits=(weight_bits or {}).get(name, 8))
+        return codes.float() * scale[:, None]
+
+    w_static = {n: nearest(m.weight.detach().float(), n) for n, m in layers.items()}
     w_dyn: dict[str, dict[float, torch.Tensor]] = {}
     w_near: dict[str, dict[float, torch.Tensor]] = {}
     for n, by_alpha in smooth.items():
@@ -215,11 +231,12 @@ def measure(
                 # the Gram matrix of the layer's quantized input, rotate(x / s)
                 gram = rotation.rotate_gram(p.gram / (s64[:, None] * s64[None, :]), p.rotate)
             w = rotation.rotate(layers[n].weight.float() * s[None, :], p.rotate)
-            codes, scale, how = int8_codes(w, gram, p.rows)
+            bits = (weight_bits or {}).get(n, 8)
+            codes, scale, how = int8_codes(w, gram, p.rows, bits=bits)
             p.codes[a] = (codes, scale, how)
             w_dyn[n][a] = codes.float() * scale[:, None]
             if how == "gptq":
-                w_near[n][a] = fake_rows(w)
+                w_near[n][a] = nearest(w, n)
         p.gram = None  # up to 18 MB per layer: not kept past its use
 
     def errors(name: str, m: nn.Module, x: torch.Tensor, _y: torch.Tensor) -> None:

@@ -51,11 +51,12 @@ def _out_grid(ref: torch.Tensor) -> tuple[float, int]:
     return step, int(round(-lo / step))
 
 
-def linear_case(seed: int = 0, k: int = 256, n: int = 48, m: int = 16) -> Case:
-    """A QuantLinear whose int16 pairs would saturate, with its int64 reference."""
+def linear_case(seed: int = 0, k: int = 256, n: int = 48, m: int = 16, wmax: int = 127) -> Case:
+    """A QuantLinear whose int16 pairs would saturate (weights +-``wmax``; at most
+    ``int8_runtime.PAIR_SAFE`` they cannot), with its int64 reference."""
     gen = torch.Generator().manual_seed(seed)
     xq = torch.randint(200, 256, (m, k), generator=gen)
-    wq = (torch.randint(0, 2, (n, k), generator=gen) * 2 - 1) * 127
+    wq = (torch.randint(0, 2, (n, k), generator=gen) * 2 - 1) * wmax
     bias = torch.randn(n, generator=gen)
     acc = xq.long() @ wq.long().T  # exact integer accumulation
     ref = acc.double() * (S_X * S_W) + bias.double()
@@ -67,11 +68,12 @@ def linear_case(seed: int = 0, k: int = 256, n: int = 48, m: int = 16) -> Case:
     return Case(layer, xq.float() * S_X, ref, step)
 
 
-def conv_case(seed: int = 0, c: int = 32, n: int = 8) -> Case:
-    """A QuantConv2d (3x3, padding 1) whose int16 pairs would saturate, with its reference."""
+def conv_case(seed: int = 0, c: int = 32, n: int = 8, wmax: int = 127) -> Case:
+    """A QuantConv2d (3x3, padding 1) whose int16 pairs would saturate (weights +-``wmax``; at
+    most ``int8_runtime.PAIR_SAFE`` they cannot), with its reference."""
     gen = torch.Generator().manual_seed(seed)
     xq = torch.randint(200, 256, (2, c, 6, 6), generator=gen)
-    wq = (torch.randint(0, 2, (n, c, 3, 3), generator=gen) * 2 - 1) * 127
+    wq = (torch.randint(0, 2, (n, c, 3, 3), generator=gen) * 2 - 1) * wmax
     bias = torch.randn(n, generator=gen)
     acc = F.conv2d(xq.double(), wq.double(), padding=1)  # integers, exact in float64
     ref = acc * (S_X * S_W) + bias.double()[:, None, None]
@@ -125,6 +127,10 @@ def report(saved: str | None = None) -> dict[str, object]:
     lin = linear_case()
     out["linear"] = error_steps(lin)
     out["conv"] = error_steps(conv_case())
+    safe = int8_runtime.PAIR_SAFE  # 7-bit weights: the engine wherever it cannot saturate
+    narrow = linear_case(wmax=safe), conv_case(wmax=safe)
+    out["engine_7bit"] = all(c.layer.uses_engine() for c in narrow)
+    out["linear_7bit"], out["conv_7bit"] = (error_steps(c) for c in narrow)
     out["matmul_kernel"] = int8_runtime.matmul_kernel()
     out["dynamic"] = dynamic_error(*dynamic_case())
     if saved is not None:
