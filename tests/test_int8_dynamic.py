@@ -119,3 +119,28 @@ def test_layers_too_inexact_for_int8_stay_float_with_the_reason(tiny_bert, engli
     reason = next(iter(notes["kept_float"].values()))
     assert "below min_sqnr_db 99" in reason
     assert type(q.encoder.pooler.dense) is nn.Linear
+
+
+@pytest.mark.parametrize("floor", [0.1, 0.0], ids=["floored", "unfloored"])
+def test_a_feature_calibration_never_saw_does_not_swamp_its_row(floor, monkeypatch):
+    # ReLU inputs: feature 0 is off in every calibration row and on in a later one. SmoothQuant
+    # from its zero range alone would multiply it by thousands and round the rest of the row
+    # to zero; the floor (dynamic.UNSEEN_FLOOR) treats it as an ordinary feature instead.
+    from modelzip.nn import dynamic
+
+    monkeypatch.setattr(dynamic, "UNSEEN_FLOOR", floor)
+    g = torch.Generator().manual_seed(0)
+    lin = nn.Linear(64, 16)
+    calib = torch.rand(512, 64, generator=g) * 3
+    calib[:, 0] = 0.0
+    smooth = dynamic.smooth_factors(calib.abs().amax(0), lin.weight, 0.75)
+    q = DynQuantLinear.from_float(lin.weight, lin.bias, smooth)
+    x = torch.rand(8, 64, generator=g) * 3
+    x[:, 0] = 2.0  # switched on, at an ordinary magnitude
+    with torch.inference_mode():
+        want, got = lin(x), q(x)
+    rel = float((got - want).norm() / want.norm())
+    if floor:  # the feature is at most a few times the others: a few percent of error
+        assert rel < 0.05
+    else:  # the control, what the floor prevents: the row's other features round to zero
+        assert rel > 0.5

@@ -354,10 +354,25 @@ class DynQuantLinear(Buildable):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 {kind}"
 
 
+#: Calibration ranges below this share of the layer's median range are raised to it before
+#: smoothing (see ``smooth_factors``).
+UNSEEN_FLOOR = 0.1
+
+
 def smooth_factors(act_absmax: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
-    """SmoothQuant's per-input-feature divisor ``max|X_j|^a / max|W_j|^(1-a)`` (pure)."""
+    """SmoothQuant's per-input-feature divisor ``max|X_j|^a / max|W_j|^(1-a)`` (pure).
+
+    A feature the calibration data left at (or near) zero, such as a ReLU output that none of
+    its samples switched on, would get a divisor near zero and so be multiplied by thousands
+    whenever a later input does switch it on: that one value then sets its row's int8 scale
+    and the rest of the row rounds to zero (measured on LeNet-5 / Fashion-MNIST: 163 of the
+    head's 500 inputs never fired on 512 calibration images, 4 fired on test images, and the
+    head's accuracy fell 0.90 points at a calibration SQNR of 55 dB). So ranges are raised to
+    at least ``UNSEEN_FLOOR`` times the layer's median range first.
+    """
     w_max = weight.detach().abs().amax(dim=0).clamp_min(1e-5)
-    a_max = act_absmax.clamp_min(1e-5)
+    floor = max(1e-5, UNSEEN_FLOOR * float(act_absmax.median()))
+    a_max = act_absmax.clamp_min(floor)
     s = a_max.pow(alpha) / w_max.pow(1 - alpha)
     s = s.clamp(1e-4, 1e4)
     return s if math.isfinite(float(s.sum())) else torch.ones_like(s)
