@@ -30,6 +30,7 @@ def test_a_dynamic_int8_bert_exports_integer_ops_that_match(tmp_path):
     path = tmp_path / "q.onnx"
     info = export_onnx(q, path, example=data.example(1))
     assert info["max_abs_diff"] < 1e-4
+    assert info["exact_without_vnni"] is False  # 8-bit weights: ort_session needed there
     assert {"MatMulIntegerToFloat", "ReduceMax", "QuantizeLinear"} <= ops(path)
     # each product owns its weight and weight zero point (ORT's no-VNNI precision rewrite
     # converts them in place and fails on shared ones); 16-bit-row layers run two products
@@ -92,6 +93,11 @@ def test_a_static_int8_cnn_exports_qdq_that_agrees(digits, tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 0 and len(captured.out.strip().splitlines()) == 1  # one JSON, no graph dump
     assert json.loads(captured.out)["max_abs_diff"] <= 0.5
+    assert json.loads(captured.out)["exact_without_vnni"] is False
+    # without --json: the path, and a note on what CPUs without VNNI need
+    code = main(["export", str(out), "--onnx", str(tmp_path / "again.onnx"), "--data", "digits"])
+    text = capsys.readouterr().out
+    assert code == 0 and "again.onnx" in text and "w7a8" in text
     assert {"QuantizeLinear", "DequantizeLinear", "Conv", "MatMul"} <= ops(onnx_path)
     model = mz.load(out)
     x = torch.cat([digits.example(64)] * 2)

@@ -93,7 +93,7 @@ def test_w8a8_with_seven_bit_weights_on_a_tiny_bert_exports_for_any_ort_session(
         ref, got = fp32(x), q(x)
     assert float(torch.nn.functional.cosine_similarity(ref, got).mean()) > 0.995
     path = tmp_path / "q.onnx"
-    export_onnx(q, path, example=data.example(1))
+    assert export_onnx(q, path, example=data.example(1))["exact_without_vnni"] is True
     plain = ort_session(path, precise=False).run(None, {"input": x.numpy()})[0]
     assert float(np.abs(plain - got.numpy()).max()) < 1e-4  # no precision option needed
 
@@ -111,7 +111,7 @@ def test_a_seven_bit_static_cnn_runs_the_engine_and_plain_ort_agrees(digits, tmp
     assert accuracy(q, digits.test) >= base - 0.02
     path = tmp_path / "c.onnx"
     x = digits.example(64)
-    export_onnx(q, path, example=x[:1])
+    assert export_onnx(q, path, example=x[:1])["exact_without_vnni"] is True
     with torch.inference_mode():
         want = q(x).numpy()
     plain = ort_session(path, precise=False).run(None, {"input": x.numpy()})[0]

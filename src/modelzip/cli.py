@@ -510,6 +510,12 @@ def export(
             f"wrote {onnx} ({info['bytes']:,} bytes, max |onnx - torch| = "
             f"{info.get('max_abs_diff', float('nan')):.2e})"
         )
+        if info.get("exact_without_vnni") is False:
+            out.print(
+                "note: 8-bit int8 weights: on x86 CPUs without VNNI run it in "
+                "modelzip.export.ort_session (ONNX Runtime's default session saturates there), "
+                "or compress with the w7a8 recipe"
+            )
 
 
 @app.command()

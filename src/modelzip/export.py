@@ -13,6 +13,7 @@ from torch import nn
 
 from modelzip.codec.format import write_atomic
 from modelzip.errors import ModelError, UnsupportedError
+from modelzip.nn.int8_runtime import PAIR_SAFE
 from modelzip.source import source_of
 
 
@@ -34,11 +35,13 @@ def export_onnx(
     example: torch.Tensor | None = None,
     opset: int = 17,
     check: bool = True,
-) -> dict[str, float | int | str]:
+) -> dict[str, float | int | str | bool]:
     """Write ``model`` as ONNX (dynamic batch), atomically; verify it with ONNX Runtime.
 
     Returns the file size and, when checked, the max abs difference between ONNX Runtime and
-    PyTorch on the example input.
+    PyTorch on the example input; for a model with int8 layers, ``exact_without_vnni``: whether
+    ONNX Runtime's default session runs it exactly on x86 CPUs without VNNI (7-bit weights),
+    where else only ``ort_session`` does.
     """
     try:
         import onnx  # noqa: F401  (torch's exporter needs it)
@@ -67,11 +70,30 @@ def export_onnx(
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsupportedError(f"ONNX export failed: {first}") from None
     data = _merged(buf.getvalue())
-    out: dict[str, float | int | str] = {"onnx": str(path), "bytes": len(data)}
+    out: dict[str, float | int | str | bool] = {"onnx": str(path), "bytes": len(data)}
+    widest = int8_weight_max(model)
+    if widest is not None:
+        out["exact_without_vnni"] = widest <= PAIR_SAFE
     if check:
         out["max_abs_diff"] = _check_with_onnxruntime(model, data, x)
     write_atomic(Path(path), data)
     return out
+
+
+def int8_weight_max(model: nn.Module) -> int | None:
+    """The largest |int8 weight code| of the model's integer layers (None without any): at most
+    ``PAIR_SAFE`` (7-bit weights, the ``w7a8`` recipe), the exported integer products are exact
+    in ONNX Runtime's default session on CPUs without VNNI too; above it, such CPUs need
+    ``ort_session``'s precision option."""
+    from modelzip.nn.dynamic import DynQuantLinear
+    from modelzip.nn.quantized import _QuantBase
+
+    codes = [
+        int(m.qweight.to(torch.int16).abs().max())
+        for m in model.modules()
+        if isinstance(m, DynQuantLinear | _QuantBase) and m.qweight.numel()
+    ]
+    return max(codes) if codes else None
 
 
 def _merged(data: bytes) -> bytes:

@@ -24,6 +24,9 @@ replaced by integer-kernel layers (``nn.quantized``) that the .mzip rebuilds as 
 A CPU feature decides how they run: with AVX-512 VNNI (or on qnnpack) the engine's int8 kernels,
 without it the exact fp32 reference (``nn.int8_runtime``), decided on each machine at run time;
 the stage notes' ``int8_kernels`` say which ran here and how far the engine is from the reference.
+``bits: 7`` (the ``w7a8`` recipe) puts the weights on codes ``[-63, 63]``, whose uint8 x int8
+pair products cannot saturate in 16 bits: CPUs without VNNI then run the engine's int8 kernels
+too, and the exported model is exact in ONNX Runtime's default session on any x86 CPU.
 Layers that cannot run int8 kernels keep fake-quant weights and float activations, and the
 stage notes say which and why.
 """
@@ -138,7 +141,8 @@ class QuantizeConfig(MethodConfig):
     """Options of a quantization stage.
 
     Example (YAML): ``{method: quantize, bits: {default: 4, fc1: 8}, granularity: channel}``
-    or W8A8: ``{method: quantize, bits: 8, activations: {bits: 8, observer: mse}}``.
+    or W8A8: ``{method: quantize, bits: 8, activations: {bits: 8, observer: mse}}`` (``bits: 7``
+    with activations: 7-bit weights, exact on the int8 kernels of CPUs without VNNI).
     """
 
     method: ClassVar[str] = "quantize"
