@@ -102,7 +102,7 @@ def _merged(data: bytes) -> bytes:
     from modelzip.nn.onnx_int8 import MATMUL_TO_FLOAT
     from modelzip.nn.onnx_merge import merge_parallel_products, own_weight_constants
 
-    if MATMUL_TO_FLOAT.split("::")[1].encode() not in data:
+    if MATMUL_TO_FLOAT.split("::")[1].encode() not in data and b"DequantizeLinear" not in data:
         return data
     import onnx
 
@@ -150,10 +150,19 @@ def ort_session(
         try:
             return ort.InferenceSession(src, options(True), providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001  (ORT raises its own Fail type)
-            # ORT 1.32's u8s8 -> u8u8 rewrite fails to initialize some QDQ graphs (a residual
-            # CNN: "Attempt to replace the existing tensor"); run those without it.
+            # ORT 1.32's u8s8 -> u8u8 rewrite fails to initialize a graph in which two nodes
+            # share a weight constant ("Attempt to replace the existing tensor"; modelzip's
+            # exports own theirs: onnx_merge.own_weight_constants); run such a graph without
+            # it, and say so where that can saturate
             if "replace the existing tensor" not in str(exc):
                 raise
+            if ort_kernels_saturate():
+                warnings.warn(
+                    "ONNX Runtime could not apply session.x64quantprecision to this graph "
+                    "(shared weight constants): its 8-bit int8 products may saturate on this CPU",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
     return ort.InferenceSession(src, options(False), providers=["CPUExecutionProvider"])
 
 

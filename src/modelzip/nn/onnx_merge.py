@@ -230,11 +230,16 @@ def _set_nodes(graph: Any, nodes: list[Any]) -> None:
 #: Inputs of ``MatMulIntegerToFloat`` that ONNX Runtime rewrites in place on CPUs without VNNI:
 #: the int8 weight ``B`` (1) and its zero point (5).
 _REWRITTEN_INPUTS = (1, 5)
+#: The weight codes and zero point of a weight's ``DequantizeLinear`` (QDQ static layers).
+_REWRITTEN_DQ_INPUTS = (0, 2)
+_INT8 = 3  # onnx.TensorProto.INT8
 
 
 def own_weight_constants(model: Any) -> int:
     """Give every ``MatMulIntegerToFloat`` its own copy of the weight and weight zero point
-    it shares with another one (a layer with 16-bit rows runs two products of one weight).
+    it shares with another one (a layer with 16-bit rows runs two products of one weight), and
+    every weight ``DequantizeLinear`` of a static layer its own weight zero point (the exporter
+    folds the equal all-zero zero points of several layers into one constant).
 
     Why: on x86 CPUs without VNNI, ONNX Runtime's ``session.x64quantprecision`` (the option
     that keeps u8 x s8 products from saturating in int16, ``modelzip.export.ort_session``)
@@ -248,13 +253,30 @@ def own_weight_constants(model: Any) -> int:
     seen: set[str] = set()
     rewired = 0
     extra_nodes: list[Any] = []
+
+    identity = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity"}
+
+    def source(name: str) -> str:  # the exporter shares equal constants through Identity nodes
+        while name in identity:
+            name = identity[name]
+        return name
+
+    def int8_weight(name: str) -> bool:  # an int8 constant: a weight's codes
+        name = source(name)
+        t = inits[name] if name in inits else consts[name].attribute[0].t if name in consts else None
+        return t is not None and t.data_type == _INT8
+
     for node in graph.node:
-        if node.op_type != MATMUL:
+        if node.op_type == MATMUL:
+            positions = _REWRITTEN_INPUTS
+        elif node.op_type == "DequantizeLinear" and node.input and int8_weight(node.input[0]):
+            positions = _REWRITTEN_DQ_INPUTS  # a static layer's weight: ORT fuses it into
+        else:  # QLinearConv / QLinearMatMul and rewrites the codes and zero point alike
             continue
-        for pos in _REWRITTEN_INPUTS:
+        for pos in positions:
             if pos >= len(node.input) or not node.input[pos]:
                 continue
-            name = node.input[pos]
+            name = source(node.input[pos])
             if name not in seen:
                 seen.add(name)
                 continue
