@@ -263,8 +263,9 @@ def own_weight_constants(model: Any) -> int:
 
     def int8_weight(name: str) -> bool:  # an int8 constant: a weight's codes
         name = source(name)
-        t = inits[name] if name in inits else consts[name].attribute[0].t if name in consts else None
-        return t is not None and t.data_type == _INT8
+        if name in inits:
+            return bool(inits[name].data_type == _INT8)
+        return name in consts and consts[name].attribute[0].t.data_type == _INT8
 
     for node in graph.node:
         if node.op_type == MATMUL:
