@@ -3,18 +3,21 @@ fashion-mnist (10,000 test images: one image is 0.01 point, so "within 0.2 point
 from noise) and on the small sets (mnist5k, digits), in PyTorch and exported to int8 ONNX (QDQ)
 in ONNX Runtime.
 
-For each model: test accuracy of fp32 and of the w8a8 .mzip (loaded back), file bytes, median
+For each model and each of the recipes ``w8a8`` and ``w7a8`` (7-bit weights, which the int8
+kernels of CPUs without VNNI run exactly): test accuracy of fp32 and of the .mzip (loaded back),
+how many static layers run the engine's int8 kernels on this CPU, file bytes, median
 latency at batch 1 and 256 (1 thread) as a ratio to fp32 PyTorch, and the exported int8 ONNX
 model's agreement with modelzip (argmax on the test split) and latency in ONNX Runtime next to
 the fp32 ONNX model. One interleaved run.
 
-Run: ``PYTHONPATH=src python benchmarks/cnn_int8.py`` (a few minutes).
-Writes ``benchmarks/results/cnn_int8.md``.
+Run: ``PYTHONPATH=src python benchmarks/cnn_int8.py [--out FILE.md]`` (a few minutes).
+Writes ``benchmarks/results/cnn_int8.md`` (or ``--out``: e.g. one file per kind of CPU).
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import statistics
 import sys
 import tempfile
@@ -29,7 +32,7 @@ import torch
 import modelzip as mz
 from modelzip.eval.evaluate import accuracy
 from modelzip.eval.machine import machine
-from modelzip.export import export_onnx, ort_session
+from modelzip.export import export_onnx, ort_kernels_saturate, ort_session
 from modelzip.nn import int8_runtime
 from modelzip.testing.user_models import ResidualCNN, residual_cnn
 from modelzip.train import Trainer
@@ -49,8 +52,24 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
     return 1000 * statistics.median(ts)
 
 
-def session(path: Path) -> ort.InferenceSession:
-    return ort_session(path, threads=1)  # with session.x64quantprecision (exact without VNNI)
+#: The recipes compared: w8a8, and w7a8 (7-bit weights: exact on the engine's int8 kernels and
+#: in ORT's default session on CPUs without VNNI too).
+RECIPES = ("w8a8", "w7a8")
+
+
+def session(path: Path, recipe: str = "w8a8") -> ort.InferenceSession:
+    """fp32 and w8a8 in ``ort_session`` (``session.x64quantprecision`` where ORT's int8 kernels
+    saturate); w7a8 in ORT's default session, as any ORT user would run it."""
+    return ort_session(path, threads=1, precise=False if recipe == "w7a8" else None)
+
+
+def engine_share(model: torch.nn.Module) -> str:
+    """How many of the static int8 layers run the engine's int8 kernels here (not the fp32
+    reference), e.g. ``5/5``."""
+    from modelzip.nn.quantized import _QuantBase
+
+    layers = [m for m in model.modules() if isinstance(m, _QuantBase)]
+    return f"{sum(m.uses_engine() for m in layers)}/{len(layers)}"
 
 
 def _arg(flag: str, default: int) -> int:
@@ -87,14 +106,14 @@ def main() -> None:
     res = residual_cnn()
     Trainer(progress=False).fit(res, digits.train, epochs=15, lr=3e-3)
     cases.append(("residual CNN + BN / digits", res.eval(), digits, residual_cnn))
-    for name, fp32, data, skeleton in cases:
+    for (name, fp32, data, skeleton), recipe in itertools.product(cases, RECIPES):
         path = work / "m.mzip"
-        mz.compress(copy.deepcopy(fp32), data, "w8a8", out=path, measure_latency=False)
+        mz.compress(copy.deepcopy(fp32), data, recipe, out=path, measure_latency=False)
         q = mz.load(path, model=skeleton()) if skeleton else mz.load(path)
         x_test = torch.cat([x for x, _ in data.test])
         export_onnx(fp32, work / "f.onnx", example=x_test[:1])
         export_onnx(q, work / "q.onnx", example=x_test[:1])
-        s_f, s_q = session(work / "f.onnx"), session(work / "q.onnx")
+        s_f, s_q = session(work / "f.onnx"), session(work / "q.onnx", recipe)
         with torch.inference_mode():
             ours = q(x_test).numpy()
         theirs = s_q.run(None, {"input": x_test.numpy()})[0]
@@ -115,8 +134,8 @@ def main() -> None:
                     t = median_ms(lambda s=s, feed=feed: s.run(None, feed), reps)
                     lat[(k, b)] = min(lat.get((k, b), 1e9), t)
         rows.append(
-            f"| {name} | {acc_f:.4f} | {acc_q:.4f} ({100 * (acc_q - acc_f):+.2f} pt) | "
-            f"{path.stat().st_size:,} | "
+            f"| {name} | {recipe} | {acc_f:.4f} | {acc_q:.4f} ({100 * (acc_q - acc_f):+.2f} pt) | "
+            f"{path.stat().st_size:,} | {engine_share(q)} | "
             + " | ".join(f"{lat[('int8', b)] / lat[('fp32', b)]:.2f}x" for b in (1, 256))
             + f" | {agree:.4f} | {acc_ort:.4f} | "
             + " | ".join(
@@ -136,13 +155,18 @@ def main() -> None:
         f"{RES_IMAGES:,} training images. "
         f"int8 kernels: {int8_runtime.describe()['why']}.",
         "",
-        "| model | fp32 acc | w8a8 acc | .mzip bytes | int8/fp32 b1 | int8/fp32 b256 | "
-        "ORT int8 argmax = modelzip | ORT int8 acc | ORT int8 / fp32 b1 | "
-        "ORT int8 / fp32 b256 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "ONNX Runtime sessions: fp32 and w8a8 with `session.x64quantprecision` "
+        + ("on" if ort_kernels_saturate() else "off")
+        + " (on only where ORT's int8 kernels saturate), w7a8 in ORT's default session.",
+        "",
+        "| model | recipe | fp32 acc | int8 acc | .mzip bytes | static layers on int8 kernels "
+        "| int8/fp32 b1 | int8/fp32 b256 | ORT int8 argmax = modelzip | ORT int8 acc | "
+        "ORT int8 / fp32 b1 | ORT int8 / fp32 b256 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
     ]
-    OUT.write_text("\n".join(lines) + "\n")
+    out = Path(sys.argv[sys.argv.index("--out") + 1]) if "--out" in sys.argv else OUT
+    out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
