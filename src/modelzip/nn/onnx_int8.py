@@ -44,7 +44,9 @@ class RotateOnnx(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, h: torch.Tensor, b: int) -> torch.Tensor:
-        return torch.matmul(x.unflatten(-1, (x.shape[-1] // b, b)), h).flatten(-2)
+        from modelzip.nn.rotation import rotate
+
+        return rotate(x, b, h)
 
     @staticmethod
     def symbolic(g: Any, x: Any, h: Any, b: int) -> Any:

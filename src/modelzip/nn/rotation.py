@@ -53,15 +53,16 @@ def hadamard(b: int) -> torch.Tensor:
     return torch.from_numpy(h / np.float32(math.sqrt(b)))
 
 
-def rotate(x: torch.Tensor, b: int) -> torch.Tensor:
+def rotate(x: torch.Tensor, b: int, block: torch.Tensor | None = None) -> torch.Tensor:
     """``x`` with each block of ``b`` consecutive features of its last dimension multiplied by
-    ``H_b`` (its own inverse: rotating twice gives ``x`` back up to rounding). ``b = 0``: ``x``."""
+    ``H_b`` (its own inverse: rotating twice gives ``x`` back up to rounding). ``b = 0``: ``x``.
+    ``block``: ``H_b`` as the caller holds it (an ONNX export passes it in as an input)."""
     if b == 0:
         return x
     k = x.shape[-1]
     if k % b:
         raise ValueError(f"rotation block {b} does not divide the {k} input features")
-    h = hadamard(b).to(x.dtype)
+    h = hadamard(b).to(x.dtype) if block is None else block
     return torch.matmul(x.unflatten(-1, (k // b, b)), h).flatten(-2)
 
 
