@@ -181,13 +181,42 @@ def ort_kernels_saturate(flags: frozenset[str] | None = None) -> bool:
     return not (ORT_EXACT_INT8_FLAGS & (int8_runtime.cpu_flags() if flags is None else flags))
 
 
+#: The exported file is also run on the example repeated to this batch size: a size the trace
+#: fixed (``x.view(1, -1)``) passes a check at the example's own batch size and breaks later.
+CHECK_BATCH = 3
+
+
 def _check_with_onnxruntime(model: nn.Module, data: bytes, x: torch.Tensor) -> float:
+    """The largest |ONNX Runtime - PyTorch| on ``x`` and on ``x`` repeated to ``CHECK_BATCH``
+    rows; a run that fails or gives another shape is an ``UnsupportedError`` (nothing is
+    written)."""
     try:
-        import onnxruntime  # noqa: F401
+        import onnxruntime as ort
     except ImportError:
         return float("nan")
     session = ort_session(data)
-    got = session.run(None, {"input": x.numpy()})[0]
-    with torch.no_grad():
-        want = model(x).numpy()
-    return float(abs(got - want).max())
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # a failing run is reported in one line below, not logged
+    fixed = (
+        "a size fixed by the trace (e.g. x.view(1, -1)) breaks other batch sizes: use "
+        "x.flatten(1) or x.view(x.size(0), -1)"
+    )
+    worst = 0.0
+    for xb in (x, x.repeat(CHECK_BATCH, *([1] * (x.dim() - 1)))):
+        try:
+            got = session.run(None, {"input": xb.numpy()}, quiet)[0]
+        except Exception as exc:  # ORT raises its own types; the first line says what failed
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UnsupportedError(
+                f"the exported model fails in ONNX Runtime at batch {len(xb)} ({first[:200]}); "
+                + (fixed if len(xb) != len(x) else "it does not run as exported")
+            ) from None
+        with torch.no_grad():
+            want = model(xb).numpy()
+        if got.shape != want.shape:
+            raise UnsupportedError(
+                f"the exported model gives shape {list(got.shape)} at batch {len(xb)} where the "
+                f"model gives {list(want.shape)}: {fixed}"
+            )
+        worst = max(worst, float(abs(got - want).max()))
+    return worst
