@@ -133,6 +133,27 @@ def test_concatenation_maps_channels_to_their_offsets_and_stays_exact(digits):
     torch.testing.assert_close(model(x), ref, rtol=0, atol=1e-5)
 
 
+def test_magnitude_counts_the_weights_that_read_a_channel(digits):
+    """Half of fc1's neurons have the larger incoming weights but nothing reads them (their
+    fc2 columns are zero): ranked by both sides of the weights, they are the ones cut, and the
+    output does not change. Ranked by incoming weights alone they would be kept."""
+    model = fresh("lenet300", digits)
+    unread = torch.arange(0, 300, 2)
+    with torch.no_grad():
+        w = model.fc1.weight
+        w.copy_(w / w.abs().sum(1, keepdim=True))  # every neuron's incoming L1 norm 1 ...
+        w[unread] *= 1.01  # ... the unread ones a little more
+        model.fc2.weight[:, unread] = 0
+    x = digits.example(16)
+    with torch.no_grad():
+        ref = model(x)
+    ctx = make_ctx(digits)
+    prune(model, PruneConfig(pattern="channel", sparsity=0.5, layers=["fc1"]), ctx)
+    assert model.fc1.out_features == 150
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref, rtol=0, atol=1e-5)
+
+
 def test_output_layer_by_name_is_refused(digits):
     with pytest.raises(UnsupportedError, match="fc3: its channels are the model's output"):
         prune(

@@ -1,8 +1,9 @@
 """``prune`` with ``pattern: channel``: remove whole output channels/neurons/heads by surgery.
 
 The dependency graph (``modelzip.graph``, traced on a real batch) says which layers change
-together; each group's channels are ranked by the importance of its producers (L1/L2 norm,
-Taylor, BatchNorm scale, or random), and the least important are cut from every member, so
+together; each group's channels are ranked by importance (the L1/L2 norm of the weights that
+write each channel and of those that read it, Taylor, BatchNorm scale, or random), and the
+least important are cut from every member, so
 the model holds smaller tensors. BatchNorms are sliced with their channels and kept while the
 recipe runs, so that fine-tuning trains with them (measured on the residual CNN fixture,
 digits, 50% channels and 8 epochs: 95.8% kept vs 71.7% with BatchNorm folded before
@@ -210,7 +211,8 @@ def _importance(
     model: nn.Module, group: Group, cfg: PruneConfig, ctx: Context, stream: int
 ) -> torch.Tensor:
     """Per-channel importance of a group: its producers' (and depthwise followers') scores,
-    each normalized to sum 1; for ``bn_scale`` the |gamma| of its BatchNorms."""
+    each normalized to sum 1, and for the magnitude criterion its consumers' too
+    (``_consumer_scores``); for ``bn_scale`` the |gamma| of its BatchNorms."""
     if cfg.criterion == "random":
         gen = ctx.generator(offset=2000 + stream)
         return pruning.random_scores(torch.Size([group.channels]), gen)
@@ -233,6 +235,40 @@ def _importance(
         else:
             s = pruning.channel_scores(w, cfg.norm)
         total += (s / s.sum().clamp_min(1e-12)).cpu()
+    if grads is None:
+        total += _consumer_scores(model, group, cfg.norm)
+    return total
+
+
+def _consumer_scores(model: nn.Module, group: Group, norm: str) -> torch.Tensor:
+    """Per channel, the norm of the weights that read it: each consumer's input columns
+    (through concatenation offsets and flatten repeats), normalized to sum 1 per consumer.
+
+    Why: a channel whose outgoing weights are small matters little however large its incoming
+    ones are (Torch-Pruning's group importance sums both sides too). Measured on the residual
+    CNN fixture (digits, 50% of channels, 8 epochs of fine-tuning, 5 seeds): 97.6 +- 0.5% with
+    the consumers against 95.7 +- 0.5% with the producers alone (Torch-Pruning: 96.4 +- 0.6%);
+    LeNet-5 on mnist5k 97.0 against 96.6% (3 seeds). Grouped convolutions are left out: their
+    input columns are their own channels (the depthwise followers already count them).
+    """
+    total = torch.zeros(group.channels)
+    for m in group.members:
+        if m.role != "in":
+            continue
+        layer = model.get_submodule(m.layer)
+        if getattr(layer, "groups", 1) != 1:
+            continue
+        w = effective_weight(layer).detach().float().cpu()
+        cols = w.transpose(0, 1).reshape(w.shape[1], -1)  # one row per input position
+        energy = cols.abs().sum(1) if norm == "l1" else cols.pow(2).sum(1)
+        first = (m.offset + torch.arange(m.hi - m.lo)) * m.repeat
+        positions = first[:, None] + torch.arange(m.repeat)[None, :]
+        s = torch.zeros(group.channels)
+        s[m.lo : m.hi] = energy[positions].sum(1)
+        if norm != "l1":
+            s = s.sqrt()
+        if float(s.sum()) > 0:
+            total += s / s.sum()
     return total
 
 
