@@ -74,6 +74,75 @@ def test_embed_runs_a_compressed_int8_file(bert_dir, tmp_path):
     assert np.array_equal(embed(str(tmp_path / "q.mzip"), texts, batch_size=16), eager)
 
 
+@pytest.fixture(scope="module")
+def int8_file(bert_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("q") / "q.mzip"
+    model = mz.load_model(str(bert_dir))
+    data = mz.load_data("english", batch_size=32)
+    mz.compress(model, data, "w8a8", out=path, measure_latency=False)
+    return path
+
+
+@pytest.mark.parametrize("which", ["fp32", "int8"])
+def test_embed_in_onnxruntime_gives_the_models_embeddings(bert_dir, int8_file, which):
+    model = str(bert_dir) if which == "fp32" else str(int8_file)
+    texts = english_splits()["test"][:40]  # batches of 16, 16 and 8 sentences, every length
+    info: dict = {}
+    ort = embed(model, texts, batch_size=16, runtime="onnxruntime", info=info)
+    assert info["runtime"] == "onnxruntime"
+    eager = embed(model, texts, batch_size=16, frozen=False, runtime="torch")
+    assert ort.shape == eager.shape
+    assert float(np.abs(ort - eager).max()) < 1e-5
+
+
+def test_auto_runtime_times_both_only_for_a_long_text(capsys, int8_file, tmp_path):
+    from modelzip.embed import AUTO_MIN_BATCHES
+
+    texts = english_splits()["test"]
+    info: dict = {}
+    short = embed(str(int8_file), texts[:8], batch_size=4, runtime="auto", info=info)
+    assert info["runtime"] == "torch" and "too few" in info["why"]
+    long_text = tmp_path / "long.txt"
+    long_text.write_text("\n".join(texts[: 4 * AUTO_MIN_BATCHES]) + "\n", encoding="utf-8")
+    out = tmp_path / "e.npy"
+    code, stdout, err = run(
+        capsys,
+        "embed",
+        str(int8_file),
+        "--text",
+        str(long_text),
+        "-o",
+        str(out),
+        "--batch-size",
+        "4",
+        "--runtime",
+        "auto",
+        "--json",
+    )
+    assert code == 0, err
+    chosen = json.loads(stdout)
+    assert chosen["runtime"] in ("torch", "onnxruntime")
+    assert "onnxruntime" in chosen["why"] and "torch" in chosen["why"]  # both were timed
+    assert np.allclose(np.load(out)[:8], short, atol=1e-5)
+
+
+def test_an_unknown_runtime_exits_2_with_the_choices(capsys, bert_dir, text_file, tmp_path):
+    out = tmp_path / "o.npy"
+    code, _, err = run(
+        capsys,
+        "embed",
+        str(bert_dir),
+        "--text",
+        str(text_file),
+        "-o",
+        str(out),
+        "--runtime",
+        "tensorrt",
+    )
+    assert code == 2 and "auto, torch, onnxruntime" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     ("content", "match"),
     [(b"", "no sentences"), (b"\xff\xfe bad\n", "not UTF-8"), (b"\n\n", "no sentences")],

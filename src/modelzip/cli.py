@@ -524,16 +524,27 @@ def embed(
     text: Annotated[Path, typer.Option("--text", help="UTF-8 text file, one sentence a line")],
     output: Annotated[Path, typer.Option("-o", "--output", help="OUT.npy or OUT.jsonl")],
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=4096)] = 32,
+    runtime: Annotated[
+        str,
+        typer.Option(
+            "--runtime",
+            help="torch (TorchScript) | onnxruntime (the ONNX export, checked) | auto (for "
+            "long texts, the faster of the two on the first batch)",
+        ),
+    ] = "torch",
     as_json: JsonOpt = False,
 ) -> None:
     """Write one embedding per line of --text (.npy array or JSON lines)."""
     from modelzip.embed import embed_file
 
-    info = embed_file(model, text, output, batch_size=batch_size)
+    info = embed_file(model, text, output, batch_size=batch_size, runtime=runtime)
     if as_json:
         _print_json(info)
     else:
-        out.print(f"wrote {info['sentences']} embeddings of dim {info['dim']} to {output}")
+        out.print(
+            f"wrote {info['sentences']} embeddings of dim {info['dim']} to {output} "
+            f"(runtime {info['runtime']})"
+        )
 
 
 @app.command()

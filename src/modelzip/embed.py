@@ -5,13 +5,24 @@ Python: ``modelzip.embed.embed("minilm.mzip", ["A sentence.", ...])`` returns a 
 or JSON lines (``{"text": ..., "embedding": [...]}``) atomically. The CLI is ``modelzip embed``.
 Sentences are tokenized with the bundled MiniLM WordPiece tokenizer (the one the text data sets
 use), truncated at ``max_tokens`` and padded per batch.
+
+Runtimes (``runtime``): ``torch`` runs the model traced and frozen by TorchScript; ``onnxruntime``
+runs ``modelzip export``'s ONNX file (in memory) in an ONNX Runtime session, after checking it
+against the PyTorch model; ``auto`` stays with ``torch`` for a text shorter than
+``AUTO_MIN_BATCHES`` batches, and else builds both on the first batch, times them there and
+keeps the faster. ``torch`` is the default: measured on 8,000 real sentences
+(``benchmarks/results/embed_runtime.md``, AMD EPYC with AVX-512 VNNI), ONNX Runtime made the
+whole job 1.26x faster for the w8a8 MiniLM on 1 thread but only 1.02x on 2 (fp32: 1.04x), and
+the first batch's timing did not predict which wins (``auto``: 1.23x, 1.06x, 0.97x).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import tempfile
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +37,21 @@ from modelzip.zoo.corpus import read_lines
 from modelzip.zoo.hf import SentenceEncoder
 
 FORMATS = (".npy", ".jsonl")
+RUNTIMES = ("auto", "torch", "onnxruntime")
+#: ``auto`` tries ONNX Runtime from this many batches on. Why so many: on the w8a8 MiniLM (AMD
+#: EPYC with AVX-512 VNNI, 2,000 real sentences in batches of 32) ONNX Runtime ran a batch
+#: 15-18% faster than the frozen TorchScript form (81 against 97 ms on 2 threads, 141 against
+#: 160 ms on 1), but exporting and checking it took 3.1-3.4 s against 1.4-1.8 s to trace: the
+#: export is repaid after some 100-200 batches (fp32: 152 against 190 ms, 2.6 s to export).
+AUTO_MIN_BATCHES = 128
+#: Smallest cosine accepted between an ONNX Runtime embedding and the model's own. Why not
+#: equality: the integer products are exact in both, but the float work between them (the
+#: rotation, LayerNorm, softmax) rounds in another order, which moves a few activations across
+#: an int8 rounding boundary; six layers of per-token quantization carry such flips on
+#: (measured on the w8a8 MiniLM, 256 real sentences: each layer within 6e-6 of its largest
+#: output, the embeddings at mean cosine 0.99991 and min 0.99973 to PyTorch's, about a third of
+#: the int8 error itself; fp32 models agree to 2e-7).
+AGREE_COSINE = 0.999
 
 
 def _encoder(model: nn.Module | str) -> SentenceEncoder:
@@ -48,30 +74,129 @@ def embed(
     batch_size: int = 32,
     max_tokens: int = 128,
     frozen: bool = True,
+    runtime: str = "torch",
+    info: dict[str, Any] | None = None,
 ) -> np.ndarray:
-    """Embeddings ``[len(texts), dim]`` (float32, L2-normalised) of ``texts``; ``frozen``
-    runs the model traced and frozen by TorchScript (same values, less overhead)."""
+    """Embeddings ``[len(texts), dim]`` (float32, L2-normalised) of ``texts``.
+
+    ``runtime`` is one of ``RUNTIMES`` (see the module doc); with ``torch``, ``frozen`` runs the
+    model traced and frozen by TorchScript (same values, less overhead) or, when False, the
+    module itself. ``info``, when given, receives the runtime used and why."""
     from transformers import AutoTokenizer
 
     from modelzip.zoo.text import minilm_dir
 
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"unknown runtime {runtime!r}; valid runtimes: {', '.join(RUNTIMES)}")
     if not texts:
         raise ConfigError("embed needs at least one sentence")
     encoder = _encoder(model)
     tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    batches = [list(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+    report = info if info is not None else {}
     out = []
     runner: Any = None
     with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            chunk = list(texts[start : start + batch_size])
+        for chunk in batches:
             enc = tok(
                 chunk, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt"
             )
             ids = enc["input_ids"].to(torch.int64)
             if runner is None:
-                runner = _runner(encoder, ids, frozen)
-            out.append(runner(ids).float().numpy())
+                runner = _pick_runner(encoder, ids, runtime, frozen, len(batches), report)
+            out.append(np.asarray(runner(ids), dtype=np.float32))
     return np.concatenate(out).astype(np.float32)
+
+
+def _pick_runner(
+    encoder: nn.Module,
+    ids: torch.Tensor,
+    runtime: str,
+    frozen: bool,
+    n_batches: int,
+    report: dict[str, Any],
+) -> Any:
+    """The runner ``runtime`` asks for, built on the first batch ``ids`` (see the module doc)."""
+    torch_runner = _runner(encoder, ids, frozen) if runtime != "onnxruntime" else None
+    if runtime == "torch" or (runtime == "auto" and n_batches < AUTO_MIN_BATCHES):
+        report["runtime"] = "torch"
+        if runtime == "auto":
+            report["why"] = f"{n_batches} batch(es): too few to repay an ONNX export"
+        return _as_numpy(torch_runner)
+    t0 = time.perf_counter()
+    try:
+        ort_runner = _ort_runner(encoder, ids)
+    except Exception as exc:  # noqa: BLE001  (no onnxruntime, or the model does not export)
+        if runtime == "onnxruntime":
+            raise
+        report.update(runtime="torch", why=f"ONNX Runtime unavailable: {_first_line(exc)}")
+        return _as_numpy(torch_runner)
+    report["onnx_setup_s"] = round(time.perf_counter() - t0, 2)
+    if runtime == "onnxruntime":
+        report["runtime"] = "onnxruntime"
+        return ort_runner
+    times = _time_both(_as_numpy(torch_runner), ort_runner, ids)
+    faster = "onnxruntime" if times["onnxruntime"] < times["torch"] else "torch"
+    report.update(
+        runtime=faster,
+        why="faster on the first batch ("
+        + ", ".join(f"{k} {v:.1f} ms" for k, v in times.items())
+        + ")",
+    )
+    return ort_runner if faster == "onnxruntime" else _as_numpy(torch_runner)
+
+
+def _as_numpy(runner: Any) -> Any:
+    return lambda ids: runner(ids).float().numpy()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _ort_runner(encoder: nn.Module, ids: torch.Tensor) -> Any:
+    """``encoder`` exported to ONNX in memory, in an ONNX Runtime session on torch's thread
+    count; refused (``UnsupportedError``) unless it agrees with the model on ``ids``."""
+    from modelzip.errors import UnsupportedError
+    from modelzip.export import onnx_bytes, ort_session
+
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise UnsupportedError(
+            "runtime onnxruntime needs ONNX Runtime: pip install 'modelzip[onnx]'"
+        ) from None
+    data, _ = onnx_bytes(encoder, example=ids, check=False)
+    session = ort_session(data, torch.get_num_threads())
+    cos = 1.0
+    # the first batch, and one sentence of another length (the length axis stays symbolic)
+    for x in (ids, ids[:1, : ids.shape[1] // 2 + 1]):
+        with torch.no_grad():
+            want = encoder(x).float().numpy()
+        got = session.run(None, {"input": x.numpy()})[0]
+        agree = float((want * got).sum(1).min()) if got.shape == want.shape else float("nan")
+        cos = min(cos, agree) if agree == agree else agree
+    if not cos >= AGREE_COSINE:  # NaN (a wrong shape) refuses too
+        raise UnsupportedError(
+            f"the ONNX Runtime export disagrees with the model (cosine {cos:.5f} < {AGREE_COSINE})"
+        )
+    return lambda ids: session.run(None, {"input": ids.numpy()})[0]
+
+
+def _time_both(torch_runner: Any, ort_runner: Any, ids: torch.Tensor) -> dict[str, float]:
+    """Median ms of each runner on ``ids`` over interleaved rounds (after warm-up calls)."""
+    runners = {"torch": torch_runner, "onnxruntime": ort_runner}
+    samples: dict[str, list[float]] = {k: [] for k in runners}
+    for run in runners.values():  # TorchScript's executor specializes over its first calls
+        run(ids)
+        run(ids)
+    for _ in range(3):
+        for name, run in runners.items():
+            t0 = time.perf_counter()
+            run(ids)
+            samples[name].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in samples.items()}
 
 
 def _runner(encoder: nn.Module, example: torch.Tensor, frozen: bool) -> Any:
@@ -103,7 +228,12 @@ def _write_atomic(path: Path, write: Any) -> None:
 
 
 def embed_file(
-    model: nn.Module | str, text_file: str | Path, out: str | Path, *, batch_size: int = 32
+    model: nn.Module | str,
+    text_file: str | Path,
+    out: str | Path,
+    *,
+    batch_size: int = 32,
+    runtime: str = "torch",
 ) -> dict[str, Any]:
     """Embed every non-blank line of ``text_file`` into ``out`` (.npy or .jsonl)."""
     out = Path(out)
@@ -111,8 +241,11 @@ def embed_file(
         raise ConfigError(f"output must end in {' or '.join(FORMATS)}, got {out.name}")
     if not out.parent.is_dir():
         raise ConfigError(f"output folder does not exist: {out.parent}")
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"unknown runtime {runtime!r}; valid runtimes: {', '.join(RUNTIMES)}")
     lines = read_lines(text_file)
-    emb = embed(model, lines, batch_size=batch_size)
+    used: dict[str, Any] = {}
+    emb = embed(model, lines, batch_size=batch_size, runtime=runtime, info=used)
     if out.suffix.lower() == ".npy":
         _write_atomic(out, lambda f: np.save(f, emb))
     else:
@@ -123,7 +256,7 @@ def embed_file(
                 f.write((json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8"))
 
         _write_atomic(out, write)
-    return {"sentences": len(lines), "dim": int(emb.shape[1]), "output": str(out)}
+    return {"sentences": len(lines), "dim": int(emb.shape[1]), "output": str(out), **used}
 
 
 __all__ = ["embed", "embed_file"]

@@ -36,13 +36,28 @@ def export_onnx(
     opset: int = 17,
     check: bool = True,
 ) -> dict[str, float | int | str | bool]:
-    """Write ``model`` as ONNX (dynamic batch), atomically; verify it with ONNX Runtime.
+    """Write ``model`` as ONNX (dynamic batch; dynamic length too for token-id input),
+    atomically; verify it with ONNX Runtime.
 
     Returns the file size and, when checked, the max abs difference between ONNX Runtime and
     PyTorch on the example input; for a model with int8 layers, ``exact_without_vnni``: whether
     ONNX Runtime's default session runs it exactly on x86 CPUs without VNNI (7-bit weights),
     where else only ``ort_session`` does.
     """
+    data, out = onnx_bytes(model, example=example, opset=opset, check=check)
+    out = {"onnx": str(path), **out}
+    write_atomic(Path(path), data)
+    return out
+
+
+def onnx_bytes(
+    model: nn.Module,
+    *,
+    example: torch.Tensor | None = None,
+    opset: int = 17,
+    check: bool = True,
+) -> tuple[bytes, dict[str, float | int | str | bool]]:
+    """``export_onnx`` in memory: the ONNX file's bytes and what ``export_onnx`` reports."""
     try:
         import onnx  # noqa: F401  (torch's exporter needs it)
     except ImportError:
@@ -51,6 +66,9 @@ def export_onnx(
         ) from None
     model = model.eval()
     x = example if example is not None else example_input(model)
+    axes = {0: "batch"}
+    if _is_token_ids(x):  # sentences come in every length: the length axis stays symbolic
+        axes[1] = "tokens"
     buf = io.BytesIO()
     try:
         with warnings.catch_warnings():
@@ -63,21 +81,33 @@ def export_onnx(
                 opset_version=opset,
                 input_names=["input"],
                 output_names=["output"],
-                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-                custom_opsets={"com.microsoft": 1},  # modelzip.nn.onnx_int8.MATMUL_TO_FLOAT
+                dynamic_axes={"input": axes, "output": {0: "batch"}},
+                # modelzip.nn.onnx_int8.MATMUL_TO_FLOAT, for dynamic int8 layers (declared
+                # without one, the exporter prints a warning that it is unused)
+                custom_opsets={"com.microsoft": 1} if _has_dynamic_int8(model) else None,
             )
     except Exception as exc:  # the exporter raises many types for unsupported ops
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsupportedError(f"ONNX export failed: {first}") from None
     data = _merged(buf.getvalue())
-    out: dict[str, float | int | str | bool] = {"onnx": str(path), "bytes": len(data)}
+    out: dict[str, float | int | str | bool] = {"bytes": len(data)}
     widest = int8_weight_max(model)
     if widest is not None:
         out["exact_without_vnni"] = widest <= PAIR_SAFE
     if check:
         out["max_abs_diff"] = _check_with_onnxruntime(model, data, x)
-    write_atomic(Path(path), data)
-    return out
+    return data, out
+
+
+def _has_dynamic_int8(model: nn.Module) -> bool:
+    from modelzip.nn.dynamic import DynQuantLinear
+
+    return any(isinstance(m, DynQuantLinear) for m in model.modules())
+
+
+def _is_token_ids(x: torch.Tensor) -> bool:
+    """Integer input of rank 2 (``[batch, tokens]``): a text model's token ids."""
+    return x.dim() == 2 and not torch.is_floating_point(x) and x.dtype != torch.bool
 
 
 def int8_weight_max(model: nn.Module) -> int | None:
@@ -202,21 +232,28 @@ def _check_with_onnxruntime(model: nn.Module, data: bytes, x: torch.Tensor) -> f
         "x.flatten(1) or x.view(x.size(0), -1)"
     )
     worst = 0.0
-    for xb in (x, x.repeat(CHECK_BATCH, *([1] * (x.dim() - 1)))):
+    inputs = [x, x.repeat(CHECK_BATCH, *([1] * (x.dim() - 1)))]
+    if _is_token_ids(x) and x.shape[1] > 2:  # and sentences shorter than the example's
+        inputs.append(inputs[1][:, : x.shape[1] // 2 + 1])
+    for xb in inputs:
+        where, hint = f"at batch {len(xb)}", fixed
+        if xb.shape[1:] != x.shape[1:]:
+            where = f"at {xb.shape[1]} tokens"
+            hint = "a length fixed by the trace breaks shorter or longer sentences"
         try:
             got = session.run(None, {"input": xb.numpy()}, quiet)[0]
         except Exception as exc:  # ORT raises its own types; the first line says what failed
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UnsupportedError(
-                f"the exported model fails in ONNX Runtime at batch {len(xb)} ({first[:200]}); "
-                + (fixed if len(xb) != len(x) else "it does not run as exported")
+                f"the exported model fails in ONNX Runtime {where} ({first[:200]}); "
+                + (hint if xb.shape != x.shape else "it does not run as exported")
             ) from None
         with torch.no_grad():
             want = model(xb).numpy()
         if got.shape != want.shape:
             raise UnsupportedError(
-                f"the exported model gives shape {list(got.shape)} at batch {len(xb)} where the "
-                f"model gives {list(want.shape)}: {fixed}"
+                f"the exported model gives shape {list(got.shape)} {where} where the "
+                f"model gives {list(want.shape)}: {hint}"
             )
         worst = max(worst, float(abs(got - want).max()))
     return worst
