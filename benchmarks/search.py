@@ -567,7 +567,7 @@ def report() -> None:
                 f"| {e} | {q['wall_s']:.0f} s | {q['ratio'] or 0:.1f}x | {(q['test'] or 0):.2%} | "
                 f"{q['met_budget']} |"
             )
-        lines += ["", f"Speed-up: {p['speedup']}x (2 workers on a shared 2-core machine).", ""]
+        lines += ["", f"Speed-up: {p['speedup']}x (2 Ray workers on a 2-core machine).", ""]
     lines += ["## Against the targets", ""]
     for name in COMPARED:
         if name not in parts or name == "lenet5_e12":
