@@ -22,7 +22,7 @@ from modelzip.recipe import Recipe
 from modelzip.search.output import pareto_front, pick
 from modelzip.search.progress import time_left
 from modelzip.search.runner import EXIT_MISSED_BUDGET, STUDY_NAME
-from modelzip.search.space import Space
+from modelzip.search.space import PRUNE_LRS, Space
 from modelzip.testing import user_models as um
 
 EPOCHS = "1,0,0"  # full fidelity: 1 epoch of gradual pruning, no other training
@@ -281,6 +281,7 @@ def test_space_respects_first_and_last_layer_rules(lenet300):
     share = {u.key: u.share for u in space.units}
     assert share["fc1"] > 0.25 and share["fc3"] < 0.1  # digits: 64-300-100-10
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen_lrs = set()
     for _ in range(30):
         policy = space.suggest(study.ask())
         # the first layer holds over a quarter of the weights: 3 bits allowed; the last 4
@@ -290,7 +291,12 @@ def test_space_respects_first_and_last_layer_rules(lenet300):
         assert policy["density:fc1"] <= 0.3 and policy["density:fc2"] <= 0.3
         assert policy["bits:fc2"] <= 6
         assert policy["rank:fc1"] == policy["rank:fc3"] == "none"
-        Recipe.from_dict(space.recipe(policy).to_dict())  # every policy is a valid recipe
+        stages = Recipe.from_dict(space.recipe(policy).to_dict()).stages  # a valid recipe
+        # the gradual pruning trains at the policy's learning rate
+        (prune,) = [st for st in stages if st.method == "prune"]
+        assert prune.lr == float(policy["prune_lr"])
+        seen_lrs.add(policy["prune_lr"])
+    assert seen_lrs == set(PRUNE_LRS)
 
 
 def test_anchor_is_the_deep_compression_recipe_resolved_on_the_model(lenet300, digits):
@@ -312,9 +318,12 @@ def test_anchor_is_the_deep_compression_recipe_resolved_on_the_model(lenet300, d
                 assert per_layer(ca.pop(key), layers) == per_layer(cb.pop(key), layers)
         ca.pop("layers", None), cb.pop("layers", None)
         assert ca == cb
-    # the bolder seeds keep fewer weights of the big layers, never more
+    # the bolder seeds keep fewer weights of the big layers, never more, and prune at the
+    # higher learning rate (the recipe's own policy keeps the recipe's)
+    assert first["prune_lr"] == PRUNE_LRS[0] and ours.stages[0].lr == 1e-3
     for p in bolder:
         assert p["density:fc2"] < first["density:fc2"] and p["density:fc3"] == first["density:fc3"]
+        assert p["prune_lr"] == PRUNE_LRS[-1]
 
 
 def test_anchor_trial_skips_the_short_rung(lenet300, tmp_path):

@@ -5,7 +5,8 @@ model: the per-layer sparsity of its ``prune`` stage, the bits of its ``cluster`
 the decode budget of its ``encode`` stage, exactly as the recipe's role and size rules pick
 them. Trial 0 is that policy trained fully (it skips the short rung), so the search always
 has the recipe's own result to beat; the next seeded trials push the big layers from it
-(fewer weights kept, fewer bits), where the bytes are.
+(fewer weights kept, fewer bits, the higher pruning learning rate that recovers more at such
+sparsity: ``space.PRUNE_LRS``), where the bytes are.
 
 Example:
     >>> anchor_policies(space, model, data)[0]["bits:fc1"]   # doctest: +SKIP
@@ -20,7 +21,7 @@ from torch import nn
 
 from modelzip.errors import ModelzipError
 from modelzip.recipe import Recipe
-from modelzip.search.space import BIG_SHARE, Space
+from modelzip.search.space import BIG_SHARE, PRUNE_LRS, Space
 from modelzip.targets import per_layer, select
 from modelzip.zoo.data import DataBundle
 
@@ -70,6 +71,8 @@ def anchor_policies(space: Space, model: nn.Module, data: DataBundle) -> list[di
             p[f"density:{u.key}"] = round(max(space.min_density(u), d), 4)
             p[f"bits:{u.key}"] = min(hi, max(lo, bits))
         p["decode_budget"] = budget
+        if "prune_lr" in p:
+            p["prune_lr"] = PRUNE_LRS[-1]
         return p
 
     return [base, step(0.6, 4, "unlimited"), step(0.4, 3, "unlimited")]

@@ -52,6 +52,11 @@ BIG_SHARE = 0.1
 #: A first or last layer this big may go down to 3 bits.
 HUGE_SHARE = 0.25
 BIG_MAX_DENSITY = 0.3
+#: Learning rates of the gradual pruning stage. Why a knob: the bolder a policy, the more a
+#: higher rate recovers while the masks grow (fashion-mnist, 3 seeds, test accuracy against the
+#: deep-compression recipe's at 1e-3: LeNet-300-100 at 70x -0.55 points at 1e-3, -0.22 at
+#: 3e-3; LeNet-5 at 81x -0.19 at 1e-3, -0.03 at 3e-3); the recipe's own policy keeps 1e-3.
+PRUNE_LRS = ("0.001", "0.003")
 
 
 @dataclass(frozen=True)
@@ -158,6 +163,8 @@ class Space:
             trial.suggest_categorical("int8", (False, True))
         else:
             trial.suggest_categorical("decode_budget", DECODE_BUDGETS)
+            if self.schedule.prune:  # a learning rate only for pruning while training
+                trial.suggest_categorical("prune_lr", PRUNE_LRS)
         return dict(trial.params)
 
     @staticmethod
@@ -199,6 +206,7 @@ class Space:
         *,
         bits: int | dict[str, int] = 4,
         budget: str = "unlimited",
+        prune_lr: str = PRUNE_LRS[0],
     ) -> dict[str, Any]:
         """A full policy from per-unit sparsities and bits (clipped to each unit's range)."""
         policy: dict[str, Any] = {}
@@ -219,6 +227,8 @@ class Space:
             policy["int8"] = False
         else:
             policy["decode_budget"] = budget
+            if self.schedule.prune:
+                policy["prune_lr"] = prune_lr
         return policy
 
     # -- policy -> recipe ------------------------------------------------------------------
@@ -269,7 +279,8 @@ class Space:
         if sparsity:
             prune: dict[str, Any] = {"method": "prune", "sparsity": sparsity, "scope": "layer"}
             if sched.prune:  # reached gradually while training; else one shot
-                prune.update(schedule="gradual", epochs=sched.prune)
+                lr = float(policy.get("prune_lr", PRUNE_LRS[0]))
+                prune.update(schedule="gradual", epochs=sched.prune, lr=lr)
             stages.append(prune)
         if sched.recover:
             stages.append({"method": "finetune", "epochs": sched.recover, "lr": sched.lr})
@@ -337,6 +348,7 @@ class Space:
             "units": [u.key for u in self.units],
             "quantizers": list(self.quantizers),
             "schedule": [self.schedule.prune, self.schedule.recover, self.schedule.polish],
+            "prune_lrs": list(PRUNE_LRS) if self.objective == "bytes" else [],
         }
 
 
