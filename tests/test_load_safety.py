@@ -23,6 +23,7 @@ import modelzip as mz
 from modelzip import mzip
 from modelzip.errors import FormatError, ModelzipError
 from modelzip.nn.registry import CONSTRAINT_KINDS, MODULE_TYPES, closed_table
+from modelzip.recipe import Recipe
 from modelzip.testing import user_models
 
 SRC = Path(mz.__file__).parent
@@ -277,3 +278,44 @@ def test_tiny_bert_folder_saves_its_config_not_its_path(tmp_path):
     ids = torch.tensor([[101, 2023, 2003, 102, 0]])
     with torch.no_grad():
         assert torch.equal(back(ids), model(ids))
+
+
+def test_build_size_counts_what_a_module_allocates_not_the_product_of_its_sizes():
+    # a low-rank 800 x 500 layer at rank 250 holds 325,500 weights: the product of its
+    # sizes (100 million) refused a real 14 KB file of a searched LeNet-5 at 125x
+    low_rank = {
+        "type": "LowRankLinear",
+        "args": {"in_features": 800, "out_features": 500, "rank": 250, "bias": True},
+    }
+    header = {"source": {"kind": "zoo", "kwargs": {}}, "architecture": {"fc1": low_rank}}
+    mzip.check_build_size(header, budget=400_000)
+    with pytest.raises(FormatError, match="'fc1'.*too large"):
+        mzip.check_build_size(header, budget=300_000)
+    # a hostile layer is still refused before anything is allocated
+    huge = {"type": "Linear", "args": {"in_features": 1 << 30, "out_features": 1 << 30}}
+    with pytest.raises(FormatError, match="'out'.*too large"):
+        mzip.check_build_size({**header, "architecture": {"out": huge}}, budget=1 << 24)
+    zoo = {"kind": "zoo", "kwargs": {"hidden": [1 << 20, 1 << 20]}}
+    with pytest.raises(FormatError, match="'source'.*too large"):
+        mzip.check_build_size({"source": zoo, "architecture": {}}, budget=1 << 24)
+
+
+def test_a_heavily_compressed_low_rank_model_loads(tmp_path):
+    # the searched policy that failed: LeNet-5's fc1 factorized at half rank, pruned hard
+    data = mz.load_data("mnist5k")  # 28 x 28: fc1 is 800 x 500
+    model = mz.load_model("zoo:lenet5", data=data)
+    recipe = {
+        "stages": [
+            {"method": "lowrank", "rank": {"fc1": 250}},
+            {"method": "prune", "sparsity": 0.99, "scope": "layer"},
+            {"method": "cluster", "bits": 2},
+            {"method": "encode", "coder": "auto"},
+        ]
+    }
+    out = tmp_path / "m.mzip"
+    result = mz.compress(model, data, Recipe.from_dict(recipe), out=out, measure_latency=False)
+    assert out.stat().st_size * 4096 < 800 * 500 * 250  # the old rule's product: refused
+    loaded = mz.load(out)
+    x = data.example(4)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), result["model"](x), atol=1e-5)
