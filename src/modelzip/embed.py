@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from modelzip.errors import ConfigError, ModelError
+from modelzip.errors import ConfigError, ModelError, first_line
 from modelzip.zoo.corpus import read_lines
 from modelzip.zoo.hf import SentenceEncoder
 
@@ -86,8 +86,7 @@ def embed(
 
     from modelzip.zoo.text import minilm_dir
 
-    if runtime not in RUNTIMES:
-        raise ConfigError(f"unknown runtime {runtime!r}; valid runtimes: {', '.join(RUNTIMES)}")
+    _check_runtime(runtime)
     if not texts:
         raise ConfigError("embed needs at least one sentence")
     encoder = _encoder(model)
@@ -106,6 +105,11 @@ def embed(
                 runner = _pick_runner(encoder, ids, runtime, frozen, len(batches), report)
             out.append(np.asarray(runner(ids), dtype=np.float32))
     return np.concatenate(out).astype(np.float32)
+
+
+def _check_runtime(runtime: str) -> None:
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"unknown runtime {runtime!r}; valid runtimes: {', '.join(RUNTIMES)}")
 
 
 def _pick_runner(
@@ -129,7 +133,7 @@ def _pick_runner(
     except Exception as exc:  # noqa: BLE001  (no onnxruntime, or the model does not export)
         if runtime == "onnxruntime":
             raise
-        report.update(runtime="torch", why=f"ONNX Runtime unavailable: {_first_line(exc)}")
+        report.update(runtime="torch", why=f"ONNX Runtime unavailable: {first_line(exc)[:200]}")
         return _as_numpy(torch_runner)
     report["onnx_setup_s"] = round(time.perf_counter() - t0, 2)
     if runtime == "onnxruntime":
@@ -150,11 +154,6 @@ def _as_numpy(runner: Any) -> Any:
     return lambda ids: runner(ids).float().numpy()
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
 def _ort_runner(encoder: nn.Module, ids: torch.Tensor) -> Any:
     """``encoder`` exported to ONNX in memory, in an ONNX Runtime session on torch's thread
     count; refused (``UnsupportedError``) unless it agrees with the model on ``ids``."""
@@ -169,18 +168,17 @@ def _ort_runner(encoder: nn.Module, ids: torch.Tensor) -> Any:
         ) from None
     data, _ = onnx_bytes(encoder, example=ids, check=False)
     session = ort_session(data, torch.get_num_threads())
-    cos = 1.0
     # the first batch, and one sentence of another length (the length axis stays symbolic)
     for x in (ids, ids[:1, : ids.shape[1] // 2 + 1]):
         with torch.no_grad():
             want = encoder(x).float().numpy()
         got = session.run(None, {"input": x.numpy()})[0]
-        agree = float((want * got).sum(1).min()) if got.shape == want.shape else float("nan")
-        cos = min(cos, agree) if agree == agree else agree
-    if not cos >= AGREE_COSINE:  # NaN (a wrong shape) refuses too
-        raise UnsupportedError(
-            f"the ONNX Runtime export disagrees with the model (cosine {cos:.5f} < {AGREE_COSINE})"
-        )
+        cos = float((want * got).sum(1).min()) if got.shape == want.shape else float("nan")
+        if not cos >= AGREE_COSINE:  # NaN (a wrong shape) refuses too
+            raise UnsupportedError(
+                f"the ONNX Runtime export disagrees with the model (cosine {cos:.5f} < "
+                f"{AGREE_COSINE})"
+            )
     return lambda ids: session.run(None, {"input": ids.numpy()})[0]
 
 
@@ -241,8 +239,7 @@ def embed_file(
         raise ConfigError(f"output must end in {' or '.join(FORMATS)}, got {out.name}")
     if not out.parent.is_dir():
         raise ConfigError(f"output folder does not exist: {out.parent}")
-    if runtime not in RUNTIMES:
-        raise ConfigError(f"unknown runtime {runtime!r}; valid runtimes: {', '.join(RUNTIMES)}")
+    _check_runtime(runtime)
     lines = read_lines(text_file)
     used: dict[str, Any] = {}
     emb = embed(model, lines, batch_size=batch_size, runtime=runtime, info=used)

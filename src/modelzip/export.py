@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from modelzip.codec.format import write_atomic
-from modelzip.errors import ModelError, UnsupportedError
+from modelzip.errors import ModelError, UnsupportedError, first_line
 from modelzip.nn.int8_runtime import PAIR_SAFE
 from modelzip.source import source_of
 
@@ -87,8 +87,7 @@ def onnx_bytes(
                 custom_opsets={"com.microsoft": 1} if _has_dynamic_int8(model) else None,
             )
     except Exception as exc:  # the exporter raises many types for unsupported ops
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UnsupportedError(f"ONNX export failed: {first}") from None
+        raise UnsupportedError(f"ONNX export failed: {first_line(exc)}") from None
     data = _merged(buf.getvalue())
     out: dict[str, float | int | str | bool] = {"bytes": len(data)}
     widest = int8_weight_max(model)
@@ -243,9 +242,8 @@ def _check_with_onnxruntime(model: nn.Module, data: bytes, x: torch.Tensor) -> f
         try:
             got = session.run(None, {"input": xb.numpy()}, quiet)[0]
         except Exception as exc:  # ORT raises its own types; the first line says what failed
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UnsupportedError(
-                f"the exported model fails in ONNX Runtime {where} ({first[:200]}); "
+                f"the exported model fails in ONNX Runtime {where} ({first_line(exc)[:200]}); "
                 + (hint if xb.shape != x.shape else "it does not run as exported")
             ) from None
         with torch.no_grad():
