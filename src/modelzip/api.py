@@ -53,6 +53,15 @@ def load_data(spec: str | DataBundle, *, batch_size: int = 64, seed: int = 0) ->
     return _load_data(spec, batch_size=batch_size, seed=seed)
 
 
+def data_for_model(model: nn.Module, data: DataBundle) -> DataBundle:
+    """``data`` as ``model`` reads it: text data tokenized by the model's own tokenizer
+    (``modelzip.zoo.text.for_model``); any other data, and text the model already reads,
+    unchanged."""
+    from modelzip.zoo.text import for_model
+
+    return for_model(data, model)
+
+
 def cache_dir() -> Path:
     """Where trained baselines are cached (``MODELZIP_CACHE`` overrides)."""
     return Path(os.environ.get("MODELZIP_CACHE") or Path.home() / ".cache" / "modelzip")
@@ -187,6 +196,7 @@ def evaluate(
         file_bytes = Path(model).stat().st_size if Path(model).is_file() else None
     if not isinstance(model, nn.Module):
         model = load_model(model, data=data, architecture=architecture)
+    data = data_for_model(model, data)
     check_fits(model, data)
     reference = None
     if data.task.needs_reference:
@@ -229,7 +239,7 @@ def compress(
     Returns ``baseline`` and ``compressed`` metrics, ``ratio`` (fp32 torch.save bytes /
     .mzip bytes), ``stages`` and ``out``. The compressed model is under ``model`` (not JSON).
     """
-    data = load_data(data)
+    data = data_for_model(model, load_data(data))
     recipe = Recipe.load(recipe)
     check_fits(model, data)
     original = pipeline.frozen_copy(model)  # the teacher, and the reference for embeddings

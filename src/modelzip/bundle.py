@@ -17,6 +17,18 @@ from modelzip.task import Classification, Inputs, Task, get_task, split_batch
 SPLITS = ("train", "val", "test")
 
 
+@dataclass(frozen=True)
+class TextSource:
+    """The sentences a text data set was tokenized from, so that it can be tokenized again
+    with another model's tokenizer (``modelzip.zoo.text.for_model``)."""
+
+    splits: dict[str, list[str]]
+    batch_size: int
+    seed: int
+    #: ``TextTokenizer.key`` of the tokenizer that made the loaders' token ids
+    tokenizer_key: str
+
+
 @dataclass
 class DataBundle:
     """A task's data: loaders per split and what a model needs to know about the inputs."""
@@ -30,6 +42,8 @@ class DataBundle:
     #: (y are class labels) or ``Embedding`` (outputs are compared with the original model's:
     #: the metric is cosine_mean, fine-tuning matches the original).
     task: Task = field(default_factory=Classification)
+    #: for text data: the sentences behind the token ids (None for other data)
+    text: TextSource | None = None
 
     def __post_init__(self) -> None:
         self.task = get_task(self.task)  # a task may be given by name ("embedding")

@@ -151,6 +151,7 @@ def _run_compress(
         progress=not as_json,
         architecture=_architecture(architecture),
     )
+    data = api.data_for_model(model, data)
     sens = None
     if with_sensitivity and report is not None:
         from modelzip.search.sensitivity import sensitivity as run_sensitivity
@@ -296,6 +297,7 @@ def sensitivity(
         progress=not as_json,
         architecture=_architecture(architecture),
     )
+    bundle = api.data_for_model(loaded, bundle)
     patterns = [p.strip() for p in layers.split(",") if p.strip()] if layers else None
     result = run_sensitivity(
         loaded,
@@ -413,6 +415,7 @@ def search(
     make(engine, address=address, workers=workers)  # a missing Ray is an error before training
     bundle = api.load_data(data, seed=seed)
     loaded = api.load_model(model, data=bundle, weights=weights, seed=seed, progress=not as_json)
+    bundle = api.data_for_model(loaded, bundle)
     result = run_search(loaded, bundle, cfg, model_spec=model)
     if as_json:
         _print_json(result)
@@ -501,7 +504,7 @@ def export(
     model = api.load_model(
         file, data=bundle, weights=weights, architecture=_architecture(architecture)
     )
-    example = bundle.example(1) if bundle is not None else None
+    example = api.data_for_model(model, bundle).example(1) if bundle is not None else None
     info = export_onnx(model, onnx, example=example)
     if as_json:
         _print_json(info)

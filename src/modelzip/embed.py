@@ -3,8 +3,9 @@
 Python: ``modelzip.embed.embed("minilm.mzip", ["A sentence.", ...])`` returns a float32 array
 ``[n, dim]``; ``embed_file`` reads a UTF-8 text file (one sentence per line) and writes ``.npy``
 or JSON lines (``{"text": ..., "embedding": [...]}``) atomically. The CLI is ``modelzip embed``.
-Sentences are tokenized with the bundled MiniLM WordPiece tokenizer (the one the text data sets
-use), truncated at ``max_tokens`` and padded per batch.
+Sentences are tokenized with the model's own tokenizer (``modelzip.zoo.tokens``: its folder's,
+or the one its .mzip recorded; MiniLM's for the zoo's MiniLM), truncated at ``max_tokens`` and
+padded per batch.
 
 Runtimes (``runtime``): ``torch`` runs the model traced and frozen by TorchScript; ``onnxruntime``
 runs ``modelzip export``'s ONNX file (in memory) in an ONNX Runtime session, after checking it
@@ -33,6 +34,7 @@ import torch
 from torch import nn
 
 from modelzip.errors import ConfigError, ModelError, first_line
+from modelzip.zoo import tokens
 from modelzip.zoo.corpus import read_lines
 from modelzip.zoo.hf import SentenceEncoder
 
@@ -82,25 +84,18 @@ def embed(
     ``runtime`` is one of ``RUNTIMES`` (see the module doc); with ``torch``, ``frozen`` runs the
     model traced and frozen by TorchScript (same values, less overhead) or, when False, the
     module itself. ``info``, when given, receives the runtime used and why."""
-    from transformers import AutoTokenizer
-
-    from modelzip.zoo.text import minilm_dir
-
     _check_runtime(runtime)
     if not texts:
         raise ConfigError("embed needs at least one sentence")
     encoder = _encoder(model)
-    tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    tok = tokens.of_model(encoder)
     batches = [list(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
     report = info if info is not None else {}
     out = []
     runner: Any = None
     with torch.inference_mode():
         for chunk in batches:
-            enc = tok(
-                chunk, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt"
-            )
-            ids = enc["input_ids"].to(torch.int64)
+            ids = tok.encode(chunk, max_tokens=max_tokens, pad_to_max=False)
             if runner is None:
                 runner = _pick_runner(encoder, ids, runtime, frozen, len(batches), report)
             out.append(np.asarray(runner(ids), dtype=np.float32))

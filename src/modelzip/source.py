@@ -5,7 +5,8 @@ A source is one of three kinds, all plain JSON in the file:
 - ``zoo``: a built-in architecture by name plus its size arguments, built by modelzip's own
   closed table (``modelzip.zoo.models.ZOO`` and the bundled MiniLM);
 - ``hf``: a Hugging Face encoder, recorded as its ``config.json`` values and built with
-  ``transformers``' own classes for that ``model_type`` (``trust_remote_code`` is never set);
+  ``transformers``' own classes for that ``model_type`` (``trust_remote_code`` is never set),
+  with its tokenizer as the text of its ``tokenizer.json`` (``modelzip.zoo.tokens``);
 - ``user``: a model the user wrote. The file records a label (``my_net.py:build`` or the
   class name) for people to read; the architecture always comes from the caller at load time
   (``mz.load(path, model=...)``, ``--model FILE.py:FACTORY``).
@@ -68,10 +69,14 @@ class ModelSource:
     @classmethod
     def from_hf_folder(cls, folder: str | Path) -> ModelSource:
         """The source of a local Hugging Face / sentence-transformers folder."""
+        from modelzip.zoo import tokens
         from modelzip.zoo.hf import read_config
 
         folder = Path(folder).resolve()
-        return cls("hf", folder.name, {"config": read_config(folder)}, folder=str(folder))
+        config = read_config(folder)
+        tok = tokens.from_folder(folder, int(config.get("pad_token_id") or 0))
+        kwargs = {"config": config, "tokenizer": tok.spec}
+        return cls("hf", folder.name, kwargs, folder=str(folder))
 
     @property
     def pretrained(self) -> bool:
@@ -113,7 +118,9 @@ class ModelSource:
             elif pretrained and self.folder is not None:
                 model = hf.build_encoder(self.folder, pretrained=True)
             else:
-                model = hf.encoder_from_config(self.kwargs["config"])
+                model = hf.encoder_from_config(
+                    self.kwargs["config"], tokenizer=self.kwargs.get("tokenizer")
+                )
         else:
             kw = dict(self.kwargs)
             if not isinstance(kw.get("in_shape"), list) or not isinstance(

@@ -66,6 +66,11 @@ def crc32(data: bytes | memoryview) -> int:
 def write(header: dict[str, Any], payloads: list[bytes]) -> bytes:
     """The file bytes for a JSON-able header object (source, arch, info, t) and payloads."""
     text = json.dumps(header, separators=(",", ":")).encode()
+    if len(text) > MAX_HEADER:  # a reader would refuse it: never write such a file
+        raise FormatError(
+            f"the .mzip header would be {len(text):,} bytes, more than the {MAX_HEADER:,} a "
+            "reader accepts (a very large recorded tokenizer?)"
+        )
     comp = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zdict=ZDICT)
     head = comp.compress(text) + comp.flush()
     table = varint(len(payloads)) + b"".join(

@@ -11,6 +11,8 @@ Each factory is a plain function returning an ``nn.Module``, usable from Python 
   (``write_tabular_npz`` writes scikit-learn's bundled breast-cancer table).
 - ``write_tiny_bert``: a randomly initialised tiny BERT encoder as a local Hugging Face
   folder (config, safetensors weights, the bundled MiniLM tokenizer's files).
+- ``write_tiny_roberta``: a tiny RoBERTa-style encoder folder with its own byte-level BPE
+  tokenizer (another vocabulary than BERT's, padding id 1).
 
 Example:
     >>> model = residual_cnn()
@@ -175,4 +177,50 @@ def write_tiny_bert(folder: str | Path, *, seed: int = 0) -> Path:
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (src / name).is_file():
             shutil.copy(src / name, folder / name)
+    return folder
+
+
+def write_tiny_roberta(folder: str | Path, *, seed: int = 0, vocab_size: int = 1000) -> Path:
+    """A randomly initialised 2-layer RoBERTa (hidden 32) saved as a Hugging Face folder with
+    its own tokenizer, as RoBERTa- and MPNet-based sentence encoders come: a byte-level BPE
+    vocabulary (learnt here from the ``sentences`` templates) that is not BERT's, and padding
+    id 1 (``<pad>``), not 0."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast, RobertaConfig, RobertaModel
+
+    from modelzip.zoo.text import sentences
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials)
+    tok.train_from_iterator(sentences(), trainer)
+    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        cls_token="<s>",
+        eos_token="</s>",
+        sep_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+    )
+    fast.save_pretrained(str(folder))
+    torch.manual_seed(seed)
+    config = RobertaConfig(
+        vocab_size=fast.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=140,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+    )
+    RobertaModel(config).save_pretrained(str(folder), safe_serialization=True)
     return folder

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from modelzip.errors import FormatError, ModelError
+from modelzip.zoo import tokens
+from modelzip.zoo.tokens import TextTokenizer
 
 #: config.json keys that would ask transformers to import code: never honoured.
 REMOTE_CODE_KEYS = ("auto_map", "trust_remote_code")
@@ -25,10 +27,13 @@ REMOTE_CODE_KEYS = ("auto_map", "trust_remote_code")
 class SentenceEncoder(nn.Module):
     """A transformers encoder with mean pooling and normalisation, on token-id input."""
 
-    def __init__(self, encoder: nn.Module, pad_id: int = 0):
+    def __init__(self, encoder: nn.Module, pad_id: int = 0, tokenizer: TextTokenizer | None = None):
         super().__init__()
         self.encoder = encoder
         self.pad_id = pad_id
+        #: what turns text into this model's token ids (``modelzip.zoo.tokens``); None: the
+        #: bundled MiniLM tokenizer (the zoo's MiniLM, files that recorded none)
+        self.tokenizer = tokenizer
 
     def token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Which positions hold real tokens (True) rather than padding: what attention and
@@ -61,8 +66,8 @@ def build_encoder(folder: str | os.PathLike[str], *, pretrained: bool) -> Senten
             encoder = AutoModel.from_config(AutoConfig.from_pretrained(str(folder)))
     except (OSError, ValueError) as exc:
         raise ModelError(f"{folder}: cannot load the model ({exc})") from None
-    pad = getattr(encoder.config, "pad_token_id", 0) or 0
-    return SentenceEncoder(encoder.eval(), pad_id=int(pad)).eval()
+    pad = int(getattr(encoder.config, "pad_token_id", 0) or 0)
+    return SentenceEncoder(encoder.eval(), pad, tokens.from_folder(folder, pad)).eval()
 
 
 def _quiet_transformers() -> None:
@@ -91,11 +96,16 @@ def read_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
     return json.loads(json.dumps(values, default=str))
 
 
-def encoder_from_config(values: dict[str, Any], *, max_elements: int | None = None) -> nn.Module:
+def encoder_from_config(
+    values: dict[str, Any],
+    *,
+    max_elements: int | None = None,
+    tokenizer: str | None = None,
+) -> nn.Module:
     """A freshly initialised encoder from recorded config values, built by transformers' own
     class for the recorded ``model_type``; nothing the values name is imported or called.
     With ``max_elements``, architectures whose tensors hold more elements are refused before
-    anything real is allocated."""
+    anything real is allocated. ``tokenizer``: the recorded ``tokenizer.json`` text."""
     _quiet_transformers()
     from transformers import AutoConfig, AutoModel
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
@@ -120,5 +130,6 @@ def encoder_from_config(values: dict[str, Any], *, max_elements: int | None = No
         raise
     except Exception as exc:  # transformers raises many types on bad config values
         raise FormatError(f"cannot build the recorded {model_type} config: {exc}") from None
-    pad = getattr(encoder.config, "pad_token_id", 0) or 0
-    return SentenceEncoder(encoder.eval(), pad_id=int(pad)).eval()
+    pad = int(getattr(encoder.config, "pad_token_id", 0) or 0)
+    tok = tokens.from_spec(tokenizer, pad, "the .mzip") if tokenizer is not None else None
+    return SentenceEncoder(encoder.eval(), pad, tok).eval()

