@@ -4,8 +4,9 @@ Python: ``modelzip.embed.embed("minilm.mzip", ["A sentence.", ...])`` returns a 
 ``[n, dim]``; ``embed_file`` reads a UTF-8 text file (one sentence per line) and writes ``.npy``
 or JSON lines (``{"text": ..., "embedding": [...]}``) atomically. The CLI is ``modelzip embed``.
 Sentences are tokenized with the model's own tokenizer (``modelzip.zoo.tokens``: its folder's,
-or the one its .mzip recorded; MiniLM's for the zoo's MiniLM), truncated at ``max_tokens`` and
-padded per batch.
+or the one its .mzip recorded; MiniLM's for the zoo's MiniLM), cut at the model's token limit
+and padded per batch; pooling and normalisation follow the folder's sentence-transformers
+configuration (``modelzip.zoo.hf.Pipeline``).
 
 Runtimes (``runtime``): ``torch`` runs the model traced and frozen by TorchScript; ``onnxruntime``
 runs ``modelzip export``'s ONNX file (in memory) in an ONNX Runtime session, after checking it
@@ -54,6 +55,8 @@ AUTO_MIN_BATCHES = 128
 #: output, the embeddings at mean cosine 0.99991 and min 0.99973 to PyTorch's, about a third of
 #: the int8 error itself; fp32 models agree to 2e-7).
 AGREE_COSINE = 0.999
+#: Token limit for a model that states none (no ``max_seq_length``, no position embeddings).
+DEFAULT_MAX_TOKENS = 512
 
 
 def _encoder(model: nn.Module | str) -> SentenceEncoder:
@@ -74,21 +77,31 @@ def embed(
     texts: Sequence[str],
     *,
     batch_size: int = 32,
-    max_tokens: int = 128,
+    max_tokens: int | None = None,
     frozen: bool = True,
     runtime: str = "torch",
     info: dict[str, Any] | None = None,
 ) -> np.ndarray:
-    """Embeddings ``[len(texts), dim]`` (float32, L2-normalised) of ``texts``.
+    """Embeddings ``[len(texts), dim]`` (float32; L2-normalised unless the model's
+    sentence-transformers pipeline has no ``Normalize``) of ``texts``.
 
-    ``runtime`` is one of ``RUNTIMES`` (see the module doc); with ``torch``, ``frozen`` runs the
-    model traced and frozen by TorchScript (same values, less overhead) or, when False, the
-    module itself. ``info``, when given, receives the runtime used and why."""
+    Sentences are cut at ``max_tokens`` tokens, by default the model's own limit
+    (``SentenceEncoder.max_tokens``: its ``max_seq_length``, 256 for all-MiniLM-L6-v2, within
+    its position embeddings; ``DEFAULT_MAX_TOKENS`` when it states none), never past the
+    position embeddings. ``runtime`` is one of ``RUNTIMES`` (see the module doc); with
+    ``torch``, ``frozen`` runs the model traced and frozen by TorchScript (same values, less
+    overhead) or, when False, the module itself. ``info``, when given, receives the runtime
+    used and why."""
     _check_runtime(runtime)
     if not texts:
         raise ConfigError("embed needs at least one sentence")
     encoder = _encoder(model)
     tok = tokens.of_model(encoder)
+    limit = encoder.max_tokens
+    if max_tokens is None:
+        max_tokens = limit or DEFAULT_MAX_TOKENS
+    elif limit is not None:
+        max_tokens = min(max_tokens, limit)
     batches = [list(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
     report = info if info is not None else {}
     out = []

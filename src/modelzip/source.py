@@ -6,7 +6,8 @@ A source is one of three kinds, all plain JSON in the file:
   closed table (``modelzip.zoo.models.ZOO`` and the bundled MiniLM);
 - ``hf``: a Hugging Face encoder, recorded as its ``config.json`` values and built with
   ``transformers``' own classes for that ``model_type`` (``trust_remote_code`` is never set),
-  with its tokenizer as the text of its ``tokenizer.json`` (``modelzip.zoo.tokens``);
+  with its tokenizer as the text of its ``tokenizer.json`` (``modelzip.zoo.tokens``) and its
+  sentence-transformers pooling (``modelzip.zoo.hf.Pipeline``);
 - ``user``: a model the user wrote. The file records a label (``my_net.py:build`` or the
   class name) for people to read; the architecture always comes from the caller at load time
   (``mz.load(path, model=...)``, ``--model FILE.py:FACTORY``).
@@ -70,12 +71,13 @@ class ModelSource:
     def from_hf_folder(cls, folder: str | Path) -> ModelSource:
         """The source of a local Hugging Face / sentence-transformers folder."""
         from modelzip.zoo import tokens
-        from modelzip.zoo.hf import read_config
+        from modelzip.zoo.hf import read_config, read_pipeline
 
         folder = Path(folder).resolve()
         config = read_config(folder)
         tok = tokens.from_folder(folder, int(config.get("pad_token_id") or 0))
-        kwargs = {"config": config, "tokenizer": tok.spec}
+        pipe = read_pipeline(folder).to_json()
+        kwargs = {"config": config, "tokenizer": tok.spec, "pipeline": pipe}
         return cls("hf", folder.name, kwargs, folder=str(folder))
 
     @property
@@ -119,7 +121,9 @@ class ModelSource:
                 model = hf.build_encoder(self.folder, pretrained=True)
             else:
                 model = hf.encoder_from_config(
-                    self.kwargs["config"], tokenizer=self.kwargs.get("tokenizer")
+                    self.kwargs["config"],
+                    tokenizer=self.kwargs.get("tokenizer"),
+                    pipeline=self.kwargs.get("pipeline"),
                 )
         else:
             kw = dict(self.kwargs)

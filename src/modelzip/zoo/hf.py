@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +25,159 @@ from modelzip.zoo.tokens import TextTokenizer
 REMOTE_CODE_KEYS = ("auto_map", "trust_remote_code")
 
 
-class SentenceEncoder(nn.Module):
-    """A transformers encoder with mean pooling and normalisation, on token-id input."""
+#: sentence-transformers modules this encoder reproduces, by class name (``modules.json``
+#: types, ``sentence_transformers.models.Pooling`` before 6.0 and
+#: ``sentence_transformers.base.modules.pooling.Pooling`` after, are read as names only:
+#: nothing they name is imported)
+ST_MODULES = {"Transformer": "transformer", "Pooling": "pooling", "Normalize": "normalize"}
+#: sentence-transformers' pooling modes (``1_Pooling/config.json``: ``pooling_mode``)
+POOLINGS = ("mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
+#: the same as flags, as sentence-transformers before 6.0 wrote them
+_POOLING_FLAGS = {
+    "mean": "pooling_mode_mean_tokens",
+    "cls": "pooling_mode_cls_token",
+    "max": "pooling_mode_max_tokens",
+    "mean_sqrt_len_tokens": "pooling_mode_mean_sqrt_len_tokens",
+    "weightedmean": "pooling_mode_weightedmean_tokens",
+    "lasttoken": "pooling_mode_lasttoken",
+}
+#: ``model_max_length`` values at least this large mean "not set" (transformers writes 1e30)
+_NO_LIMIT = 1 << 24
 
-    def __init__(self, encoder: nn.Module, pad_id: int = 0, tokenizer: TextTokenizer | None = None):
+
+@dataclass(frozen=True)
+class Pipeline:
+    """What a sentence-transformers folder does after the transformer: the pooling, whether
+    embeddings are L2-normalised, and the token limit (``max_seq_length``). A plain Hugging Face
+    folder gets all-MiniLM-L6-v2's: mean pooling, normalised, no limit of its own."""
+
+    pooling: str = "mean"
+    normalize: bool = True
+    max_seq_length: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pooling": self.pooling,
+            "normalize": self.normalize,
+            "max_seq_length": self.max_seq_length,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Pipeline:
+        """Validate a recorded pipeline (a .mzip's); None: the default (older files)."""
+        if obj is None:
+            return cls()
+        if not isinstance(obj, dict):
+            raise FormatError("bad sentence pipeline record: not an object")
+        pooling, norm, limit = obj.get("pooling"), obj.get("normalize"), obj.get("max_seq_length")
+        if pooling not in POOLINGS or not isinstance(norm, bool):
+            raise FormatError(f"bad sentence pipeline record: {str(obj)[:80]}")
+        if limit is not None and (not isinstance(limit, int) or not 1 <= limit <= 1 << 20):
+            raise FormatError(f"bad sentence pipeline record: max_seq_length {limit!r}")
+        return cls(pooling, norm, limit)
+
+
+def read_pipeline(folder: str | os.PathLike[str]) -> Pipeline:
+    """The folder's sentence-transformers pipeline (``modules.json``, ``1_Pooling``,
+    ``sentence_bert_config.json``), or the default for a folder without ``modules.json``.
+    A module or pooling this encoder cannot reproduce is a ModelError naming it: an
+    embedding computed another way would silently differ from the user's."""
+    folder = Path(folder)
+
+    def load(path: Path) -> Any:
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ModelError(f"{path}: cannot read it ({exc})") from None
+
+    if not (folder / "modules.json").is_file():
+        return Pipeline(max_seq_length=_token_limit(folder, load))
+    modules = load(folder / "modules.json")
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise ModelError(f"{folder / 'modules.json'}: not a list of modules")
+    kinds = []
+    pooling, normalize = None, False
+    for m in modules:
+        name = str(m.get("type"))
+        kind = ST_MODULES.get(name.rsplit(".", 1)[-1]) if name.startswith("sentence_") else None
+        if kind is None:
+            raise ModelError(
+                f"{folder}: sentence-transformers module {name[:80]!r} is not supported "
+                f"(supported: {', '.join(ST_MODULES)})"
+            )
+        kinds.append(kind)
+        if kind == "normalize":
+            normalize = True
+        elif kind == "pooling":
+            cfg = load(folder / str(m.get("path", "")) / "config.json")
+            cfg = cfg if isinstance(cfg, dict) else {}
+            mode = cfg.get("pooling_mode")
+            if mode is None:
+                on = [p for p, flag in _POOLING_FLAGS.items() if cfg.get(flag)]
+            else:
+                on = [str(x) for x in mode] if isinstance(mode, list) else [str(mode)]
+            if len(on) != 1 or on[0] not in POOLINGS:
+                raise ModelError(
+                    f"{folder}: pooling {', '.join(on) or 'none'} is not supported (one of: "
+                    f"{', '.join(POOLINGS)})"
+                )
+            pooling = on[0]
+    if kinds[:2] != ["transformer", "pooling"] or kinds[2:] not in ([], ["normalize"]):
+        raise ModelError(
+            f"{folder}: modules {' -> '.join(kinds)} are not supported (Transformer -> Pooling "
+            "-> optional Normalize)"
+        )
+    return Pipeline(pooling or "mean", normalize, _token_limit(folder, load))
+
+
+def _token_limit(folder: Path, load: Any) -> int | None:
+    """sentence-transformers' ``max_seq_length``: ``sentence_bert_config.json``'s (before 6.0),
+    else the tokenizer's ``model_max_length`` (``tokenizer_config.json``), if set."""
+    for name, key in (
+        ("sentence_bert_config.json", "max_seq_length"),
+        ("tokenizer_config.json", "model_max_length"),
+    ):
+        if (folder / name).is_file():
+            cfg = load(folder / name)
+            value = cfg.get(key) if isinstance(cfg, dict) else None
+            if isinstance(value, int) and 0 < value < _NO_LIMIT:
+                return value
+    return None
+
+
+class SentenceEncoder(nn.Module):
+    """A transformers encoder with sentence-transformers' pooling and normalisation
+    (``Pipeline``: mean pooling, normalised, unless the folder says otherwise), on token-id
+    input."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        pad_id: int = 0,
+        tokenizer: TextTokenizer | None = None,
+        pipeline: Pipeline | None = None,
+    ):
         super().__init__()
         self.encoder = encoder
         self.pad_id = pad_id
         #: what turns text into this model's token ids (``modelzip.zoo.tokens``); None: the
         #: bundled MiniLM tokenizer (the zoo's MiniLM, files that recorded none)
         self.tokenizer = tokenizer
+        self.pipeline = pipeline or Pipeline()
+
+    @property
+    def max_tokens(self) -> int | None:
+        """The most tokens a sentence may have: the pipeline's ``max_seq_length`` within what
+        the position embeddings hold (RoBERTa-style models start positions after the padding
+        id, so they hold that many fewer)."""
+        positions = getattr(getattr(self.encoder, "config", None), "max_position_embeddings", None)
+        if isinstance(positions, int) and positions > 0:
+            offset = getattr(getattr(self.encoder, "embeddings", None), "padding_idx", None)
+            positions -= offset + 1 if isinstance(offset, int) else 0
+        else:
+            positions = None
+        limits = [n for n in (self.pipeline.max_seq_length, positions) if n is not None]
+        return min(limits) if limits else None
 
     def token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Which positions hold real tokens (True) rather than padding: what attention and
@@ -43,9 +187,26 @@ class SentenceEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         mask = self.token_mask(input_ids).to(torch.int64)
         hidden = self.encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
-        return F.normalize(pooled, p=2, dim=1)
+        pooled = pool(hidden, mask, self.pipeline.pooling)
+        return F.normalize(pooled, p=2, dim=1) if self.pipeline.normalize else pooled
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """sentence-transformers' pooling of ``hidden [batch, tokens, dim]`` over real tokens."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "max":  # padding never wins, as in sentence-transformers
+        return hidden.masked_fill(weights == 0, float("-inf")).max(dim=1).values
+    if pooling == "lasttoken":  # the last real token of right-padded rows
+        last = (mask.sum(1) - 1).clamp_min(0)
+        return hidden[torch.arange(hidden.shape[0]), last]
+    if pooling == "weightedmean":  # token i of a right-padded row weighs i + 1
+        ramp = torch.arange(1, hidden.shape[1] + 1, dtype=hidden.dtype).view(1, -1, 1)
+        weights = weights * ramp
+    total = (hidden * weights).sum(1)
+    count = weights.sum(1).clamp_min(1e-9)
+    return total / (count.sqrt() if pooling == "mean_sqrt_len_tokens" else count)
 
 
 def build_encoder(folder: str | os.PathLike[str], *, pretrained: bool) -> SentenceEncoder:
@@ -67,7 +228,8 @@ def build_encoder(folder: str | os.PathLike[str], *, pretrained: bool) -> Senten
     except (OSError, ValueError) as exc:
         raise ModelError(f"{folder}: cannot load the model ({exc})") from None
     pad = int(getattr(encoder.config, "pad_token_id", 0) or 0)
-    return SentenceEncoder(encoder.eval(), pad, tokens.from_folder(folder, pad)).eval()
+    tok = tokens.from_folder(folder, pad)
+    return SentenceEncoder(encoder.eval(), pad, tok, read_pipeline(folder)).eval()
 
 
 def _quiet_transformers() -> None:
@@ -101,11 +263,13 @@ def encoder_from_config(
     *,
     max_elements: int | None = None,
     tokenizer: str | None = None,
+    pipeline: Any = None,
 ) -> nn.Module:
     """A freshly initialised encoder from recorded config values, built by transformers' own
     class for the recorded ``model_type``; nothing the values name is imported or called.
     With ``max_elements``, architectures whose tensors hold more elements are refused before
-    anything real is allocated. ``tokenizer``: the recorded ``tokenizer.json`` text."""
+    anything real is allocated. ``tokenizer``: the recorded ``tokenizer.json`` text;
+    ``pipeline``: the recorded ``Pipeline`` (JSON)."""
     _quiet_transformers()
     from transformers import AutoConfig, AutoModel
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
@@ -132,4 +296,4 @@ def encoder_from_config(
         raise FormatError(f"cannot build the recorded {model_type} config: {exc}") from None
     pad = int(getattr(encoder.config, "pad_token_id", 0) or 0)
     tok = tokens.from_spec(tokenizer, pad, "the .mzip") if tokenizer is not None else None
-    return SentenceEncoder(encoder.eval(), pad, tok).eval()
+    return SentenceEncoder(encoder.eval(), pad, tok, Pipeline.from_json(pipeline)).eval()
