@@ -137,3 +137,13 @@ def test_a_folder_with_only_a_wordpiece_vocab_gets_the_same_ids(tmp_path):
     a = tokens.from_folder(full, 0).encode(TEXTS, max_tokens=32, pad_to_max=True)
     b = tokens.from_folder(slim, 0).encode(TEXTS, max_tokens=32, pad_to_max=True)
     assert torch.equal(a, b)
+
+
+def test_the_bundled_tokenizer_is_not_stored_again(tmp_path):
+    from modelzip.source import source_of
+
+    bert = mz.load_model(str(write_tiny_bert(tmp_path / "bert")))  # MiniLM's tokenizer files
+    assert "tokenizer" not in source_of(bert).kwargs
+    mz.save(bert, tmp_path / "b.mzip")
+    assert mz.load(tmp_path / "b.mzip").tokenizer is None  # read as the bundled one
+    assert tokens.of_model(mz.load(tmp_path / "b.mzip")) == tokens.minilm()

@@ -6,8 +6,9 @@ A source is one of three kinds, all plain JSON in the file:
   closed table (``modelzip.zoo.models.ZOO`` and the bundled MiniLM);
 - ``hf``: a Hugging Face encoder, recorded as its ``config.json`` values and built with
   ``transformers``' own classes for that ``model_type`` (``trust_remote_code`` is never set),
-  with its tokenizer as the text of its ``tokenizer.json`` (``modelzip.zoo.tokens``) and its
-  sentence-transformers pooling (``modelzip.zoo.hf.Pipeline``);
+  with its tokenizer as the text of its ``tokenizer.json`` (``modelzip.zoo.tokens``; none when
+  it is the bundled MiniLM one, which a file without one means) and its sentence-transformers
+  pooling (``modelzip.zoo.hf.Pipeline``);
 - ``user``: a model the user wrote. The file records a label (``my_net.py:build`` or the
   class name) for people to read; the architecture always comes from the caller at load time
   (``mz.load(path, model=...)``, ``--model FILE.py:FACTORY``).
@@ -76,8 +77,9 @@ class ModelSource:
         folder = Path(folder).resolve()
         config = read_config(folder)
         tok = tokens.from_folder(folder, int(config.get("pad_token_id") or 0))
-        pipe = read_pipeline(folder).to_json()
-        kwargs = {"config": config, "tokenizer": tok.spec, "pipeline": pipe}
+        kwargs: dict[str, Any] = {"config": config, "pipeline": read_pipeline(folder).to_json()}
+        if tok.key != tokens.minilm().key:  # the bundled one (BERT uncased) is not stored again
+            kwargs["tokenizer"] = tok.spec
         return cls("hf", folder.name, kwargs, folder=str(folder))
 
     @property
