@@ -59,6 +59,10 @@ def test_pooling_and_normalisation_follow_the_folder(tmp_path, pooling, normaliz
     assert np.allclose(ours, theirs, atol=1e-5)
     norms = np.linalg.norm(ours, axis=1)
     assert np.allclose(norms, 1, atol=1e-5) == normalize
+    # the pooling exports: ONNX Runtime gives the same, at a batch size other than the trace's
+    pytest.importorskip("onnxruntime")
+    in_ort = embed(str(folder), TEXTS, batch_size=5, runtime="onnxruntime")
+    assert np.allclose(in_ort, theirs, atol=1e-5)
     # a .mzip records the pipeline: the file alone embeds the same way
     model = mz.load_model(str(folder))
     assert model.pipeline == Pipeline(pooling, normalize, 48)
