@@ -106,3 +106,25 @@ def test_a_bad_recorded_pipeline_is_a_format_error():
     with pytest.raises(FormatError, match="max_seq_length"):
         Pipeline.from_json({"pooling": "cls", "normalize": True, "max_seq_length": -1})
     assert Pipeline.from_json(None) == Pipeline()
+
+
+def test_a_classifier_folder_is_refused_not_stripped_of_its_head(tmp_path, capsys):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    folder = write_tiny_bert(tmp_path / "bert")  # for its tokenizer files
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=3,
+    )
+    BertForSequenceClassification(config).save_pretrained(str(folder))  # a cross-encoder
+    capsys.readouterr()
+    out = str(tmp_path / "x.mzip")
+    code = main(["compress", str(folder), "--data", "sentences", "--recipe", "w8a8", "-o", out])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "BertForSequenceClassification" in err and "dropped" in err
+    assert not (tmp_path / "x.mzip").exists()

@@ -209,6 +209,32 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor
     return total / (count.sqrt() if pooling == "mean_sqrt_len_tokens" else count)
 
 
+#: transformers heads whose outputs are the model's answers (a classifier's logits, a reranker's
+#: score): an encoder read through ``AutoModel`` would silently drop them
+TASK_HEADS = (
+    "ForSequenceClassification",
+    "ForTokenClassification",
+    "ForQuestionAnswering",
+    "ForMultipleChoice",
+)
+
+
+def check_encoder_folder(folder: str | os.PathLike[str], architectures: Any) -> None:
+    """A ModelError when the folder holds a task model (classifier, cross-encoder reranker,
+    ...) rather than an encoder: modelzip reads Hugging Face folders as sentence encoders, and
+    compressing the encoder without its head would hand back a model that answers something
+    else. A sentence-transformers folder (``modules.json``) is an encoder whatever its config
+    says."""
+    if (Path(folder) / "modules.json").is_file() or not isinstance(architectures, list):
+        return
+    heads = [a for a in architectures if isinstance(a, str) and a.endswith(TASK_HEADS)]
+    if heads:
+        raise ModelError(
+            f"{folder}: a {heads[0][:60]} (its task head would be dropped); modelzip compresses "
+            "Hugging Face sentence encoders (AutoModel, with sentence-transformers pooling)"
+        )
+
+
 def build_encoder(folder: str | os.PathLike[str], *, pretrained: bool) -> SentenceEncoder:
     """The architecture from ``config.json``; the pretrained weights too when asked."""
     folder = Path(folder)
@@ -227,6 +253,7 @@ def build_encoder(folder: str | os.PathLike[str], *, pretrained: bool) -> Senten
             encoder = AutoModel.from_config(AutoConfig.from_pretrained(str(folder)))
     except (OSError, ValueError) as exc:
         raise ModelError(f"{folder}: cannot load the model ({exc})") from None
+    check_encoder_folder(folder, getattr(encoder.config, "architectures", None))
     pad = int(getattr(encoder.config, "pad_token_id", 0) or 0)
     tok = tokens.from_folder(folder, pad)
     return SentenceEncoder(encoder.eval(), pad, tok, read_pipeline(folder)).eval()
@@ -253,6 +280,7 @@ def read_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise ModelError(f"{folder}: cannot read config.json ({exc})") from None
     values = config.to_dict()
+    check_encoder_folder(folder, values.get("architectures"))
     for key in (*REMOTE_CODE_KEYS, "_name_or_path"):  # no code, no local paths
         values.pop(key, None)
     return json.loads(json.dumps(values, default=str))
