@@ -208,3 +208,27 @@ def test_builtin_pruning_recipes_load():
     for name in ("prune-gradual", "prune-channels"):
         stages = Recipe.load(name).stages
         assert stages[0].method == "prune" and stages[-1].method == "finetune"
+
+
+class _SeqLSTM(torch.nn.Module):
+    """A user's recurrent model: its one weight layer the built-ins prune is the output head."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = torch.nn.LSTM(8, 16, batch_first=True)
+        self.head = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        out, _ = self.lstm(x.view(-1, 8, 8))
+        return self.head(out[:, -1])
+
+
+@pytest.mark.parametrize("recipe", ["default", "quick", "prune-gradual"])
+def test_a_model_whose_only_prunable_layer_is_kept_dense_runs_every_recipe(digits, recipe):
+    # used to fail with ZeroDivisionError in the global ranking of zero layers
+    torch.manual_seed(0)
+    model = _SeqLSTM()
+    out = mz.compress(model, digits, recipe, measure_latency=False, stage_metrics=False)
+    prune_stage = next(s for s in out["stages"] if s["method"] == "prune")
+    assert any("no layer to prune" in w for w in prune_stage["notes"]["warnings"])
+    assert out["ratio"] > 1

@@ -231,6 +231,10 @@ def prune(model: nn.Module, cfg: PruneConfig, ctx: Context) -> nn.Module:
         ctx.notes["kept_dense"] = dense
     targets = {n: s for n, s in targets.items() if n not in dense}
     layers = {n: m for n, m in layers.items() if n in targets}
+    if not layers:  # e.g. an LSTM model whose one Linear is the head the recipe keeps dense
+        ctx.notes["warnings"] = [f"no layer to prune: every selected layer is kept dense ({dense})"]
+        ctx.log.warning("prune: no layer to prune (every selected layer is kept dense)")
+        return model
     if cfg.nm is not None:
         layers = _nm_capable(layers, cfg.nm[1], ctx)
     if cfg.schedule == "gradual":
