@@ -301,3 +301,24 @@ def test_channel_prune_lowrank_w8a8_round_trips(digits, name, int8_kind, tmp_pat
         assert torch.equal(back(x), small(x))
     factored, int8 = result["stages"][-2]["accuracy"], result["stages"][-1]["accuracy"]
     assert factored > 0.5 and int8 >= factored - 0.03  # int8 factors compute what they replace
+
+
+def test_ratio_one_keeps_a_layer_dense_where_ratio_point_nine_did_not(digits, lenet300):
+    # the built-in recipe's head rule: 0.9 still cut the 10 x 100 head to rank 8 of 10
+    _, notes = _apply(_copy(lenet300), digits, ratio={"default": 0.25, "role:last": 0.9})
+    assert notes["layers"]["fc3"]["rank"] == 8
+    out, notes = _apply(_copy(lenet300), digits, ratio={"default": 0.25, "role:last": 1})
+    assert type(out.fc3) is nn.Linear and notes["skipped"]["fc3"] == "ratio 1: kept dense"
+    assert isinstance(out.fc1, LowRankLinear)
+    with pytest.raises(ConfigError, match=r"ratio must be in \(0, 1\]"):
+        LowrankConfig.parse({"ratio": 1.5})
+
+
+def test_builtin_lowrank_distill_keeps_small_layers_and_the_head_dense(digits):
+    recipe = mz.Recipe.load("lowrank-distill")
+    model = um.concat_net()  # every layer under 10,000 parameters
+    ctx = _ctx(digits)
+    out = lowrank(model, recipe.stages[0], ctx)
+    assert ctx.notes["layers"] == {}
+    assert set(ctx.notes["skipped"].values()) <= {"ratio 1: kept dense"}
+    assert not any(isinstance(m, LowRankLinear | LowRankConv2d) for m in out.modules())

@@ -41,7 +41,8 @@ class LowrankConfig(MethodConfig):
     spent where it keeps the most singular-value energy (small layers such as a 10-class head
     keep a higher rank); that is the default for a single number ``ratio`` (or none), since one
     ratio per layer would cut a 10-class head to rank 4. A per-layer map (or ``scope: layer``)
-    gives each layer its own target, e.g. ``ratio: {default: 0.3, "role:last": 0.9}``.
+    gives each layer its own target, e.g. ``ratio: {default: 0.3, "role:last": 1}`` (ratio 1
+    keeps a layer dense: 0.9 would still cut a 10 x 100 head to rank 8 of 10).
     A layer whose factors would save less than ``min_saving`` of its weights stays dense: the
     extra layer costs latency for next to no size.
 
@@ -64,8 +65,11 @@ class LowrankConfig(MethodConfig):
     @classmethod
     def _ratio_range(cls, v: Number | None) -> Number | None:
         for x in _values(v):
-            if not 0 < x < 1:
-                raise ValueError(f"ratio must be in (0, 1) (fraction of parameters kept), got {x}")
+            if not 0 < x <= 1:
+                raise ValueError(
+                    f"ratio must be in (0, 1] (fraction of parameters kept; 1 keeps a layer "
+                    f"dense), got {x}"
+                )
         return v
 
     @field_validator("energy")
@@ -216,6 +220,9 @@ def lowrank(model: nn.Module, cfg: LowrankConfig, ctx: Context) -> nn.Module:
     eligible: dict[str, nn.Module] = {}
     for name, layer in layers.items():
         if name not in targets:
+            continue
+        if rule == "ratio" and cfg.resolved_scope == "layer" and float(targets[name]) >= 1:
+            skipped[name] = "ratio 1: kept dense"
             continue
         reason = _skip_reason(name, layer, inside)
         if reason is None:
