@@ -172,8 +172,10 @@ class SentenceEncoder(nn.Module):
         id, so they hold that many fewer)."""
         positions = getattr(getattr(self.encoder, "config", None), "max_position_embeddings", None)
         if isinstance(positions, int) and positions > 0:
-            offset = getattr(getattr(self.encoder, "embeddings", None), "padding_idx", None)
-            positions -= offset + 1 if isinstance(offset, int) else 0
+            emb = getattr(self.encoder, "embeddings", None)
+            offset = getattr(emb, "padding_idx", None)
+            learned = isinstance(getattr(emb, "position_embeddings", None), nn.Embedding)
+            positions -= offset + 1 if isinstance(offset, int) and learned else 0
         else:
             positions = None
         limits = [n for n in (self.pipeline.max_seq_length, positions) if n is not None]
