@@ -57,14 +57,7 @@ class TextTokenizer:
     def encode(self, texts: list[str], *, max_tokens: int, pad_to_max: bool) -> torch.Tensor:
         """Token ids ``[len(texts), length]`` (int64): special tokens added, truncated at
         ``max_tokens``, padded with ``pad_id`` to ``max_tokens`` or to the longest text."""
-        tok = _backend(self.spec)
-        pad_token = tok.id_to_token(self.pad_id)
-        if pad_token is None:  # checked when made; a hand-built one may still lack it
-            raise ModelError(f"the tokenizer has no token with the padding id {self.pad_id}")
-        tok.enable_truncation(max_length=max_tokens)
-        tok.enable_padding(
-            pad_id=self.pad_id, pad_token=pad_token, length=max_tokens if pad_to_max else None
-        )
+        tok = _configured(self.spec, self.pad_id, max_tokens, pad_to_max)
         return torch.tensor([e.ids for e in tok.encode_batch(texts)], dtype=torch.int64)
 
 
@@ -73,6 +66,23 @@ def _backend(spec: str) -> Tokenizer:
     from tokenizers import Tokenizer
 
     return Tokenizer.from_str(spec)
+
+
+@functools.lru_cache(maxsize=16)
+def _configured(spec: str, pad_id: int, max_tokens: int, pad_to_max: bool) -> Tokenizer:
+    """A tokenizer of its own per padding and truncation setting, never changed afterwards,
+    so threads may encode with different settings at once."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(spec)
+    pad_token = tok.id_to_token(pad_id)
+    if pad_token is None:  # checked when made; a hand-built one may still lack it
+        raise ModelError(f"the tokenizer has no token with the padding id {pad_id}")
+    tok.enable_truncation(max_length=max_tokens)
+    tok.enable_padding(
+        pad_id=pad_id, pad_token=pad_token, length=max_tokens if pad_to_max else None
+    )
+    return tok
 
 
 def from_spec(spec: Any, pad_id: int, where: str) -> TextTokenizer:
