@@ -12,7 +12,7 @@ from torch import nn
 import modelzip as mz
 from modelzip.cli import main
 from modelzip.embed import embed
-from modelzip.errors import ModelError
+from modelzip.errors import ConfigError, ModelError
 from modelzip.eval.retrieval import fidelity, top_k_overlap
 from modelzip.testing.user_models import write_tiny_bert
 from modelzip.zoo.corpus import english_splits
@@ -154,6 +154,33 @@ def test_bad_text_input_exits_2_with_one_line(capsys, bert_dir, tmp_path, conten
     code, stdout, err = run(capsys, "embed", str(bert_dir), "--text", str(bad), "-o", str(out))
     assert code == 2 and match in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_max_tokens_cuts_each_line_and_bad_values_exit_2(capsys, bert_dir, tmp_path):
+    long_line = " ".join(english_splits()["test"][:6])  # far past 8 tokens
+    text = tmp_path / "long.txt"
+    text.write_text(long_line + "\n", encoding="utf-8")
+    out = tmp_path / "o.npy"
+    code, stdout, err = run(
+        capsys, "embed", str(bert_dir), "--text", str(text), "-o", str(out),
+        "--max-tokens", "8", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(stdout)["max_tokens"] == 8
+    cut = np.load(out)
+    full = embed(str(bert_dir), [long_line])
+    assert np.allclose(cut, embed(str(bert_dir), [long_line], max_tokens=8), atol=1e-6)
+    assert not np.allclose(cut, full, atol=1e-3)  # the cut changed the embedding
+    # the model's own limit is the ceiling: a larger value gives the default embedding
+    assert np.allclose(embed(str(bert_dir), [long_line], max_tokens=10**6), full, atol=1e-6)
+    code, _, err = run(
+        capsys, "embed", str(bert_dir), "--text", str(text), "-o", str(tmp_path / "b.npy"),
+        "--max-tokens", "1",
+    )  # fmt: skip
+    assert code == 2 and "--max-tokens" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "b.npy").exists()
+    with pytest.raises(ConfigError, match="at least 2"):
+        embed(str(bert_dir), [long_line], max_tokens=0)
 
 
 def test_bad_output_and_non_text_models_are_refused(capsys, bert_dir, text_file, tmp_path):

@@ -535,12 +535,23 @@ def embed(
             "long texts, the faster of the two on the first batch)",
         ),
     ] = "torch",
+    max_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--max-tokens",
+            min=2,
+            help="cut each line at this many tokens (default and ceiling: the model's own "
+            "limit, 256 for all-MiniLM-L6-v2)",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Write one embedding per line of --text (.npy array or JSON lines)."""
     from modelzip.embed import embed_file
 
-    info = embed_file(model, text, output, batch_size=batch_size, runtime=runtime)
+    info = embed_file(
+        model, text, output, batch_size=batch_size, runtime=runtime, max_tokens=max_tokens
+    )
     if as_json:
         _print_json(info)
     else:

@@ -95,6 +95,11 @@ def embed(
     _check_runtime(runtime)
     if not texts:
         raise ConfigError("embed needs at least one sentence")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or max_tokens < 2):
+        raise ConfigError(
+            f"max_tokens must be an integer of at least 2 (a sentence's start and end "
+            f"tokens), got {max_tokens!r}"
+        )
     encoder = _encoder(model)
     tok = tokens.of_model(encoder)
     limit = encoder.max_tokens
@@ -104,6 +109,7 @@ def embed(
         max_tokens = min(max_tokens, limit)
     batches = [list(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
     report = info if info is not None else {}
+    report["max_tokens"] = max_tokens
     out = []
     runner: Any = None
     with torch.inference_mode():
@@ -240,8 +246,10 @@ def embed_file(
     *,
     batch_size: int = 32,
     runtime: str = "torch",
+    max_tokens: int | None = None,
 ) -> dict[str, Any]:
-    """Embed every non-blank line of ``text_file`` into ``out`` (.npy or .jsonl)."""
+    """Embed every non-blank line of ``text_file`` into ``out`` (.npy or .jsonl); lines are
+    cut at ``max_tokens`` tokens (see ``embed``)."""
     out = Path(out)
     if out.suffix.lower() not in FORMATS:
         raise ConfigError(f"output must end in {' or '.join(FORMATS)}, got {out.name}")
@@ -250,7 +258,9 @@ def embed_file(
     _check_runtime(runtime)
     lines = read_lines(text_file)
     used: dict[str, Any] = {}
-    emb = embed(model, lines, batch_size=batch_size, runtime=runtime, info=used)
+    emb = embed(
+        model, lines, batch_size=batch_size, max_tokens=max_tokens, runtime=runtime, info=used
+    )
     if out.suffix.lower() == ".npy":
         _write_atomic(out, lambda f: np.save(f, emb))
     else:
