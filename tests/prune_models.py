@@ -128,3 +128,33 @@ class ChannelScale(nn.Module):
 def channel_scale():
     torch.manual_seed(0)
     return ChannelScale()
+
+
+class GroupNormNet(nn.Module):
+    """Convolutions normalized by GroupNorm (as in diffusion U-Nets and audio nets), one of
+    them read by a grouped convolution."""
+
+    def __init__(self, mid_groups: int = 8, grouped_groups: int = 4):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3)  # no padding: a consumer's bias repair is exact
+        self.gn_stem = nn.GroupNorm(4, 16)
+        self.mid = nn.Conv2d(16, 16, 3)
+        self.gn_mid = nn.GroupNorm(mid_groups, 16)
+        self.grouped = nn.Conv2d(16, 16, 1, groups=grouped_groups)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.gn_stem(self.stem(x)))
+        y = torch.nn.functional.silu(self.gn_mid(self.mid(y)))
+        return self.head(torch.relu(self.grouped(y)).mean((2, 3)))
+
+
+def group_norm():
+    torch.manual_seed(0)
+    return GroupNormNet()
+
+
+def group_norm_straddled():
+    """``gn_mid``'s groups of 4 channels straddle the grouped conv's 8 groups of 2."""
+    torch.manual_seed(0)
+    return GroupNormNet(mid_groups=4, grouped_groups=8)

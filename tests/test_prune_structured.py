@@ -220,3 +220,42 @@ def test_per_channel_parameter_blocks_the_space_before_any_surgery(digits):
             model, PruneConfig(pattern="channel", sparsity=0.5, layers=["conv"]), make_ctx(digits)
         )
     assert model.conv.out_channels == 8  # refused up front: the model is untouched
+
+
+def test_group_norm_loses_whole_groups_and_stays_exact(digits, tmp_path):
+    model = _resnet("group_norm")
+    groups = channel_groups(model, digits.example(2))
+    assert groups["stem"].block == 4 and groups["stem"].norms == ["gn_stem"]
+    assert groups["mid"].block == 2 and groups["mid"].sections  # + the grouped conv's 4
+    # groups 1 and 3 of the stem's 4 go: their GroupNorm output is its shift, a constant
+    # the next convolution takes into its bias
+    zero_channels(model, "stem", [4, 5, 6, 7, 12, 13, 14, 15])
+    x = digits.example(16)
+    with torch.no_grad():
+        ref = model(x)
+    ctx = make_ctx(digits)
+    prune(model, PruneConfig(pattern="channel", sparsity=0.5, layers=["stem"]), ctx)
+    assert (model.gn_stem.num_channels, model.gn_stem.num_groups) == (8, 2)
+    assert model.stem.out_channels == 8 and model.mid.in_channels == 8
+    assert ctx.notes["block"] == {"stem": 4}
+    torch.testing.assert_close(model(x), ref, rtol=0, atol=1e-5)
+    # the default selection prunes the middle GroupNorm's space too, in whole groups of 2
+    # and the same count from each of the grouped conv's 4 groups
+    prune(model, PruneConfig(pattern="channel", sparsity=0.5), make_ctx(digits))
+    assert (model.gn_mid.num_channels, model.gn_mid.num_groups) == (8, 4)
+    assert model.grouped.in_channels == 8 and model.grouped.groups == 4
+    mz.save(model, tmp_path / "gn.mzip")
+    loaded = mz.load(tmp_path / "gn.mzip", model=_resnet("group_norm"))
+    assert model.gn_stem.num_groups == 1  # selected again: 2 groups of 4 -> 1
+    assert loaded.gn_mid.num_groups == 4 and loaded.gn_stem.num_groups == 1
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_group_norm_groups_straddling_a_grouped_conv_block_the_space(digits):
+    model = _resnet("group_norm_straddled")
+    groups = channel_groups(model, digits.example(2))
+    assert groups["mid"].blocked and "straddle" in groups["mid"].blocked[0]
+    assert groups["stem"].prunable  # the other GroupNorm's space is untouched
+    with pytest.raises(UnsupportedError, match="straddle"):
+        prune(model, PruneConfig(pattern="channel", sparsity=0.5, layers=["mid"]), make_ctx(digits))

@@ -8,7 +8,9 @@ order) and a ratio of positions per channel (``flatten`` makes each channel ``H*
 features; splitting a feature dim into heads makes one position ``D`` channels).
 
 - Channel-preserving ops (activations, pooling, dropout) pass the layout on; BatchNorm
-  records itself as a member; reshapes, transposes and reductions over other dims move it.
+  records itself as a member; GroupNorm too, over one whole space, which then loses
+  channels in whole groups (its statistics per group stay those of the kept groups);
+  reshapes, transposes and reductions over other dims move it.
 - ``torch.cat`` on the channel dim concatenates layouts (the consumer after it reads each
   branch's channels at their offsets); ``chunk`` splits one (the sections keep equal size).
 - An elementwise add/mul of two layouts merges their spaces (residual connections).
@@ -43,6 +45,7 @@ from modelzip.graph.trace import Graph, Node, record
 
 PRODUCERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+GROUP_NORMS = (nn.GroupNorm,)
 
 
 @dataclass(frozen=True)
@@ -65,12 +68,13 @@ class Group:
 
     Attributes:
         producers: layers whose outputs (dim 0 of the weight) are the channels.
-        norms: BatchNorm layers normalizing these channels.
+        norms: BatchNorm and GroupNorm layers normalizing these channels.
         consumers: ``(layer, repeat)`` reading the channels on their input dimension.
         followers: depthwise convolutions whose channels follow these.
         members: every place the channels sit (what surgery slices).
         channels: how many channels the space has.
-        block: channels are removed in whole blocks of this size (attention heads).
+        block: channels are removed in whole blocks of this size (attention heads,
+            GroupNorm groups).
         sections: ``(lo, hi)`` ranges that must keep equal sizes (``chunk``).
         blocked: reasons the space cannot be pruned (empty when it can).
     """
@@ -162,6 +166,12 @@ def analyze(model: nn.Module, graph: Graph) -> dict[str, Group]:
         an.step(node)
     for t in graph.outputs:
         an.spaces.block(an.refs.get(id(t)), "its channels are the model's output")
+    for g in an.spaces.groups.values():
+        if any(lo % g.block or hi % g.block for lo, hi in g.sections) and not g.blocked:
+            g.blocked.append(
+                f"its blocks of {g.block} channels (GroupNorm groups or attention heads) "
+                "straddle a grouped convolution's groups"
+            )
     return {name: an.spaces.group(sid) for name, sid in an.owner.items()}
 
 
@@ -234,6 +244,10 @@ class _Analysis:
             self.add_member(first, name, "out")
             self.out(node, first)
             return
+        if isinstance(m, GROUP_NORMS) and first is not None:
+            self.group_norm(name, m, first, twice)
+            self.out(node, first)
+            return
         if isinstance(m, nn.LayerNorm) and first is not None:
             x = node.inputs[0]
             if first.dim >= x.dim() - len(m.normalized_shape):
@@ -283,6 +297,28 @@ class _Analysis:
                 (j * per, (j + 1) * per) for j in range(groups)
             )
         self.out(node, out)
+
+    def group_norm(self, name: str, m: nn.GroupNorm, first: Layout, twice: bool) -> None:
+        """A GroupNorm normalizes channels in ``num_groups`` consecutive blocks: the space can
+        lose whole blocks (the kept groups' statistics do not change) when the norm covers
+        exactly this space, on the channel dim."""
+        why = f"layer {name!r} (GroupNorm) normalizes"
+        if twice:
+            self.spaces.block(first, f"layer {name!r} is called more than once")
+        if first.dim != 1 or first.ratio != 1:
+            self.spaces.block(first, f"{why} another dim")
+            return
+        if len(first.pieces) != 1:
+            self.spaces.block(first, f"{why} channels of more than one layer in its groups")
+            return
+        sid, lo, hi = first.pieces[0]
+        g = self.spaces.group(sid)
+        if (lo, hi) != (0, g.channels):
+            self.spaces.block(first, f"{why} part of a channel space")
+            return
+        g.block = math.lcm(g.block, m.num_channels // m.num_groups)
+        g.norms.append(name)
+        self.add_member(first, name, "out")
 
     def grouped_input(self, first: Layout, name: str, groups: int) -> None:
         """A grouped convolution reads its input channels in ``groups`` equal blocks: the

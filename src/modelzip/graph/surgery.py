@@ -144,9 +144,12 @@ def remove_channels(
     compensated = []
     for (name, role), gone_set in removed_positions(plan).items():
         m = model.get_submodule(name)
-        width = cast(torch.Tensor, m.weight).shape[0 if role == "out" else 1]
         if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
             width = m.num_features
+        elif isinstance(m, nn.GroupNorm):
+            width = m.num_channels
+        else:
+            width = cast(torch.Tensor, m.weight).shape[0 if role == "out" else 1]
         gone = sorted(gone_set)
         keep = torch.tensor([i for i in range(width) if i not in gone_set], dtype=torch.long)
         n = int(keep.numel())
@@ -166,6 +169,14 @@ def remove_channels(
             for t in ("weight", "bias", "running_mean", "running_var"):
                 _slice(m, name, t, 0, keep)
             m.num_features = n
+            continue
+        if isinstance(m, nn.GroupNorm):
+            per = m.num_channels // m.num_groups
+            if len(gone) % per:  # the analysis removes whole groups; never a partial one
+                raise UnsupportedError(f"{name}: channels would leave a GroupNorm group partial")
+            for t in ("weight", "bias"):
+                _slice(m, name, t, 0, keep)
+            m.num_channels, m.num_groups = n, n // per
             continue
         _slice(m, name, "weight", 0, keep)
         _slice(m, name, "bias", 0, keep)

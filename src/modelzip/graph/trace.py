@@ -34,6 +34,7 @@ LEAVES: tuple[type[nn.Module], ...] = (
     nn.Linear,
     nn.BatchNorm1d,
     nn.BatchNorm2d,
+    nn.GroupNorm,
     nn.LayerNorm,
     nn.Embedding,
 )

@@ -273,12 +273,13 @@ def _consumer_scores(model: nn.Module, group: Group, norm: str) -> torch.Tensor:
 
 
 def _bn_scale(model: nn.Module, group: Group) -> torch.Tensor | None:
-    """Network Slimming's importance: |gamma| of the group's BatchNorms (None if none)."""
+    """Network Slimming's importance: |gamma| of the group's BatchNorms and GroupNorms (None
+    if none)."""
     total = torch.zeros(group.channels)
     found = False
     for m in group.members:
         bn = model.get_submodule(m.layer)
-        if m.role != "out" or not isinstance(bn, nn.BatchNorm1d | nn.BatchNorm2d):
+        if m.role != "out" or not isinstance(bn, nn.BatchNorm1d | nn.BatchNorm2d | nn.GroupNorm):
             continue
         if bn.weight is None:
             continue

@@ -60,6 +60,12 @@ _TORCH: dict[type[nn.Module], Callable[[Any], dict[str, Any]]] = {
     nn.Conv2d: _conv,
     nn.BatchNorm1d: _bn,
     nn.BatchNorm2d: _bn,
+    nn.GroupNorm: lambda m: {
+        "num_groups": m.num_groups,
+        "num_channels": m.num_channels,
+        "eps": m.eps,
+        "affine": m.affine,
+    },
     nn.LayerNorm: lambda m: {
         "normalized_shape": list(m.normalized_shape),
         "eps": m.eps,
