@@ -110,6 +110,11 @@ def test_user_factory_with_weights(capsys, tmp_path, recipe):
     got = json.loads(stdout)
     assert got["params"] == 64 * 32 + 32 + 32 * 10 + 10
     assert got["accuracy"] == compressed["accuracy"] and got["bytes"] == compressed["bytes"]
+    # It exports without --data: the file records the input shape it was compressed on.
+    onnx = tmp_path / "u.onnx"
+    code, _, err = run(capsys, "export", str(out), "--model", f"{src}:build", "--onnx", str(onnx))
+    assert code == 0, err
+    assert onnx.stat().st_size > 0
 
 
 @pytest.mark.parametrize(

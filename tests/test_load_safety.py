@@ -20,7 +20,7 @@ from test_container import _join, _split
 from torch import nn
 
 import modelzip as mz
-from modelzip import mzip
+from modelzip import export, mzip
 from modelzip.errors import FormatError, ModelzipError
 from modelzip.nn.registry import CONSTRAINT_KINDS, MODULE_TYPES, closed_table
 from modelzip.recipe import Recipe
@@ -319,3 +319,26 @@ def test_a_heavily_compressed_low_rank_model_loads(tmp_path):
     x = data.example(4)
     with torch.no_grad():
         assert torch.allclose(loaded(x), result["model"](x), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"shape": [4], "dtype": "float64"},
+        {"shape": [4], "dtype": "int64"},  # token ids are never recorded
+        {"shape": "4", "dtype": "float32"},
+        {"shape": [0], "dtype": "float32"},
+        {"shape": [True], "dtype": "float32"},
+        {"shape": [1] * 9, "dtype": "float32"},
+        ["float32", 4],
+    ],
+)
+def test_a_bad_input_record_is_a_format_error(record):
+    _, blob = _user_blob()
+    obj, payloads = _split(blob)
+    good = {**obj, "info": {"input": {"shape": [64], "dtype": "float32"}}}
+    back, _ = mzip.from_bytes(_join(good, payloads), model=MyNet())
+    assert export.example_input(back, batch=2).shape == (2, 64)
+    obj["info"] = {"input": record}
+    with pytest.raises(FormatError, match="bad input record"):
+        mzip.from_bytes(_join(obj, payloads), model=MyNet())

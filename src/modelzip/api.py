@@ -31,7 +31,14 @@ from modelzip.factory import call_factory, factory_label, is_factory_spec
 from modelzip.mzip import Skeleton
 from modelzip.nn.constraints import remove_constraints
 from modelzip.recipe import Recipe, builtin_recipes
-from modelzip.source import ATTR, PRETRAINED_ZOO, ModelSource, source_of, user_source
+from modelzip.source import (
+    ATTR,
+    PRETRAINED_ZOO,
+    ModelSource,
+    input_record,
+    source_of,
+    user_source,
+)
 from modelzip.train import Trainer
 from modelzip.zoo.data import DataBundle
 from modelzip.zoo.data import load_data as _load_data
@@ -265,7 +272,10 @@ def compress(
     compressed_model, stages = pipeline.run(
         model, recipe, ctx, on_stage=on_stage, evaluate_stages=stage_metrics
     )
-    info = {"recipe": recipe_record(recipe), "data": data.name, "seed": seed}
+    info: dict[str, Any] = {"recipe": recipe_record(recipe), "data": data.name, "seed": seed}
+    recorded = input_record(data.example_inputs(1))
+    if recorded is not None:  # so `export FILE.mzip` knows the input without --data
+        info["input"] = recorded
     blob = mzip.to_bytes(compressed_model, info=info)
     if out is not None:
         write_atomic(out, blob)

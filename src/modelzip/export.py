@@ -14,18 +14,23 @@ from torch import nn
 from modelzip.codec.format import write_atomic
 from modelzip.errors import ModelError, UnsupportedError, first_line
 from modelzip.nn.int8_runtime import PAIR_SAFE
-from modelzip.source import source_of
+from modelzip.source import INPUT_ATTR, source_of
 
 
 def example_input(model: nn.Module, batch: int = 1) -> torch.Tensor:
-    """A zero input of the shape the model was built for (recorded in its source)."""
+    """A zero input of the shape the model was built for (recorded in its source), or of
+    the input its .mzip was compressed on."""
     src = source_of(model)
     shape = (src.kwargs.get("in_shape") if src is not None else None) or None
-    if shape is None:
-        raise ModelError(
-            "the model's input shape is not recorded; pass --data so a real sample fixes it"
-        )
-    return torch.zeros(batch, *shape)
+    if shape is not None:
+        return torch.zeros(batch, *shape)
+    recorded = getattr(model, INPUT_ATTR, None)
+    if recorded is not None:
+        shape, dtype = recorded
+        return torch.zeros(batch, *shape, dtype=dtype)
+    raise ModelError(
+        "the model's input shape is not recorded; pass --data so a real sample fixes it"
+    )
 
 
 def export_onnx(

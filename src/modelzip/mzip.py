@@ -31,7 +31,14 @@ from modelzip.codec.pack import decode_state, encode_tensors
 from modelzip.errors import FormatError, ModelError
 from modelzip.nn.registry import MODULE_TYPES
 from modelzip.nn.specs import apply_architecture, architecture, build
-from modelzip.source import ATTR, ModelSource, source_of, user_source
+from modelzip.source import (
+    ATTR,
+    INPUT_ATTR,
+    ModelSource,
+    read_input_record,
+    source_of,
+    user_source,
+)
 
 #: The architecture a user model had before compression (what the file's specs diff against).
 BASE_ATTR = "modelzip_base_architecture"
@@ -245,6 +252,7 @@ def from_bytes(
     budget = max(MIN_BUDGET, EXPANSION * len(data))
     try:
         source = ModelSource.from_json(header["source"])
+        recorded_input = read_input_record(header["info"].get("input"))
     except FormatError as exc:
         raise FormatError(f"{name}: {exc}") from None
     if model is None and not source.buildable:  # the file alone cannot say how to build it
@@ -278,4 +286,6 @@ def from_bytes(
     except FormatError as exc:
         raise FormatError(f"{name}: {exc}") from None
     setattr(built, ATTR, source)  # model.modelzip_source
+    if recorded_input is not None:  # the input it was compressed on: export needs no data
+        setattr(built, INPUT_ATTR, recorded_input)
     return built.eval(), header

@@ -25,12 +25,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from modelzip.errors import FormatError, ModelError
 from modelzip.zoo.models import zoo_model
 
 ATTR = "modelzip_source"
+#: Attribute of a model loaded from a .mzip: the input it was compressed on (``InputRecord``).
+INPUT_ATTR = "modelzip_input"
+#: Input dtypes a .mzip may record (by name; nothing else is accepted on read). Token ids are
+#: not recorded: an all-zero example of them is all padding, no input to trace a text model on.
+INPUT_DTYPES = {"float32": torch.float32}
 #: Zoo models that come with pretrained weights (sentence encoders for ``sentences``).
 PRETRAINED_ZOO = ("minilm",)
 KINDS = ("zoo", "hf", "user")
@@ -137,6 +143,31 @@ class ModelSource:
             model = zoo_model(self.ref, tuple(kw.pop("in_shape")), kw.pop("num_classes"), **kw)
         setattr(model, ATTR, self)
         return model
+
+
+def input_record(x: Any) -> dict[str, Any] | None:
+    """How a .mzip records one float input tensor ``x``, batch dim left out (None for other
+    inputs: token ids, a tuple of tensors)."""
+    if not isinstance(x, torch.Tensor) or x.dim() < 1:
+        return None
+    dtype = next((k for k, v in INPUT_DTYPES.items() if v == x.dtype), None)
+    return {"shape": list(x.shape[1:]), "dtype": dtype} if dtype else None
+
+
+def read_input_record(obj: Any) -> tuple[tuple[int, ...], torch.dtype] | None:
+    """``(shape, dtype)`` from a file's input record; None when absent; FormatError when bad."""
+    if obj is None:
+        return None
+    shape = obj.get("shape") if isinstance(obj, dict) else None
+    dtype = INPUT_DTYPES.get(str(obj.get("dtype"))) if isinstance(obj, dict) else None
+    if (
+        not isinstance(shape, list)
+        or len(shape) > 8
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d < 2**20 for d in shape)
+        or dtype is None
+    ):
+        raise FormatError(f"bad input record {str(obj)[:80]}")
+    return tuple(shape), dtype
 
 
 def user_source(model: nn.Module, label: str | None = None) -> ModelSource:
