@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Literal
 
 from pydantic import Field
@@ -10,6 +11,7 @@ from torch import nn
 from modelzip.config import MethodConfig
 from modelzip.context import Context
 from modelzip.registry import register
+from modelzip.task import Classification
 
 
 class FinetuneConfig(MethodConfig):
@@ -37,4 +39,16 @@ def finetune(model: nn.Module, cfg: FinetuneConfig, ctx: Context) -> nn.Module:
         description="finetune",
     )
     ctx.notes["train_loss"] = round(loss, 6)
+    classes = ctx.data.num_classes
+    classifying = isinstance(ctx.data.task, Classification) and classes > 1
+    if classifying and abs(loss - math.log(classes)) < 1e-4:
+        # seen on a SqueezeNet (no BatchNorm, a ReLU on its logits) pruned to half its
+        # channels: every logit stayed at 0, so accuracy stayed at chance with no error
+        why = (
+            f"training collapsed: the train loss {loss:.6f} is ln({classes}), that of a "
+            "constant output, so the model no longer depends on its input (try a lower lr "
+            f"than {cfg.lr:g})"
+        )
+        ctx.notes["collapsed"] = why
+        ctx.log.warning(why)
     return model
