@@ -132,8 +132,9 @@ def test_recipe_shape_from_the_issue_parses():
         ({"bitz": 8}, r"unknown field 'bitz'.*did you mean 'bits'"),
         (
             {"activations": {"bit": 8}},
-            r"unknown field 'activations.bit'.*'bits'.*valid fields: bits, min_sqnr_db, mode, "
-            r"observer, percentile, rotate, rows, rows16_share, share_rows, smoothquant, "
+            r"unknown field 'activations.bit'.*'bits'.*valid fields: bits, min_output_sqnr_db, "
+            r"min_sqnr_db, mode, observer, percentile, rotate, rows, rows16_share, share_rows, "
+            r"smoothquant, "
             r"static_margin_db, weight_rounding$",
         ),
     ],

@@ -45,8 +45,9 @@ from modelzip.context import Context
 from modelzip.errors import ConfigError, ModelError, UnsupportedError
 from modelzip.nn import rotation
 from modelzip.nn.constraints import AffineQuant, constrain
+from modelzip.nn.quantized import _QuantBase
 from modelzip.ops import affine
-from modelzip.quant import calibrate, convert, dynamic
+from modelzip.quant import calibrate, convert, dynamic, guard
 from modelzip.registry import register
 from modelzip.targets import WEIGHT_LAYERS, per_layer, select
 
@@ -83,6 +84,15 @@ class ActivationConfig(BaseModel):
         20.0, ge=0, le=99, description="layers whose int8 output SQNR is lower stay float"
     )
     static_margin_db: float = Field(1.0, ge=0, le=60, description="auto: static allowance")
+    min_output_sqnr_db: float = Field(
+        0.0,
+        ge=0,
+        le=99,
+        description="when the whole model's output SQNR to float on the calibration data is "
+        "lower, static int8 layers get float inputs back (int8 weights kept), the ones that "
+        "gain the most first, until it is not or half of them are back (per-layer errors add "
+        "up in deep networks); 0 = off",
+    )
     rows: Literal["symmetric", "auto"] = Field(
         "symmetric",
         description="dynamic per-token rows: symmetric (max|x| / 127), or auto: asymmetric (a "
@@ -283,9 +293,12 @@ def static_activations(
     batches: list[torch.Tensor],
     notes: dict[str, Any],
     *,
+    ref: torch.Tensor | None = None,
     progress: bool = False,
 ) -> nn.Module:
-    """Calibrate input ranges, correct biases (optional), convert to integer layers."""
+    """Calibrate input ranges, correct biases (optional), convert to integer layers; with
+    ``act.min_output_sqnr_db``, give layers their float inputs back while the model's output
+    (against ``ref``, the float model's on ``batches``) is below it (``modelzip.quant.guard``)."""
     skipped = {n: r for n, m in layers.items() if (r := convert.why_not_convertible(m))}
     todo = {n: m for n, m in layers.items() if n not in skipped}
     if not todo:  # every layer went dynamic, stayed float or has no kernel: nothing to calibrate
@@ -313,12 +326,31 @@ def static_activations(
     if cfg.bias_correction:
         bias_correction(model, layers, float_w, in_q, batches, notes)
     out_ranges = calibrate.output_ranges(model, todo, batches)
+    pairs: dict[str, tuple[_QuantBase, nn.Module]] = {}
+    out_q: dict[str, tuple[float, int]] = {}
     for name, layer in todo.items():
         lo, hi = out_ranges[name]
-        out_q = calibrate.output_qparams(calibrate.LayerStats(out_lo=lo, out_hi=hi), act.bits)
-        convert.replace(model, name, convert.to_integer(layer, in_q[name], out_q))
+        out_q[name] = calibrate.output_qparams(calibrate.LayerStats(out_lo=lo, out_hi=hi), act.bits)
+        pairs[name] = (convert.to_integer(layer, in_q[name], out_q[name]), layer)
+        convert.replace(model, name, pairs[name][0])
         notes["layers"][name]["int8_kernel"] = True
-    notes["chained"] = [f"{a}->{b}" for a, b in convert.chain_sequential(model)]
+
+    def chain() -> list[tuple[str, str]]:
+        # undone and redone each time: which layers can chain depends on which are integer
+        for name, (int8, _) in pairs.items():
+            int8.out_float = True
+            int8.set_qparams(in_q[name], out_q[name])
+        return convert.chain_sequential(model)
+
+    if act.min_output_sqnr_db > 0 and ref is not None:
+        checked = guard.restore_until(
+            model, pairs, batches, ref, floor_db=act.min_output_sqnr_db, prepare=chain
+        )
+        for name, why in checked["restored"].items():
+            skipped[name] = why
+            notes["layers"][name]["int8_kernel"] = False
+        notes["output_guard"] = checked
+    notes["chained"] = [f"{a}->{b}" for a, b in chain()]
     notes["float_activations"] = skipped
     notes["int8_kernels"] = convert.kernel_report(model, batches)
     return model
@@ -390,7 +422,15 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> nn.Module:
         ctx.notes["observer"] = acts.observer
         ctx.notes["calibration_batches"] = len(batches)
         model = static_activations(
-            model, chosen, float_w, cfg, acts, batches, ctx.notes, progress=ctx.trainer.progress
+            model,
+            chosen,
+            float_w,
+            cfg,
+            acts,
+            batches,
+            ctx.notes,
+            ref=ref,
+            progress=ctx.trainer.progress,
         )
     elif cfg.bias_correction:
         bias_correction(model, chosen, float_w, {}, batches, ctx.notes)
