@@ -314,11 +314,17 @@ def test_ratio_one_keeps_a_layer_dense_where_ratio_point_nine_did_not(digits, le
         LowrankConfig.parse({"ratio": 1.5})
 
 
-def test_builtin_lowrank_distill_keeps_small_layers_and_the_head_dense(digits):
+def test_builtin_lowrank_distill_keeps_small_layers_and_the_head_dense(digits, caplog):
     recipe = mz.Recipe.load("lowrank-distill")
     model = um.concat_net()  # every layer under 10,000 parameters
     ctx = _ctx(digits)
-    out = lowrank(model, recipe.stages[0], ctx)
+    with caplog.at_level("WARNING", logger="modelzip"):
+        out = lowrank(model, recipe.stages[0], ctx)
     assert ctx.notes["layers"] == {}
-    assert set(ctx.notes["skipped"].values()) <= {"ratio 1: kept dense"}
+    skipped = ctx.notes["skipped"]
+    assert len(skipped) > 3 and set(skipped.values()) <= {"ratio 1: kept dense"}
     assert not any(isinstance(m, LowRankLinear | LowRankConv2d) for m in out.modules())
+    # the warning gives each reason once, with the layers (not the reason once per layer)
+    (warning,) = [r.getMessage() for r in caplog.records if "no layer was factorized" in r.msg]
+    assert warning.count("ratio 1: kept dense") == 1
+    assert f"and {len(skipped) - 3} more" in warning and next(iter(skipped)) in warning

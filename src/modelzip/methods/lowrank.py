@@ -263,5 +263,18 @@ def lowrank(model: nn.Module, cfg: LowrankConfig, ctx: Context) -> nn.Module:
     ctx.notes["layers"] = done
     ctx.notes["skipped"] = skipped
     if not done:
-        ctx.log.warning("lowrank: no layer was factorized (%s)", "; ".join(skipped.values()))
+        ctx.log.warning("lowrank: no layer was factorized (%s)", _grouped(skipped))
     return model
+
+
+def _grouped(skipped: dict[str, str]) -> str:
+    """Each reason once, with how many layers and which (the first three): a model of many
+    small layers gave one warning repeating "ratio 1: kept dense" for every layer."""
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in skipped.items():
+        by_reason.setdefault(reason, []).append(name)
+    parts = []
+    for reason, names in by_reason.items():
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        parts.append(f"{reason}: {shown}")
+    return "; ".join(parts)
