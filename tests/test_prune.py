@@ -232,3 +232,28 @@ def test_a_model_whose_only_prunable_layer_is_kept_dense_runs_every_recipe(digit
     prune_stage = next(s for s in out["stages"] if s["method"] == "prune")
     assert any("no layer to prune" in w for w in prune_stage["notes"]["warnings"])
     assert out["ratio"] > 1
+
+
+def test_global_magnitude_ranks_weights_as_their_batchnorm_scales_them(digits):
+    # the middle convolution's weights are 1000x smaller than the others' and its BatchNorm
+    # scales them back up (as a depthwise convolution's does in EfficientNet): by raw
+    # magnitude a global 80% takes every one of them and cuts the network in two
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8 * 8 * 8, 10),
+    ).eval()
+    with torch.no_grad():
+        model[3].weight.mul_(1e-3)
+        model[4].weight.fill_(1000.0)  # gamma / sqrt(var + eps): 1000
+    _, ctx = run(model, digits, sparsity=0.8, scope="global")
+    notes = ctx.notes
+    sparsity = notes["layer_sparsity"]
+    assert 0.1 < sparsity["3"] < 0.9 and "warnings" not in notes
+    assert sparsity["7"] > 0.8  # the Linear gives up more instead

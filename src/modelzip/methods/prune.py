@@ -41,7 +41,12 @@ from torch import nn
 from modelzip.config import MethodConfig
 from modelzip.context import Context
 from modelzip.errors import ConfigError
-from modelzip.methods._prune_scores import entry_scores, layer_sparsity, set_mask
+from modelzip.methods._prune_scores import (
+    batchnorm_row_scales,
+    entry_scores,
+    layer_sparsity,
+    set_mask,
+)
 from modelzip.ops import pruning
 from modelzip.registry import register
 from modelzip.targets import per_layer, select
@@ -287,8 +292,21 @@ def prune_once(
             for n, m in layers.items()
         }
     else:
+        # across layers, a BatchNorm's scale is part of what a weight is worth
+        ranked_globally = cfg.nm is None and cfg.resolved_scope == "global"
+        row_scales = (
+            batchnorm_row_scales(model, ctx.data.example(2).to(ctx.device))
+            if ranked_globally and cfg.criterion == "magnitude"
+            else None
+        )
         scores = entry_scores(
-            model, layers, cfg.criterion, ctx, batches=cfg.calibration_batches, stream=stream
+            model,
+            layers,
+            cfg.criterion,
+            ctx,
+            batches=cfg.calibration_batches,
+            stream=stream,
+            row_scales=row_scales,
         )
         if cfg.nm is not None:
             n, m = cfg.nm
