@@ -7,7 +7,7 @@ run, and masks attached to (or updated on) the modules.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -25,7 +25,7 @@ def effective_weight(layer: nn.Module) -> torch.Tensor:
         return cast(torch.Tensor, layer.weight).detach()
 
 
-def batchnorm_row_scales(model: nn.Module, example: torch.Tensor) -> dict[str, torch.Tensor]:
+def batchnorm_row_scales(model: nn.Module, example: Any) -> dict[str, torch.Tensor]:
     """``|gamma / sqrt(var + eps)|`` per output channel of every layer a BatchNorm normalizes
     (the pairs ``fold_bn`` would fold; after a channel concatenation, each layer its share).
 

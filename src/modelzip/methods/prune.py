@@ -50,6 +50,7 @@ from modelzip.methods._prune_scores import (
 from modelzip.ops import pruning
 from modelzip.registry import register
 from modelzip.targets import per_layer, select
+from modelzip.task import to_device
 
 _NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 PATTERNS = "unstructured, channel, N:M (e.g. 2:4)"
@@ -295,7 +296,7 @@ def prune_once(
         # across layers, a BatchNorm's scale is part of what a weight is worth
         ranked_globally = cfg.nm is None and cfg.resolved_scope == "global"
         row_scales = (
-            batchnorm_row_scales(model, ctx.data.example(2).to(ctx.device))
+            batchnorm_row_scales(model, to_device(ctx.data.example_inputs(2), ctx.device))
             if ranked_globally and cfg.criterion == "magnitude"
             else None
         )
