@@ -298,6 +298,16 @@ class _Analysis:
             )
         self.out(node, out)
 
+    def _whole_space(self, first: Layout, why: str) -> Group | None:
+        """The group of ``first``'s one channel piece when the piece is its whole space; else
+        the space is blocked (``why`` + "part of a channel space") and None returned."""
+        sid, lo, hi = first.pieces[0]
+        g = self.spaces.group(sid)
+        if (lo, hi) != (0, g.channels):
+            self.spaces.block(first, f"{why} part of a channel space")
+            return None
+        return g
+
     def group_norm(self, name: str, m: nn.GroupNorm, first: Layout, twice: bool) -> None:
         """A GroupNorm normalizes channels in ``num_groups`` consecutive blocks: the space can
         lose whole blocks (the kept groups' statistics do not change) when the norm covers
@@ -311,10 +321,8 @@ class _Analysis:
         if len(first.pieces) != 1:
             self.spaces.block(first, f"{why} channels of more than one layer in its groups")
             return
-        sid, lo, hi = first.pieces[0]
-        g = self.spaces.group(sid)
-        if (lo, hi) != (0, g.channels):
-            self.spaces.block(first, f"{why} part of a channel space")
+        g = self._whole_space(first, why)
+        if g is None:
             return
         g.block = math.lcm(g.block, m.num_channels // m.num_groups)
         g.norms.append(name)
@@ -327,10 +335,8 @@ class _Analysis:
         if first.dim != 1 or first.ratio != 1 or len(first.pieces) != 1:
             self.spaces.block(first, f"{why} more than one channel space")
             return
-        sid, lo, hi = first.pieces[0]
-        g = self.spaces.group(sid)
-        if (lo, hi) != (0, g.channels):
-            self.spaces.block(first, f"{why} part of a channel space")
+        g = self._whole_space(first, why)
+        if g is None:
             return
         per = g.channels // groups
         self.add_member(first, name, "in")

@@ -4,9 +4,10 @@ weights stay) until it is not.
 
 Why: each layer is planned alone (``modelzip.quant.plan``: its own output SQNR at least
 ``min_sqnr_db``), but in a deep network the errors of many such layers add up. Measured on a
-torchvision EfficientNet-B0 (81 convolutions, trained on 32x32 MNIST digits): every layer
-alone was within bounds, the model's output was at 7-9 dB SQNR to float, and test accuracy
-fell 4.1 points; no single layer caused most of it.
+torchvision EfficientNet-B0 (82 convolutions, trained on 32x32 MNIST digits): every layer
+alone was within bounds, the model's output was at 14.7 dB SQNR to float and test accuracy
+fell 1.4 points (in an earlier run 14.4 dB and 7.3 points); no single layer caused most of
+it (``benchmarks/results/vision_int8.md``).
 
 How: for every integer layer, the model's output SQNR with that one layer back on float inputs
 (its leave-one-out gain); then, largest gain first, layers go back one at a time, measuring
@@ -75,7 +76,7 @@ def restore_until(
             convert.replace(model, name, int8)
         budget = max(1, int(max_share * len(layers)))
         order = sorted(gains, key=lambda n: -gains[n])[:budget]
-        best, best_k, current = before, 0, before
+        best, best_k = before, 0
         for k, name in enumerate(order, start=1):
             convert.replace(model, name, layers[name][1])
             current = _output_sqnr(model, batches, ref, prepare)
