@@ -565,3 +565,19 @@ def test_log_scales_fit_user_models(factory, digits):
     with torch.no_grad():
         assert torch.equal(back(x), model(x))
         assert torch.nn.functional.cosine_similarity(model(x), ref).mean() > 0.99
+
+
+def test_role_rules_in_gptq_bits_find_the_first_and_last_layer(lenet300, digits):
+    """``role:first`` / ``role:last`` need the forward pass's order: gptq used to select its
+    layers without the example input, so a bits map naming a role failed to run."""
+    recipe = Recipe.from_dict(
+        {
+            "name": "edges",
+            "stages": [{"method": "gptq", "bits": {"default": 4, "role:first": 8, "role:last": 8}}],
+        }
+    )
+    cfg = recipe.stages[0]
+    ctx = Context(data=digits, trainer=Trainer(progress=False))
+    get_method("gptq").apply(copy.deepcopy(lenet300), cfg, ctx)
+    bits = {name: note["bits"] for name, note in ctx.notes["layers"].items()}
+    assert bits == {"fc1": 8, "fc2": 4, "fc3": 8}

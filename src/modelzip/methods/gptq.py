@@ -352,7 +352,7 @@ def _small_tables(layers: dict[str, nn.Module], min_rows: int) -> dict[str, dict
 @register(GPTQConfig)
 def gptq(model: nn.Module, cfg: GPTQConfig, ctx: Context) -> nn.Module:
     """GPTQ / round-to-nearest group-wise low-bit weights (AWQ and mixed precision options)."""
-    layers = select(model, cfg.layers, types=LOWBIT_LAYERS)
+    layers = select(model, cfg.layers, types=LOWBIT_LAYERS, example=ctx.example)
     bits = per_layer(cfg.bits, layers, "bits")
     layers = {n: m for n, m in layers.items() if n in bits}
     kept = _small_tables(layers, cfg.min_table_rows)
