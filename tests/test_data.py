@@ -158,3 +158,27 @@ def test_streamed_batches_are_checked_too(tmp_path, fmt):
     with pytest.raises(DataError, match=r"outside 0\.\.2; first 7 at row 3"):
         for _ in data.test:
             pass
+
+
+def test_training_on_a_streamed_csv_knows_its_epoch_length(tmp_path):
+    """A csv/parquet split streams in batches; the trainer's schedule (and gradual pruning's
+    ramp) asks for its length: it used to fail with a TypeError on any recipe that trains."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+    csv = tmp_path / "t.csv"
+    np.savetxt(
+        csv, np.column_stack([x, y]), delimiter=",", header="a,b,c,d,label", comments="",
+        fmt=["%.6f"] * 4 + ["%d"],
+    )  # fmt: skip
+    data = load_data(str(csv), batch_size=32)
+    assert len(data.train) == sum(1 for _ in data.train)
+    from modelzip.api import compress
+    from modelzip.testing import user_models as um
+    from modelzip.train import Trainer
+
+    model = um.tabular_mlp(in_features=4)
+    Trainer(progress=False).fit(model, data.train, epochs=20, lr=3e-3)
+    res = compress(model, data, "default", measure_latency=False)
+    base, got = res["baseline"]["accuracy"], res["compressed"]["accuracy"]
+    assert base > 0.9 and got > base - 0.05, (base, got)

@@ -319,11 +319,17 @@ class _TableStream(IterableDataset):
         seed: int,
         shuffle: bool,
         num_classes: int,
+        rows: int,
     ):
         self.path, self.split, self.label = path, split, label
+        self.rows = rows
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.num_classes = num_classes
         self.epoch = 0
+
+    def __len__(self) -> int:
+        """Batches per pass (full ones, then the rest): what a trainer's schedule counts."""
+        return -(-self.rows // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         rng = np.random.default_rng(self.seed + self.epoch)
@@ -422,6 +428,7 @@ def _streamed(path: Path, batch_size: int, seed: int) -> DataBundle:
                 seed,
                 shuffle=(split == "train"),
                 num_classes=num_classes,
+                rows=int((groups == i).sum()),
             ),
             batch_size=None,
         )
