@@ -27,10 +27,13 @@ def test_npz_and_its_errors(tmp_path):
     np.savez(bad, x=rng.random((60, 4)), labels=rng.integers(0, 3, 60))
     with pytest.raises(DataError, match="missing array"):
         load_data(str(bad))
-    floaty = tmp_path / "floaty.npz"
+    floaty = tmp_path / "floaty.npz"  # float targets: regression (tests/test_regression.py)
     np.savez(floaty, x=rng.random((60, 4)), y=rng.random(60))
-    with pytest.raises(DataError, match="integer class labels"):
-        load_data(str(floaty))
+    assert load_data(str(floaty)).task.name == "regression"
+    for y in (np.array(["a"] * 60), rng.integers(0, 3, (60, 2)), rng.random((60, 2, 2))):
+        np.savez(floaty, x=rng.random((60, 4)), y=y)
+        with pytest.raises(DataError, match="class labels"):
+            load_data(str(floaty))
     with pytest.raises(DataError, match="not found"):
         load_data(str(tmp_path / "none.npz"))
     with pytest.raises(DataError, match="valid: digits, mnist5k"):
@@ -67,7 +70,7 @@ def test_table_without_label_column(tmp_path):
 # ----------------------------------------------------------------- bad data is refused (#10)
 
 
-def _table(fmt: str, path, rows: int = 60, *, nan_at=None, labels=None, float_labels=False):
+def _table(fmt: str, path, rows: int = 60, *, nan_at=None, labels=None):
     import pandas as pd
 
     rng = np.random.default_rng(0)
@@ -75,7 +78,7 @@ def _table(fmt: str, path, rows: int = 60, *, nan_at=None, labels=None, float_la
     if nan_at is not None:
         df.iloc[nan_at[0], nan_at[1]] = nan_at[2]
     y = rng.integers(0, 3, rows) if labels is None else np.asarray(labels)
-    df["label"] = y.astype(np.float64) if float_labels else y
+    df["label"] = y
     df.to_csv(path, index=False) if fmt == "csv" else df.to_parquet(path)
     return path
 
@@ -95,6 +98,8 @@ def _bad_files(tmp_path):
     x_nan[9, 0] = np.inf
     y_neg = y.copy()
     y_neg[5] = -1
+    y_inf = y.astype(np.float32)  # float targets: regression, which refuses inf
+    y_inf[4] = np.inf
     cases = [
         (_npz(tmp_path / "empty.npz", x[:0], y[:0]), "no rows"),
         (
@@ -102,7 +107,11 @@ def _bad_files(tmp_path):
             "2 non-finite value(s) (NaN/inf); first nan at x[7, 2]",
         ),
         (_npz(tmp_path / "neg.npz", x, y_neg), "1 negative label(s); first -1 at row 5"),
-        (_npz(tmp_path / "floaty.npz", x, y.astype(np.float32)), "float type"),
+        (_npz(tmp_path / "strings.npz", x, y.astype(str)), "integer class labels (N,) or float"),
+        (
+            _npz(tmp_path / "floaty.npz", x, y_inf),
+            "1 non-finite value(s) (NaN/inf); first inf at y[4]",
+        ),
     ]
     for fmt in ("csv", "parquet"):
         t = tmp_path
@@ -117,7 +126,10 @@ def _bad_files(tmp_path):
                 "first -inf at row 3, column 'a'",
             ),
             (_table(fmt, t / f"neg.{fmt}", labels=[0, 1, -2] * 20), "first -2 at row 2"),
-            (_table(fmt, t / f"floaty.{fmt}", float_labels=True), "float type"),
+            (
+                _table(fmt, t / f"floaty.{fmt}", labels=[0.5, np.inf, 2.5] * 20),
+                "first inf at row 1, column 'label'",
+            ),
         ]
     return cases
 

@@ -34,8 +34,9 @@ def _embedding_data() -> tuple[DataBundle, nn.Module]:
 def test_tasks_by_name_and_their_metrics():
     assert get_task("embedding") is EMBEDDING and get_task(CLASSIFICATION) is CLASSIFICATION
     assert DataBundle("d", (1,), 2, {}, {}, task="embedding").task == Embedding()
-    with pytest.raises(DataError, match="valid tasks: classification, embedding"):
-        get_task("regression")
+    assert get_task("regression").metric == "r2"
+    with pytest.raises(DataError, match="valid tasks: classification, embedding, regression"):
+        get_task("ranking")
 
 
 def test_taylor_importance_uses_the_tasks_loss():

@@ -173,7 +173,12 @@ def _trained_baseline(
         if hasattr(m, "reset_parameters"):
             m.reset_parameters()  # type: ignore[operator]  # stubs: Tensor | Module
     Trainer(progress=progress, seed=seed).fit(
-        model, data.train, epochs=cfg["epochs"], lr=cfg["lr"], description=f"baseline {source.ref}"
+        model,
+        data.train,
+        epochs=cfg["epochs"],
+        lr=cfg["lr"],
+        loss_fn=data.task.loss_fn(),  # cross-entropy, or MSE for regression targets
+        description=f"baseline {source.ref}",
     )
     buf = _state_bytes(model)
     write_atomic(path, buf)

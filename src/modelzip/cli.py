@@ -326,7 +326,7 @@ def sensitivity(
     out.print(table)
     for name, why in result["skipped"].items():
         out.print(f"skipped {name}: {why}")
-    out.print(f"baseline accuracy {result['baseline']:.2%}")
+    out.print(f"baseline {bundle.task.label} {result['baseline']:.2%}")
 
 
 @app.command()
@@ -383,6 +383,7 @@ def search(
     from modelzip.errors import ConfigError
     from modelzip.search.runner import EXIT_MISSED_BUDGET, SearchConfig
     from modelzip.search.runner import search as run_search
+    from modelzip.task import metric_label
 
     try:
         sched = tuple(int(e) for e in epochs.split(","))
@@ -430,18 +431,19 @@ def search(
             base = result["baseline"]
             table.add_row("bytes", f"{base['bytes']:,}", f"{pick['bytes']:,}")
             table.add_row("ratio", "1.0x", f"{pick['ratio']:.1f}x", style="bold")
+            name = metric_label(result["metric"])  # accuracy, cosine mean, R^2
             table.add_row(
-                "val accuracy", f"{base['val_accuracy']:.2%}", f"{pick['val_accuracy']:.2%}"
+                f"val {name}", f"{base['val_accuracy']:.2%}", f"{pick['val_accuracy']:.2%}"
             )
             if pick.get("confirm_val_accuracy") is not None:
                 seed2 = result["confirmation"]["seed"]
                 table.add_row(
-                    f"val accuracy, run with seed {seed2}",
+                    f"val {name}, run with seed {seed2}",
                     "",
                     f"{pick['confirm_val_accuracy']:.2%}",
                 )
             table.add_row(
-                "test accuracy (once)",
+                f"test {name} (once)",
                 f"{base['test_accuracy']:.2%}",
                 f"{pick['test_accuracy']:.2%}",
             )

@@ -8,6 +8,10 @@ ask the data's task instead of branching on a name:
 - ``Embedding``: the model maps inputs to vectors and the target is the original model's
   vectors (the *reference*, the frozen model before compression); the loss is the cosine
   distance to them, the metric ``cosine_mean``.
+- ``Regression``: targets are real numbers (one or several per sample); the loss is the mean
+  squared error, the metric ``r2``, the coefficient of determination over the split
+  (``1 - SSE / SST``: 1 is perfect, 0 predicts no better than the split's mean). A budget in
+  "points" is then points of R^2 x 100, as for accuracy.
 
 A batch is ``(x, y)`` or ``(x1, x2, ..., y)``: every element but the last is an input of the
 model (``model(x1, x2, ...)``), the last is the target.
@@ -67,6 +71,8 @@ class Task:
     name: ClassVar[str] = ""
     #: the key of the quality metric in evaluation results
     metric: ClassVar[str] = "accuracy"
+    #: how reports name that metric
+    label: ClassVar[str] = "accuracy"
     #: whether the loss and metric compare with a reference model's outputs
     needs_reference: ClassVar[bool] = False
 
@@ -200,6 +206,7 @@ class Embedding(Task):
 
     name: ClassVar[str] = "embedding"
     metric: ClassVar[str] = "cosine_mean"
+    label: ClassVar[str] = "cosine mean"
     needs_reference: ClassVar[bool] = True
 
     def loss(
@@ -220,11 +227,109 @@ class Embedding(Task):
             raise DataError(f"{where} outputs shape {tuple(out.shape)}, not (batch, dim)")
 
 
+class Regression(Task):
+    """Real-valued targets ``[batch]`` or ``[batch, k]``: mean squared error loss, ``r2``.
+
+    R^2 is not a mean over samples (its denominator is the split's spread), so ``score`` is
+    computed from the split's sums rather than per batch; with several outputs it is the mean
+    of the outputs' R^2 (scikit-learn's ``uniform_average``).
+    """
+
+    name: ClassVar[str] = "regression"
+    metric: ClassVar[str] = "r2"
+    label: ClassVar[str] = "R^2"
+
+    @staticmethod
+    def _pair(out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Outputs and targets as ``[batch, k]`` float, or a DataError naming both shapes."""
+        pred = out.reshape(len(out), -1).float()
+        true = target.reshape(len(target), -1).float()
+        if pred.shape != true.shape:
+            raise DataError(
+                f"the model outputs shape {tuple(out.shape)} but the targets have shape "
+                f"{tuple(target.shape)}: a regression model needs one output per target value"
+            )
+        return pred, true
+
+    def loss(
+        self, out: torch.Tensor, target: torch.Tensor, ref_out: torch.Tensor | None
+    ) -> torch.Tensor:
+        pred, true = self._pair(out, target)
+        return F.mse_loss(pred, true)
+
+    def batch_metric(
+        self, out: torch.Tensor, target: torch.Tensor, ref_out: torch.Tensor | None
+    ) -> tuple[float, int]:
+        """Minus the batch's summed squared error (R^2 needs the whole split: ``score``)."""
+        pred, true = self._pair(out, target)
+        return -float(((pred - true) ** 2).sum()), len(true)
+
+    def distill_loss(
+        self,
+        out: torch.Tensor,
+        teacher_out: torch.Tensor,
+        target: torch.Tensor,
+        *,
+        alpha: float,
+        temperature: float,
+    ) -> torch.Tensor:
+        """``alpha`` x MSE to the teacher's outputs + ``(1 - alpha)`` x MSE to the targets (no
+        temperature: the outputs are values, not logits)."""
+        pred, true = self._pair(out, target)
+        teacher = teacher_out.reshape(pred.shape).float()
+        return alpha * F.mse_loss(pred, teacher) + (1 - alpha) * F.mse_loss(pred, true)
+
+    def check_output(self, out: torch.Tensor, num_classes: int, where: str) -> None:
+        # (for regression data ``num_classes`` is the number of target values per sample)
+        width = out.shape[1] if out.dim() == 2 else 1 if out.dim() == 1 else None
+        if width != max(num_classes, 1):
+            raise DataError(
+                f"{where} outputs shape {tuple(out.shape)} but the data has "
+                f"{max(num_classes, 1)} target value(s) per sample"
+            )
+
+    def score(
+        self,
+        model: nn.Module,
+        loader: Iterable[Any],
+        *,
+        reference: nn.Module | None = None,
+        limit: int | None = None,
+    ) -> float:
+        model.eval()
+        sums: list[torch.Tensor] = []  # per batch and output: squared error, y, y^2
+        count = 0
+        with torch.inference_mode():
+            for i, batch in enumerate(loader):
+                if limit is not None and i >= limit:
+                    break
+                x, y = split_batch(batch)
+                pred, true = self._pair(run_model(model, x), y)
+                pred, true = pred.double(), true.double()
+                sums.append(
+                    torch.stack([((pred - true) ** 2).sum(0), true.sum(0), (true**2).sum(0)])
+                )
+                count += len(true)
+        if count == 0:
+            raise DataError("the evaluation split is empty")
+        sse, total, total_sq = torch.stack(sums).sum(0)
+        sst = total_sq - total**2 / count
+        # a constant target (SST 0) scores 1 when predicted exactly, else 0 (as scikit-learn)
+        r2 = torch.where(sst > 0, 1 - sse / sst.clamp_min(1e-300), (sse == 0).double())
+        return float(r2.mean())
+
+
 CLASSIFICATION = Classification()
 EMBEDDING = Embedding()
+REGRESSION = Regression()
 
 #: Tasks by name, for data that names its task (``DataBundle(task="embedding")``).
-TASKS: dict[str, Task] = {t.name: t for t in (CLASSIFICATION, EMBEDDING)}
+TASKS: dict[str, Task] = {t.name: t for t in (CLASSIFICATION, EMBEDDING, REGRESSION)}
+
+
+def metric_label(metric: str) -> str:
+    """How reports name a task's metric key (``accuracy``, ``cosine_mean``, ``r2``)."""
+    return {t.metric: t.label for t in TASKS.values()}.get(metric, metric)
 
 
 def get_task(task: Task | str) -> Task:

@@ -13,6 +13,8 @@ import re
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
+from modelzip.report.summary import metric_label
+
 #: Colour-blind-safe palette (Okabe & Ito).
 BLUE, ORANGE, GREEN, RED, PURPLE, GREY = (
     "#0072B2",
@@ -186,7 +188,7 @@ def accuracy_vs_size(record: dict[str, Any]) -> str:
     ax.margins(x=0.12, y=0.12)
     _bytes_axis(ax.xaxis)
     ax.set_xlabel("file size (log scale)")
-    ax.set_ylabel("accuracy (%)" if record.get("data") != "sentences" else "cosine mean (%)")
+    ax.set_ylabel(f"{metric_label(c)} (%)")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     desc = (

@@ -28,10 +28,20 @@ def latency_ratio(result: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def metric_label(metrics: dict[str, Any]) -> str:
+    """What the record's ``accuracy`` key holds, by the task's own metric key beside it."""
+    from modelzip.task import TASKS
+
+    for task in TASKS.values():
+        if task.metric != "accuracy" and task.metric in metrics:
+            return task.label
+    return "accuracy"
+
+
 def summary_cells(record: dict[str, Any]) -> list[tuple[str, list[Cell | None]]]:
     """(label, [baseline cell, compressed cell]) rows; each cell names the record key it shows."""
     b, c = record["baseline"], record["compressed"]
-    metric = "cosine mean" if "cosine_mean" in c else "accuracy"
+    metric = metric_label(c)
 
     def pair(key: str, fmt: Any) -> list[Cell | None]:
         return [
@@ -88,7 +98,7 @@ def headline(record: dict[str, Any], *, html: bool = False) -> str:
     delta = 100 * (c["accuracy"] - b["accuracy"])
     ratio = f"{record['ratio']:.1f}x smaller"
     ratio = f'<span class="big">{ratio}</span>' if html else f"**{ratio}**"
-    name = "cosine mean" if "cosine_mean" in c else "accuracy"
+    name = metric_label(c)
     data = record.get("data", "?")
     data = f"<code>{data}</code>" if html else f"`{data}`"
     return (

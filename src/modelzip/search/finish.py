@@ -139,10 +139,11 @@ def finish(
     number = chosen["trial"]
     recipe = space.recipe(study.trials[number].params, fidelity=1.0)
     shortfall = round(100 * (floor - chosen["accuracy"]), 3)
+    name = data.task.label  # accuracy, cosine mean, R^2
     verdict = (
-        f"meets the budget: val accuracy {chosen['accuracy']:.2%} >= floor {floor:.2%}"
+        f"meets the budget: val {name} {chosen['accuracy']:.2%} >= floor {floor:.2%}"
         if met
-        else f"MISSES the budget by {shortfall} points: val accuracy {chosen['accuracy']:.2%} "
+        else f"MISSES the budget by {shortfall} points: val {name} {chosen['accuracy']:.2%} "
         f"< floor {floor:.2%}"
     )
     confirmed = _confirmation_of(confirmation, number)
@@ -193,10 +194,10 @@ def finish(
         }
     result[label] = pick_record
     result["message"] = (
-        f"best policy (trial {number}) {verdict}; test accuracy {test['accuracy']:.2%} "
+        f"best policy (trial {number}) {verdict}; test {name} {test['accuracy']:.2%} "
         f"(baseline {base_test['accuracy']:.2%})"
         if met
-        else f"no trial met the budget (val accuracy >= {floor:.2%}); the closest policy, "
+        else f"no trial met the budget (val {name} >= {floor:.2%}); the closest policy, "
         f"trial {number}, {verdict}; it is in {label}.yaml / {label}.mzip"
     )
     result["plots"] = plot_front(

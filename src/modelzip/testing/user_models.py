@@ -154,6 +154,25 @@ def write_tabular_npz(path: str | Path) -> Path:
     return path
 
 
+def write_regression_npz(path: str | Path) -> Path:
+    """scikit-learn's bundled diabetes table (442 rows, 10 features; the target, disease
+    progression after a year, as a float), inputs and target standardised: a regression task."""
+    from sklearn.datasets import load_diabetes
+
+    d = load_diabetes()
+    x = d.data.astype(np.float64)
+    x = ((x - x.mean(0)) / x.std(0)).astype(np.float32)
+    y = ((d.target - d.target.mean()) / d.target.std()).astype(np.float32)
+    path = Path(path)
+    np.savez(path, x=x, y=y)
+    return path
+
+
+def regression_mlp(in_features: int = 10, outputs: int = 1) -> nn.Sequential:
+    """A tabular regressor as users write one: the tabular fixture with one output per target."""
+    return tabular_mlp(in_features, outputs)
+
+
 def write_tiny_bert(folder: str | Path, *, seed: int = 0) -> Path:
     """A randomly initialised 2-layer BERT (hidden 32) saved as a Hugging Face folder, with
     the bundled MiniLM tokenizer so the ``sentences`` data fits it."""

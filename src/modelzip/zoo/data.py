@@ -3,7 +3,8 @@
 Text for sentence encoders: ``sentences`` (templates), ``english`` (real sentences from PyTorch's
 documentation, ``zoo.corpus``), ``FILE.txt`` or a ``.parquet`` with a ``text`` column.
 
-Every data set yields ``(x, y)`` batches of float32 inputs and int64 class labels, split into
+Every data set yields ``(x, y)`` batches of float32 inputs and int64 class labels (float32
+targets in a user file make it a regression task: MSE loss, R^2), split into
 ``train`` (training, fine-tuning), ``val`` (anything that chooses: calibration, search) and
 ``test`` (every reported accuracy). In-memory sets are split stratified with a fixed seed;
 parquet/csv files are streamed in batches and split by a deterministic hash of the row
@@ -13,6 +14,7 @@ number, so a file larger than memory never has to be loaded whole.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,12 +26,15 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from modelzip.bundle import SPLITS, DataBundle
 from modelzip.errors import DataError
+from modelzip.task import CLASSIFICATION, REGRESSION
 
 BUILTIN = ("digits", "mnist5k", "fashion-mnist", "sentences", "english")
 #: Fractions of the whole set that go to val and test (the rest is train).
 VAL_FRACTION, TEST_FRACTION = 0.1, 0.2
 SPLIT_SEED = 0
 LABEL_COLUMNS = ("y", "label", "target")
+
+log = logging.getLogger("modelzip")
 __all__ = ["SPLITS", "DataBundle", "check_finite", "check_labels", "load_data", "split_indices"]
 
 
@@ -103,7 +108,8 @@ def _from_npz(path: Path, batch_size: int, seed: int) -> DataBundle:
             if missing:
                 raise DataError(
                     f"{path}: missing array(s) {sorted(missing)}; the file must hold arrays "
-                    f"'x' (inputs) and 'y' (integer labels), found {sorted(f.files)}"
+                    f"'x' (inputs) and 'y' (integer class labels, or float targets for "
+                    f"regression), found {sorted(f.files)}"
                 )
             x, y = f["x"], f["y"]
     except DataError:
@@ -114,15 +120,23 @@ def _from_npz(path: Path, batch_size: int, seed: int) -> DataBundle:
         raise DataError(f"{path}: 'x' must be a numeric array (N, ...), got {x.dtype} {x.shape}")
     if len(x) == 0:
         raise DataError(f"{path}: no rows ('x' has shape {x.shape}); the file holds no samples")
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or len(y) != len(x):
-        kind = "a float type" if np.issubdtype(y.dtype, np.floating) else f"{y.dtype} {y.shape}"
+    regression = np.issubdtype(y.dtype, np.floating)
+    if not (regression or np.issubdtype(y.dtype, np.integer)) or len(y) != len(x):
         raise DataError(
-            f"{path}: 'y' must be integer class labels of shape ({len(x)},), got {kind}"
-            + (" (cast class labels to int)" if np.issubdtype(y.dtype, np.floating) else "")
+            f"{path}: 'y' must hold one row per sample of 'x' ({len(x)}): integer class labels "
+            f"(N,) or float regression targets (N,) / (N, k); got {y.dtype} {y.shape}"
+        )
+    if y.ndim != 1 and not (regression and y.ndim == 2 and y.shape[1] > 0):
+        raise DataError(
+            f"{path}: 'y' has shape {y.shape}; valid: ({len(x)},) class labels or regression "
+            f"targets, or ({len(x)}, k) regression targets"
         )
     check_finite(path, "x", x)
-    check_labels(path, "y", y)
     x = x.astype(np.float32) / (255.0 if x.dtype == np.uint8 else 1.0)
+    if _regression_targets(path, "'y'", y):  # float targets: MSE loss, R^2
+        check_finite(path, "y", y)
+        return _in_memory(path.name, x, y.astype(np.float32), batch_size, seed)
+    check_labels(path, "y", y)
     return _in_memory(path.name, x, y.astype(np.int64), batch_size, seed)
 
 
@@ -185,6 +199,8 @@ def split_indices(y: np.ndarray) -> dict[str, np.ndarray]:
 
     idx = np.arange(len(y))
     val_share = VAL_FRACTION / (1 - TEST_FRACTION)
+    if np.issubdtype(y.dtype, np.floating):
+        y = np.zeros(len(y), dtype=np.int64)  # regression targets: a plain shuffled split
     try:
         rest, test = train_test_split(
             idx, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=y
@@ -213,6 +229,7 @@ def _bundle(
     seed: int,
 ) -> DataBundle:
     xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
+    regression = np.issubdtype(y.dtype, np.floating)
     loaders = {}
     for split, idx in parts.items():
         ds = TensorDataset(xt[idx], yt[idx])
@@ -222,9 +239,11 @@ def _bundle(
     return DataBundle(
         name=name,
         sample_shape=tuple(x.shape[1:]),
-        num_classes=int(y.max()) + 1,
+        # regression: the number of target values per sample (what the output layer needs)
+        num_classes=(y.shape[1] if y.ndim == 2 else 1) if regression else int(y.max()) + 1,
         loaders=loaders,
         sizes={k: len(v) for k, v in parts.items()},
+        task=REGRESSION if regression else CLASSIFICATION,
     )
 
 
@@ -318,13 +337,13 @@ class _TableStream(IterableDataset):
         batch_size: int,
         seed: int,
         shuffle: bool,
-        num_classes: int,
+        num_classes: int | None,
         rows: int,
     ):
         self.path, self.split, self.label = path, split, label
         self.rows = rows
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
-        self.num_classes = num_classes
+        self.num_classes = num_classes  # None: regression targets
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -408,9 +427,12 @@ def _streamed(path: Path, batch_size: int, seed: int) -> DataBundle:
     ]
     if bad:
         raise DataError(f"{path}: columns must be numeric; non-numeric: {', '.join(bad[:5])}")
-    check_labels(path, f"label column {label!r}", _labels_array(path, label, labels))
-    labels = labels.astype(np.int64)
-    num_classes = int(labels.max()) + 1
+    labels = _labels_array(path, label, labels)
+    regression = _regression_targets(path, f"label column {label!r}", labels)
+    num_classes: int | None = None
+    if not regression:
+        check_labels(path, f"label column {label!r}", labels)
+        num_classes = int(labels.astype(np.int64).max()) + 1
     # One streamed pass before any training: NaN/inf or missing values anywhere are refused
     # here (with the row and column), not found halfway through an epoch.
     start = 0
@@ -437,9 +459,10 @@ def _streamed(path: Path, batch_size: int, seed: int) -> DataBundle:
     return DataBundle(
         name=path.name,
         sample_shape=(len(names) - 1,),
-        num_classes=num_classes,
+        num_classes=1 if num_classes is None else num_classes,
         loaders=loaders,
         sizes={s: int((groups == i).sum()) for i, s in enumerate(SPLITS)},
+        task=REGRESSION if regression else CLASSIFICATION,
     )
 
 
@@ -478,9 +501,10 @@ def _labels_array(path: Path, label: str, labels: np.ndarray) -> np.ndarray:
 
 
 def _batch_arrays(
-    path: Path, batch: Any, label: str, start: int, *, num_classes: int
+    path: Path, batch: Any, label: str, start: int, *, num_classes: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Features (float32, rows x columns) and int64 labels of one record batch, checked."""
+    """Features (float32, rows x columns) and labels of one record batch, checked: int64
+    classes, or float32 regression targets when ``num_classes`` is None."""
     cols = [c for c in batch.schema.names if c != label]
     for c in cols:
         nulls = batch.column(c).null_count
@@ -494,8 +518,29 @@ def _batch_arrays(
     feats = np.stack([batch.column(c).to_numpy(zero_copy_only=False) for c in cols], axis=1)
     check_finite(path, "the features", feats, row_offset=start, columns=cols)
     raw = _labels_array(path, label, batch.column(label).to_numpy(zero_copy_only=False))
+    if num_classes is None:
+        check_finite(path, "the targets", raw.reshape(-1, 1), row_offset=start, columns=[label])
+        return feats.astype(np.float32), raw.astype(np.float32)
     check_labels(path, f"label column {label!r}", raw, num_classes=num_classes, row_offset=start)
     return feats.astype(np.float32), raw.astype(np.int64)
+
+
+def _regression_targets(where: Path, what: str, y: np.ndarray) -> bool:
+    """Float targets make a regression task. Float values that are all small whole numbers
+    are probably class labels saved as floats: still regression (the type says so), with a
+    warning that says how to get classification."""
+    if not np.issubdtype(y.dtype, np.floating):
+        return False
+    distinct = np.unique(y[:1_000_000])
+    if len(distinct) <= 100 and np.all(distinct == np.round(distinct)):
+        log.warning(
+            "%s: %s holds floats with %d distinct whole values: treated as regression targets "
+            "(MSE loss, R^2); store class labels as integers for classification",
+            where,
+            what,
+            len(distinct),
+        )
+    return True
 
 
 def _label_column(path: Path, names: list[str]) -> str:
