@@ -112,11 +112,13 @@ def test_cli_compresses_a_regressor_from_npz_and_csv_and_reports_r2(regressor, t
     for data in (data_path, csv):
         code = main(
             ["compress", spec, "--weights", str(weights), "--data", str(data), "--recipe",
-             "quick", "-o", str(tmp_path / "c.mzip"), "--json"]
+             "quick", "-o", str(tmp_path / "c.mzip"), "--json", "--report", str(tmp_path / "r")]
         )  # fmt: skip
         assert code == 0
         res = json.loads(capsys.readouterr().out)
         assert "r2" in res["compressed"] and res["compressed"]["accuracy"] > 0.2, data
+        report = (tmp_path / "r" / "report.md").read_text()  # the metric by its name
+        assert "| # | method | R^2 |" in report and "R^2 " in report.splitlines()[2], report[:300]
     wide = tmp_path / "wide.npz"  # three targets per sample for a one-output model
     np.savez(wide, x=np.zeros((40, 10), np.float32), y=np.zeros((40, 3), np.float32))
     out = str(tmp_path / "w.mzip")

@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from modelzip.report import plots
-from modelzip.report.summary import fmt_bytes, headline, summary_cells
+from modelzip.report.summary import fmt_bytes, headline, metric_label, summary_cells
 
 CSS = """
 :root { --ink:#1b1f24; --muted:#57606a; --line:#d0d7de; --bg:#f6f8fa; --accent:#0072B2; }
@@ -133,6 +133,7 @@ measured on the test split</caption>
 
 def _stages(record: dict[str, Any]) -> str:
     b = record["baseline"]
+    metric = html.escape(metric_label(record["compressed"]))
     rows = [
         '<tr><th scope="row">0</th><td>fp32 baseline</td>'
         f'<td class="n">{b["accuracy"]:.2%}</td><td class="n">—</td>'
@@ -167,9 +168,10 @@ def _stages(record: dict[str, Any]) -> str:
 <section id="stages" aria-labelledby="stages-h">
 <h2 id="stages-h">Stages</h2>
 <table>
-<caption>Accuracy and size after each stage (bytes: the model as a .mzip at that point)</caption>
+<caption>{metric.capitalize()} and size after each stage (bytes: the model as a .mzip at that
+point)</caption>
 <thead><tr><th scope="col">#</th><th scope="col">method</th>
-<th scope="col" class="n">accuracy</th><th scope="col" class="n">change (points)</th>
+<th scope="col" class="n">{metric}</th><th scope="col" class="n">change (points)</th>
 <th scope="col" class="n">nonzero</th><th scope="col" class="n">bytes</th>
 <th scope="col" class="n">seconds</th></tr></thead>
 <tbody>{"".join(rows)}</tbody>

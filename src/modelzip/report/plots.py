@@ -270,7 +270,7 @@ def sensitivity_curves(sens: dict[str, Any]) -> str:
     if isinstance(sens.get("baseline"), int | float):
         ax.axhline(100 * sens["baseline"], color=GREY, ls=":", lw=1, label="unpruned")
     ax.set_xlabel("sparsity of the one pruned layer (%)")
-    ax.set_ylabel(f"accuracy on {sens.get('split', 'val')} (%)")
+    ax.set_ylabel(f"{sens.get('metric_label', 'accuracy')} on {sens.get('split', 'val')} (%)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, ncol=2 if len(sens["layers"]) > 6 else 1, loc="lower left")
     worst = min(sens["layers"].items(), key=lambda kv: kv[1]["accuracy"][-1], default=None)

@@ -12,7 +12,7 @@ from torch import nn
 
 from modelzip.codec.format import write_atomic
 from modelzip.report.record import build_record
-from modelzip.report.summary import headline, latency_ratio, summary_rows
+from modelzip.report.summary import headline, latency_ratio, metric_label, summary_rows
 
 __all__ = ["markdown", "summary_rows", "write_reports"]
 
@@ -40,7 +40,7 @@ def markdown(result: dict[str, Any], title: str = "modelzip report") -> str:
         "",
         "## Stages",
         "",
-        "| # | method | accuracy | nonzero | bytes | seconds |",
+        f"| # | method | {metric_label(result['compressed'])} | nonzero | bytes | seconds |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for s in result["stages"]:

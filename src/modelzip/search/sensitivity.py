@@ -113,6 +113,7 @@ def sensitivity(
         raise UnsupportedError(f"no selected layer can be pruned: {skipped}")
     return {
         "split": split,
+        "metric_label": task.label,  # what "accuracy" holds: accuracy, cosine mean, R^2
         "criterion": criterion,
         "pattern": pattern,
         "skipped": skipped,
