@@ -77,7 +77,15 @@ def test_unknown_recipe_name_and_missing_file(tmp_path):
 
 # ------------------------------------------------- every built-in recipe fits every model
 
-MODELS = ("lenet300", "lenet5", "residual_cnn", "concat_net", "depthwise_cnn", "tabular_mlp")
+MODELS = (
+    "lenet300",
+    "lenet5",
+    "residual_cnn",
+    "concat_net",
+    "depthwise_cnn",
+    "tabular_mlp",
+    "torch_transformer",
+)
 HEADS = {
     "lenet300": "fc3",
     "lenet5": "fc2",
@@ -85,6 +93,7 @@ HEADS = {
     "concat_net": "head",
     "depthwise_cnn": "classifier",
     "tabular_mlp": "5",
+    "torch_transformer": "head",
 }
 
 

@@ -25,6 +25,7 @@ from torch import nn
 from modelzip.config import MethodConfig
 from modelzip.context import Context
 from modelzip.errors import ConfigError
+from modelzip.nn.fastpath import keep_transformer_slow_paths, weight_read_directly
 from modelzip.nn.lowrank import LOWRANK_MODULES, LowRankConv2d, LowRankLinear
 from modelzip.ops import lowrank as lr
 from modelzip.registry import register
@@ -157,7 +158,7 @@ def _skip_reason(name: str, layer: nn.Module, inside: set[str]) -> str | None:
         return f"{type(layer).__name__} is not supported (Linear and Conv2d are)"
     if isinstance(layer, nn.Conv2d) and layer.groups != 1:
         return f"grouped convolution (groups={layer.groups})"
-    return None
+    return weight_read_directly(layer)
 
 
 def _no_gain(m: int, n: int, rank: int | None, min_saving: float) -> str | None:
@@ -201,6 +202,7 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, module)
+    keep_transformer_slow_paths(model)  # a fused transformer kernel would read its weight
 
 
 @register(LowrankConfig)

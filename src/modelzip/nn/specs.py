@@ -16,6 +16,7 @@ from torch import nn
 
 from modelzip.errors import FormatError, choices_text
 from modelzip.nn.constraints import base_class
+from modelzip.nn.fastpath import keep_transformer_slow_paths
 
 
 class Buildable(nn.Module):
@@ -159,4 +160,5 @@ def apply_architecture(
                 "file was made from?)"
             ) from None
         setattr(parent, child, build(spec, types))
+    keep_transformer_slow_paths(model)  # as after the replacements that made the file
     return model

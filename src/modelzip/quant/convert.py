@@ -20,6 +20,7 @@ from torch.nn.utils import parametrize
 from modelzip.nn import int8_runtime
 from modelzip.nn.constraints import AffineQuant, constraints_of
 from modelzip.nn.dynamic import DynQuantLinear
+from modelzip.nn.fastpath import keep_transformer_slow_paths, weight_read_directly
 from modelzip.nn.quantized import QuantConv2d, QuantLinear, _QuantBase
 
 #: Modules that give the same result on uint8 codes as on the real values they stand for.
@@ -37,6 +38,8 @@ def why_not_convertible(layer: nn.Module) -> str | None:
     """None when ``layer`` can run on the integer kernels, else the reason it cannot."""
     if not isinstance(layer, nn.Linear | nn.Conv2d):
         return f"{type(layer).__name__} has no int8 kernel here (Linear and Conv2d do)"
+    if (reason := weight_read_directly(layer)) is not None:
+        return f"{reason}: it computes in float"
     if isinstance(layer, nn.Conv2d):
         if isinstance(layer.padding, str):
             return f"padding={layer.padding!r} (only numeric zero padding runs on int8 kernels)"
@@ -98,6 +101,7 @@ def replace(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
+    keep_transformer_slow_paths(model)  # a fused transformer kernel would read its weight
 
 
 def chain_sequential(model: nn.Module) -> list[tuple[str, str]]:

@@ -9,6 +9,10 @@ Each factory is a plain function returning an ``nn.Module``, usable from Python 
 - ``depthwise_cnn``: depthwise-separable convolutions (grouped 3x3 + pointwise 1x1).
 - ``tabular_mlp``: an ``nn.Sequential`` built by a factory, for tabular ``.npz`` data
   (``write_tabular_npz`` writes scikit-learn's bundled breast-cancer table).
+- ``regression_mlp``: the same for regression targets (``write_regression_npz``: the bundled
+  diabetes table, float targets).
+- ``torch_transformer``: PyTorch's own ``nn.TransformerEncoder`` over the 8 rows of a digit as
+  8 tokens (eval mode takes PyTorch's fused fast path, which reads weights directly).
 - ``write_tiny_bert``: a randomly initialised tiny BERT encoder as a local Hugging Face
   folder (config, safetensors weights, the bundled MiniLM tokenizer's files).
 - ``write_tiny_roberta``: a tiny RoBERTa-style encoder folder with its own byte-level BPE
@@ -113,6 +117,23 @@ class DepthwiseCNN(nn.Module):
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+class TorchTransformer(nn.Module):
+    """Rows of an 8x8 image as 8 tokens through ``nn.TransformerEncoder``, mean-pooled."""
+
+    def __init__(self, side: int = 8, width: int = 64, num_classes: int = 10):
+        super().__init__()
+        self.side = side
+        self.embed = nn.Linear(side, width)
+        self.pos = nn.Parameter(torch.zeros(1, side, width))
+        layer = nn.TransformerEncoderLayer(width, 4, 4 * width, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x.reshape(len(x), self.side, -1)) + self.pos
+        return self.head(self.encoder(tokens).mean(1))
+
+
 def residual_cnn(num_classes: int = 10) -> ResidualCNN:
     """The residual CNN for 8x8 images (scikit-learn's digits)."""
     torch.manual_seed(0)
@@ -127,6 +148,11 @@ def concat_net(num_classes: int = 10) -> ConcatNet:
 def depthwise_cnn(num_classes: int = 10) -> DepthwiseCNN:
     torch.manual_seed(0)
     return DepthwiseCNN(num_classes=num_classes)
+
+
+def torch_transformer(num_classes: int = 10) -> TorchTransformer:
+    torch.manual_seed(0)
+    return TorchTransformer(num_classes=num_classes)
 
 
 def tabular_mlp(in_features: int = 30, num_classes: int = 2) -> nn.Sequential:
