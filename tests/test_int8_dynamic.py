@@ -121,18 +121,21 @@ def test_layers_too_inexact_for_int8_stay_float_with_the_reason(tiny_bert, engli
     assert type(q.encoder.pooler.dense) is nn.Linear
 
 
+@pytest.mark.parametrize("dead", [1, 40], ids=["one-unseen", "most-unseen"])
 @pytest.mark.parametrize("floor", [0.1, 0.0], ids=["floored", "unfloored"])
-def test_a_feature_calibration_never_saw_does_not_swamp_its_row(floor, monkeypatch):
+def test_a_feature_calibration_never_saw_does_not_swamp_its_row(floor, dead, monkeypatch):
     # ReLU inputs: feature 0 is off in every calibration row and on in a later one. SmoothQuant
     # from its zero range alone would multiply it by thousands and round the rest of the row
-    # to zero; the floor (dynamic.UNSEEN_FLOOR) treats it as an ordinary feature instead.
+    # to zero; the floor (dynamic.UNSEEN_FLOOR) treats it as an ordinary feature instead. With
+    # most features unseen (dead ReLU units) the median of all ranges is 0: the floor is taken
+    # from the features calibration did see (a diamonds-price MLP lost 1.9 points of R^2).
     from modelzip.nn import dynamic
 
     monkeypatch.setattr(dynamic, "UNSEEN_FLOOR", floor)
     g = torch.Generator().manual_seed(0)
     lin = nn.Linear(64, 16)
     calib = torch.rand(512, 64, generator=g) * 3
-    calib[:, 0] = 0.0
+    calib[:, :dead] = 0.0
     smooth = dynamic.smooth_factors(calib.abs().amax(0), lin.weight, 0.75)
     q = DynQuantLinear.from_float(lin.weight, lin.bias, smooth)
     x = torch.rand(8, 64, generator=g) * 3

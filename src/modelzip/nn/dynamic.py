@@ -373,10 +373,15 @@ def smooth_factors(act_absmax: torch.Tensor, weight: torch.Tensor, alpha: float)
     and the rest of the row rounds to zero (measured on LeNet-5 / Fashion-MNIST: 163 of the
     head's 500 inputs never fired on 512 calibration images, 4 fired on test images, and the
     head's accuracy fell 0.90 points at a calibration SQNR of 55 dB). So ranges are raised to
-    at least ``UNSEEN_FLOOR`` times the layer's median range first.
+    at least ``UNSEEN_FLOOR`` times the layer's median range first: the median of the features
+    the calibration did see, since in a ReLU network more than half of a layer's inputs may
+    never fire on it (a diamonds-price MLP: the median range was 0, the floor 1e-5, and one unit
+    that fired on a test row was divided by 0.00026; its row rounded to zero and R^2 fell 1.9
+    points at a calibration SQNR of 41 dB).
     """
     w_max = weight.detach().abs().amax(dim=0).clamp_min(1e-5)
-    floor = max(1e-5, UNSEEN_FLOOR * float(act_absmax.median()))
+    seen = act_absmax[act_absmax > 0]
+    floor = max(1e-5, UNSEEN_FLOOR * (float(seen.median()) if seen.numel() else 0.0))
     a_max = act_absmax.clamp_min(floor)
     s = a_max.pow(alpha) / w_max.pow(1 - alpha)
     s = s.clamp(1e-4, 1e4)
