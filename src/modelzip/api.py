@@ -29,6 +29,7 @@ from modelzip.eval.evaluate import evaluate as _evaluate
 from modelzip.eval.size import torch_save_bytes
 from modelzip.factory import call_factory, factory_label, is_factory_spec
 from modelzip.mzip import Skeleton
+from modelzip.nn.attention import split_attention
 from modelzip.nn.constraints import remove_constraints
 from modelzip.recipe import Recipe, builtin_recipes
 from modelzip.source import (
@@ -270,6 +271,10 @@ def compress(
         measure_latency=measure_latency,
         reference=original,
     )
+    # PyTorch's attention packs its q/k/v weights where no layer method reaches them
+    attention = split_attention(model)
+    if attention:
+        log.info("attention modules: %s", attention)
     ctx = Context(
         data=data, trainer=Trainer(progress=progress, seed=seed), teacher=original, seed=seed
     )
@@ -304,6 +309,8 @@ def compress(
         "ratio": round(baseline["bytes"] / compressed["bytes"], 3),
         "accuracy_delta": round(compressed["accuracy"] - baseline["accuracy"], 6),
         "stages": stages,
+        # nn.MultiheadAttention modules given separate q/k/v layers (or why not)
+        **({"attention": attention} if attention else {}),
         "out": str(out) if out is not None else None,
         "model": deployed,
     }

@@ -37,6 +37,8 @@ def _calls_its_modules(_module: nn.Module, _args: Any) -> None:
 
 
 def _replaced(layer: nn.TransformerEncoderLayer) -> bool:
+    if type(layer.self_attn) is not nn.MultiheadAttention:  # modelzip's SplitAttention
+        return True
     return not all(
         type(m) in (nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear)
         for m in (layer.linear1, layer.linear2, layer.self_attn.out_proj)

@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from torch import nn
 
+from modelzip.nn.attention import SplitAttention
 from modelzip.nn.codebook import Codebook, RowCodebook
 from modelzip.nn.constraints import AffineQuant, Constraint
 from modelzip.nn.dynamic import DynQuantLinear
@@ -50,6 +51,7 @@ MODULE_TYPES: dict[str, type[nn.Module]] = closed_table(
         QuantLinear,
         QuantConv2d,
         DynQuantLinear,
+        SplitAttention,
     ],
     key=lambda cls: cls.__name__,
 )
