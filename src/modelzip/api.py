@@ -31,6 +31,7 @@ from modelzip.factory import call_factory, factory_label, is_factory_spec
 from modelzip.mzip import Skeleton
 from modelzip.nn.attention import split_attention
 from modelzip.nn.constraints import remove_constraints
+from modelzip.nn.rnn import split_recurrent
 from modelzip.recipe import Recipe, builtin_recipes
 from modelzip.source import (
     ATTR,
@@ -271,10 +272,11 @@ def compress(
         measure_latency=measure_latency,
         reference=original,
     )
-    # PyTorch's attention packs its q/k/v weights where no layer method reaches them
-    attention = split_attention(model)
-    if attention:
-        log.info("attention modules: %s", attention)
+    # PyTorch's attention and recurrent layers keep their matrices where no layer method
+    # reaches them: give them child layers (same outputs, same kernels)
+    separated = {**split_attention(model), **split_recurrent(model)}
+    if separated:
+        log.info("modules given separate weight layers: %s", separated)
     ctx = Context(
         data=data, trainer=Trainer(progress=progress, seed=seed), teacher=original, seed=seed
     )
@@ -309,8 +311,8 @@ def compress(
         "ratio": round(baseline["bytes"] / compressed["bytes"], 3),
         "accuracy_delta": round(compressed["accuracy"] - baseline["accuracy"], 6),
         "stages": stages,
-        # nn.MultiheadAttention modules given separate q/k/v layers (or why not)
-        **({"attention": attention} if attention else {}),
+        # attention / recurrent modules given separate weight layers (or why not)
+        **({"split": separated} if separated else {}),
         "out": str(out) if out is not None else None,
         "model": deployed,
     }

@@ -9,7 +9,8 @@ A pattern is one of:
   weight layer the input passes through, found from a real forward pass on an example batch,
   so they are the network's input layer and its output head whatever they are called),
   ``role:inner`` (every other layer), ``role:depthwise`` (grouped convolutions with one
-  input channel per group);
+  input channel per group), ``role:recurrent`` (the matrices of an LSTM/GRU/RNN, which
+  ``compress`` gives their own layers: ``modelzip.nn.rnn``);
 - a **size rule** on a layer's parameter count (weight and bias): ``params<5000``,
   ``params<=5000``, ``params>100000``, ``params>=100000``.
 
@@ -41,7 +42,7 @@ T = TypeVar("T")
 
 #: Layers that hold the weights the built-in methods compress.
 WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d, nn.Conv1d)
-ROLES = ("first", "last", "inner", "depthwise")
+ROLES = ("first", "last", "inner", "depthwise", "recurrent")
 _SIZE = re.compile(r"^params\s*(<=|>=|<|>)\s*([0-9_]+)$")
 _OPS: dict[str, Callable[[int, int], bool]] = {
     "<": operator.lt,
@@ -98,6 +99,17 @@ def execution_order(
             order.append(names[id(module)])
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if id(m) in names]
+
+    # a recurrent layer's matrices are read, never called: they run when their owner is called
+    def owner_hook(module: nn.Module, _inp: Any) -> None:
+        for child in module.children():
+            hook(child, None, None)
+
+    handles += [
+        m.register_forward_pre_hook(owner_hook)
+        for m in model.modules()
+        if any(getattr(c, "read_by", None) and id(c) in names for c in m.children())
+    ]
     was_training = model.training
     try:
         model.eval()
@@ -128,6 +140,10 @@ def matches(pattern: str, name: str, module: nn.Module, order: Order = None) -> 
         if role == "depthwise":
             groups = getattr(module, "groups", 1)
             return groups > 1 and groups == getattr(module, "in_channels", 0)
+        if role == "recurrent":
+            from modelzip.nn.rnn import PackedWeight
+
+            return isinstance(module, PackedWeight)
         if role not in ROLES:
             raise ConfigError(f"unknown layer role {pattern!r}; valid roles: {', '.join(ROLES)}")
         if callable(order):

@@ -90,7 +90,12 @@ def _choose(model: nn.Module, targets: dict[str, float], cfg: PruneConfig, ctx: 
     for name in targets:
         g = groups.get(name)
         if g is None:
-            skipped[name] = "the forward pass on the example batch never calls it"
+            reader = getattr(model.get_submodule(name), "read_by", None)
+            skipped[name] = (
+                f"{reader} reads it whole: its units are not removed by surgery"
+                if reader
+                else "the forward pass on the example batch never calls it"
+            )
             continue
         if not g.prunable:
             reason = "; ".join(g.blocked)

@@ -29,6 +29,9 @@ def weight_read_directly(layer: nn.Module) -> str | None:
             "MultiheadAttention reads this layer's weight directly, never calling it "
             "(PyTorch marks it NonDynamicallyQuantizableLinear)"
         )
+    reader = getattr(layer, "read_by", None)  # modelzip.nn.rnn.PackedWeight
+    if isinstance(reader, str):
+        return f"{reader} reads this layer's weight directly, never calling it"
     return None
 
 

@@ -20,6 +20,7 @@ from modelzip.nn.dynamic import DynQuantLinear
 from modelzip.nn.lowbit import GroupCodes
 from modelzip.nn.lowrank import LowRankConv2d, LowRankLinear
 from modelzip.nn.quantized import QuantConv2d, QuantLinear
+from modelzip.nn.rnn import SplitRNN
 from modelzip.nn.specs import TORCH_TYPES
 
 T = TypeVar("T")
@@ -52,6 +53,7 @@ MODULE_TYPES: dict[str, type[nn.Module]] = closed_table(
         QuantConv2d,
         DynQuantLinear,
         SplitAttention,
+        SplitRNN,
     ],
     key=lambda cls: cls.__name__,
 )

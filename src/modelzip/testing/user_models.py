@@ -13,6 +13,7 @@ Each factory is a plain function returning an ``nn.Module``, usable from Python 
   diabetes table, float targets).
 - ``torch_transformer``: PyTorch's own ``nn.TransformerEncoder`` over the 8 rows of a digit as
   8 tokens (eval mode takes PyTorch's fused fast path, which reads weights directly).
+- ``lstm_classifier``: a 2-layer ``nn.LSTM`` over the 8 rows of a digit, its last step to a head.
 - ``write_tiny_bert``: a randomly initialised tiny BERT encoder as a local Hugging Face
   folder (config, safetensors weights, the bundled MiniLM tokenizer's files).
 - ``write_tiny_roberta``: a tiny RoBERTa-style encoder folder with its own byte-level BPE
@@ -134,6 +135,20 @@ class TorchTransformer(nn.Module):
         return self.head(self.encoder(tokens).mean(1))
 
 
+class LSTMClassifier(nn.Module):
+    """Rows of an 8x8 image as 8 time steps through a 2-layer LSTM; the last step classifies."""
+
+    def __init__(self, side: int = 8, hidden: int = 64, num_classes: int = 10):
+        super().__init__()
+        self.side = side
+        self.lstm = nn.LSTM(side, hidden, num_layers=2, batch_first=True)
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(x.reshape(len(x), self.side, -1))
+        return self.head(out[:, -1])
+
+
 def residual_cnn(num_classes: int = 10) -> ResidualCNN:
     """The residual CNN for 8x8 images (scikit-learn's digits)."""
     torch.manual_seed(0)
@@ -153,6 +168,11 @@ def depthwise_cnn(num_classes: int = 10) -> DepthwiseCNN:
 def torch_transformer(num_classes: int = 10) -> TorchTransformer:
     torch.manual_seed(0)
     return TorchTransformer(num_classes=num_classes)
+
+
+def lstm_classifier(num_classes: int = 10) -> LSTMClassifier:
+    torch.manual_seed(0)
+    return LSTMClassifier(num_classes=num_classes)
 
 
 def tabular_mlp(in_features: int = 30, num_classes: int = 2) -> nn.Sequential:
