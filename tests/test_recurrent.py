@@ -89,3 +89,14 @@ def test_channel_pruning_says_why_it_leaves_recurrent_matrices(trained, digits):
 
     with pytest.raises(UnsupportedError, match="recurrent layer .* reads it whole"):
         mz.compress(copy.deepcopy(trained), digits, "prune-channels", measure_latency=False)
+
+
+def test_a_compressed_lstm_exports_to_onnx_and_runs_there(trained, digits, tmp_path):
+    from modelzip.cli import main
+
+    mzip = tmp_path / "l.mzip"
+    mz.compress(trained, digits, "gptq-4bit", out=mzip, measure_latency=False)
+    onnx = tmp_path / "l.onnx"
+    spec = f"{um.__file__}:lstm_classifier"
+    assert main(["export", str(mzip), "--model", spec, "--onnx", str(onnx)]) == 0
+    assert onnx.stat().st_size > 0

@@ -56,7 +56,7 @@ def test_int8_recipes_run_their_integer_layers_inside_torch_transformers(
     with torch.inference_mode():
         assert torch.equal(loaded(x), res["model"](x))
     # the encoder's own fast path (a padding mask) reads the first layer's weights too
-    tokens = loaded.embed(x.reshape(16, 8, 8)) + loaded.pos
+    tokens = loaded.embed(x.reshape(16, 8, 8)) + loaded.pos  # the fixture's first step
     mask = torch.zeros(16, 8, dtype=torch.bool)
     mask[:, 6:] = True
     assert _integer_calls(loaded, tokens, src_key_padding_mask=mask) == 12
@@ -194,3 +194,13 @@ def test_channel_pruning_removes_whole_heads_of_pytorch_attention(trained, digit
     with torch.inference_mode():
         assert torch.equal(loaded(x), res["model"](x))
     assert res["compressed"]["accuracy"] >= res["baseline"]["accuracy"] - 0.03
+
+
+def test_a_compressed_torch_transformer_exports_to_onnx(trained, digits, tmp_path):
+    from modelzip.cli import main
+
+    mzip = tmp_path / "t.mzip"
+    mz.compress(trained, digits, "w8a8", out=mzip, measure_latency=False)
+    onnx = tmp_path / "t.onnx"
+    spec = f"{um.__file__}:torch_transformer"
+    assert main(["export", str(mzip), "--model", spec, "--onnx", str(onnx)]) == 0

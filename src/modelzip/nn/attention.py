@@ -89,7 +89,6 @@ class SplitAttention(Buildable):
         self,
         attn_mask: torch.Tensor | None,
         key_padding_mask: torch.Tensor | None,
-        n: int,
         heads: int,
         dtype: torch.dtype,
     ) -> torch.Tensor | None:
@@ -106,7 +105,7 @@ class SplitAttention(Buildable):
         if attn_mask is not None:
             mask = additive(attn_mask)
             if mask.dim() == 3:  # [N * H, L, S]
-                mask = mask.view(n, heads, *mask.shape[1:])
+                mask = mask.unflatten(0, (-1, heads))
         if key_padding_mask is not None:
             pad = additive(key_padding_mask)[:, None, None, :]  # [N, 1, 1, S]
             mask = pad if mask is None else mask + pad
@@ -133,11 +132,10 @@ class SplitAttention(Buildable):
                 key_padding_mask = key_padding_mask.unsqueeze(0)
         elif not self.batch_first:  # [L, N, E] -> [N, L, E]
             query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
-        n, length = query.shape[0], query.shape[1]
         q = self._heads(self.q_proj(query))
         k = self._heads(self.k_proj(key))
         v = self._heads(self.v_proj(value))
-        mask = self._mask(attn_mask, key_padding_mask, n, q.shape[1], q.dtype)
+        mask = self._mask(attn_mask, key_padding_mask, q.shape[1], q.dtype)
         dropout = self.dropout if self.training else 0.0
         weights = None
         if need_weights:
@@ -153,7 +151,8 @@ class SplitAttention(Buildable):
                 weights = weights.squeeze(0)
         else:
             ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        out = self.out_proj(ctx.transpose(1, 2).reshape(n, length, -1))
+        # flatten, not reshape(batch, length, -1): traced sizes are fixed in an ONNX export
+        out = self.out_proj(ctx.transpose(1, 2).flatten(2))
         if unbatched:
             out = out.squeeze(0)
         elif not self.batch_first:

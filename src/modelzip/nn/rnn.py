@@ -1,14 +1,14 @@
 """``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` with their weight matrices as child layers.
 
-A recurrent layer keeps its matrices as parameters (``weight_ih_l0``, ``weight_hh_l0``, ...)
-that its fused kernel reads: no method that works on layers reached them, and an LSTM model
-came out of every recipe only 1.2x smaller (its Linear head compressed, its LSTM not).
-``SplitRNN`` holds each matrix with its bias as a ``PackedWeight`` child (an ``nn.Linear`` that
-is read, never called) and runs PyTorch's own recurrent kernel on their current values through
-``torch.func.functional_call`` on a parameter-free template of the original module: the same
-outputs, the same kernel, while pruning masks, quantization grids and codebooks apply to the
-children as to any layer. Methods that would replace a child by another module (int8 kernels,
-low-rank factors) leave it, with the reason (``modelzip.nn.fastpath.weight_read_directly``).
+A recurrent layer keeps its matrices as parameters (``weight_ih_l0``, ``weight_hh_l0``, ...) that
+its fused kernel reads: no method that works on layers reached them, and an LSTM model came out of
+every recipe only 1.2x smaller (its Linear head compressed, its LSTM not). ``SplitRNN`` holds each
+matrix with its bias as a ``PackedWeight`` child (an ``nn.Linear`` that is read, never called) and
+runs PyTorch's own recurrent module, a parameter-free template of the original, on their current
+values: the same outputs, the same kernel, while pruning masks, quantization grids and codebooks
+apply to the children as to any layer. Methods that would replace a child by another module (int8
+kernels, low-rank factors) leave it, with the reason
+(``modelzip.nn.fastpath.weight_read_directly``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import Any, cast
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from modelzip.nn.specs import Buildable
 
@@ -124,8 +123,15 @@ class SplitRNN(Buildable):
                 params[bias] = cast(torch.Tensor, layer.bias)
         template = cast(nn.RNNBase, self.__dict__["_template"])
         template.train(self.training)  # dropout between stacked layers while training
-        args = (input,) if hx is None else (input, hx)
-        return functional_call(template, params, args)
+        # RNNBase.forward hands its _flat_weights list to the kernel: give it the children's
+        # values for this call (torch.func.functional_call would too, but TorchScript tracing,
+        # which the ONNX export and the frozen form use, refuses it), then the meta ones back
+        meta = template._flat_weights
+        template._flat_weights = [params[n] for n in template._flat_weights_names]
+        try:
+            return template(input) if hx is None else template(input, hx)
+        finally:
+            template._flat_weights = meta
 
 
 def why_not_split(rnn: nn.RNNBase) -> str | None:

@@ -131,7 +131,7 @@ class TorchTransformer(nn.Module):
         self.head = nn.Linear(width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.embed(x.reshape(len(x), self.side, -1)) + self.pos
+        tokens = self.embed(x.flatten(1).unflatten(1, (self.side, -1))) + self.pos
         return self.head(self.encoder(tokens).mean(1))
 
 
@@ -145,7 +145,7 @@ class LSTMClassifier(nn.Module):
         self.head = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.lstm(x.reshape(len(x), self.side, -1))
+        out, _ = self.lstm(x.flatten(1).unflatten(1, (self.side, -1)))
         return self.head(out[:, -1])
 
 
