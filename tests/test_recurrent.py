@@ -100,3 +100,19 @@ def test_a_compressed_lstm_exports_to_onnx_and_runs_there(trained, digits, tmp_p
     spec = f"{um.__file__}:lstm_classifier"
     assert main(["export", str(mzip), "--model", spec, "--onnx", str(onnx)]) == 0
     assert onnx.stat().st_size > 0
+
+
+def test_a_file_naming_a_huge_recurrent_layer_is_refused_before_building():
+    from modelzip.errors import FormatError
+    from modelzip.nn.registry import MODULE_TYPES
+    from modelzip.nn.specs import build
+
+    spec = {"type": "SplitRNN", "args": {"mode": "LSTM", "input_size": 8, "hidden_size": 8}}
+    assert isinstance(build(spec, MODULE_TYPES), SplitRNN)
+    for bad in (
+        {"num_layers": 10**9},
+        {"mode": "os.system"},
+        {"mode": "RNN", "nonlinearity": "exec"},
+    ):
+        with pytest.raises(FormatError, match="cannot build SplitRNN"):
+            build({**spec, "args": {**spec["args"], **bad}}, MODULE_TYPES)

@@ -23,6 +23,8 @@ from torch import nn
 from modelzip.nn.specs import Buildable
 
 _KINDS: dict[str, Callable[..., nn.RNNBase]] = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN": nn.RNN}
+#: more stacked layers than any real network; a file naming more is refused before building
+MAX_LAYERS = 1024
 _PARAM = re.compile(r"^(weight|bias)_(ih|hh|hr)_l(\d+)(_reverse)?$")
 
 
@@ -55,6 +57,8 @@ class SplitRNN(Buildable):
         super().__init__()
         if mode not in _KINDS:
             raise ValueError(f"unknown recurrent layer {mode!r}; valid: {', '.join(_KINDS)}")
+        if not 1 <= num_layers <= MAX_LAYERS:  # a file's spec: building loops over layers
+            raise ValueError(f"num_layers must be 1..{MAX_LAYERS}, got {num_layers}")
         kwargs: dict[str, Any] = {
             "num_layers": num_layers,
             "bias": bias,
