@@ -142,19 +142,32 @@ class Task:
         model.eval()
         if ref is not None:
             ref.eval()
-        total, count = 0.0, 0
+        total: torch.Tensor | None = None
+        count = 0
         with torch.inference_mode():
             for i, batch in enumerate(loader):
                 if limit is not None and i >= limit:
                     break
                 x, y = split_batch(batch)
                 ref_out = run_model(ref, x) if ref is not None else None
-                s, n = self.batch_metric(run_model(model, x), y, ref_out)
-                total += s
+                stats, n = self.batch_stats(run_model(model, x), y, ref_out)
+                total = stats if total is None else total + stats
                 count += n
-        if count == 0:
+        if count == 0 or total is None:
             raise DataError("the evaluation split is empty")
-        return total / count
+        return self.finish(total, count)
+
+    def batch_stats(
+        self, out: torch.Tensor, target: torch.Tensor, ref_out: torch.Tensor | None
+    ) -> tuple[torch.Tensor, int]:
+        """What ``score`` sums over batches, and the batch's sample count (default: the sum of
+        ``batch_metric``)."""
+        s, n = self.batch_metric(out, target, ref_out)
+        return torch.tensor(s, dtype=torch.float64), n
+
+    def finish(self, total: torch.Tensor, count: int) -> float:
+        """The metric from the summed ``batch_stats`` of a split (default: their mean)."""
+        return float(total) / count
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -230,9 +243,9 @@ class Embedding(Task):
 class Regression(Task):
     """Real-valued targets ``[batch]`` or ``[batch, k]``: mean squared error loss, ``r2``.
 
-    R^2 is not a mean over samples (its denominator is the split's spread), so ``score`` is
-    computed from the split's sums rather than per batch; with several outputs it is the mean
-    of the outputs' R^2 (scikit-learn's ``uniform_average``).
+    R^2 is not a mean over samples (its denominator is the split's spread): ``score`` sums
+    per-batch statistics and ``finish`` computes it from the split's totals; with several
+    outputs it is the mean of the outputs' R^2 (scikit-learn's ``uniform_average``).
     """
 
     name: ClassVar[str] = "regression"
@@ -260,7 +273,7 @@ class Regression(Task):
     def batch_metric(
         self, out: torch.Tensor, target: torch.Tensor, ref_out: torch.Tensor | None
     ) -> tuple[float, int]:
-        """Minus the batch's summed squared error (R^2 needs the whole split: ``score``)."""
+        """Minus the batch's summed squared error (R^2 needs the whole split: ``finish``)."""
         pred, true = self._pair(out, target)
         return -float(((pred - true) ** 2).sum()), len(true)
 
@@ -288,32 +301,16 @@ class Regression(Task):
                 f"{max(num_classes, 1)} target value(s) per sample"
             )
 
-    def score(
-        self,
-        model: nn.Module,
-        loader: Iterable[Any],
-        *,
-        reference: nn.Module | None = None,
-        limit: int | None = None,
-    ) -> float:
-        model.eval()
-        sums: list[torch.Tensor] = []  # per batch and output: squared error, y, y^2
-        count = 0
-        with torch.inference_mode():
-            for i, batch in enumerate(loader):
-                if limit is not None and i >= limit:
-                    break
-                x, y = split_batch(batch)
-                pred, true = self._pair(run_model(model, x), y)
-                pred, true = pred.double(), true.double()
-                sums.append(
-                    torch.stack([((pred - true) ** 2).sum(0), true.sum(0), (true**2).sum(0)])
-                )
-                count += len(true)
-        if count == 0:
-            raise DataError("the evaluation split is empty")
-        sse, total, total_sq = torch.stack(sums).sum(0)
-        sst = total_sq - total**2 / count
+    def batch_stats(
+        self, out: torch.Tensor, target: torch.Tensor, ref_out: torch.Tensor | None
+    ) -> tuple[torch.Tensor, int]:
+        """Per output: the summed squared error, sum of targets and of their squares."""
+        pred, true = (t.double() for t in self._pair(out, target))
+        return torch.stack([((pred - true) ** 2).sum(0), true.sum(0), (true**2).sum(0)]), len(true)
+
+    def finish(self, total: torch.Tensor, count: int) -> float:
+        sse, total_y, total_sq = total
+        sst = total_sq - total_y**2 / count
         # a constant target (SST 0) scores 1 when predicted exactly, else 0 (as scikit-learn)
         r2 = torch.where(sst > 0, 1 - sse / sst.clamp_min(1e-300), (sse == 0).double())
         return float(r2.mean())

@@ -183,9 +183,7 @@ def split_attention(model: nn.Module) -> dict[str, str]:
         reason = why_not_split(module)
         done[name] = reason or "split"
         if reason is None:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, SplitAttention.from_attention(module))
+            model.set_submodule(name, SplitAttention.from_attention(module))
     if any(v == "split" for v in done.values()):
         keep_transformer_slow_paths(model)
     return done

@@ -157,7 +157,5 @@ def split_recurrent(model: nn.Module) -> dict[str, str]:
         reason = why_not_split(module)
         done[name] = reason or "split"
         if reason is None:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, SplitRNN.from_rnn(module))
+            model.set_submodule(name, SplitRNN.from_rnn(module))
     return done
