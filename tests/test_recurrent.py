@@ -72,7 +72,7 @@ def test_recipes_compress_an_lstm_and_the_file_loads_into_the_users_model(
     """Before, every recipe left the LSTM's matrices in fp32: 1.2x for all of them."""
     out = tmp_path / "l.mzip"
     res = mz.compress(trained, digits, recipe, out=out, measure_latency=False)
-    assert res["split"] == {"lstm": "split"}
+    assert res["split_modules"] == {"lstm": "split"}
     assert res["ratio"] > min_ratio, res["ratio"]
     assert res["compressed"]["accuracy"] >= res["baseline"]["accuracy"] - 0.03
     loaded = mz.load(out, model=um.lstm_classifier())

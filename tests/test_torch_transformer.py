@@ -46,7 +46,7 @@ def test_int8_recipes_run_their_integer_layers_inside_torch_transformers(
     res = mz.compress(trained, digits, recipe, out=out, measure_latency=False)
     assert res["compressed"]["accuracy"] >= res["baseline"]["accuracy"] - 0.02
     assert res["ratio"] > 3.3  # 2.1x while the packed q/k/v weights stayed fp32
-    assert res["split"] == dict.fromkeys(
+    assert res["split_modules"] == dict.fromkeys(
         ["encoder.layers.0.self_attn", "encoder.layers.1.self_attn"], "split"
     )
     x = digits.example(16)
@@ -174,7 +174,7 @@ def test_attention_split_cannot_represent_is_left_with_its_reason_and_runs(digit
     model = Cross()
     Trainer(progress=False).fit(model, digits.train, epochs=5, lr=3e-3)
     res = mz.compress(model.eval(), digits, "w8a8", measure_latency=False)
-    assert "different sizes" in res["split"]["att"]
+    assert "different sizes" in res["split_modules"]["att"]
     notes = next(s["notes"] for s in res["stages"] if s["method"] == "quantize")
     assert "reads this layer's weight directly" in notes["float_activations"]["att.out_proj"]
     assert res["compressed"]["accuracy"] >= res["baseline"]["accuracy"] - 0.03

@@ -312,7 +312,7 @@ def compress(
         "accuracy_delta": round(compressed["accuracy"] - baseline["accuracy"], 6),
         "stages": stages,
         # attention / recurrent modules given separate weight layers (or why not)
-        **({"split": separated} if separated else {}),
+        **({"split_modules": separated} if separated else {}),
         "out": str(out) if out is not None else None,
         "model": deployed,
     }
