@@ -235,7 +235,7 @@ def render(log: Path) -> str:
         )
     if errors:
         out += ["", "Runs that failed (the recipe does not fit the model yet):", ""]
-        out += [f"- {e}" for e in errors]
+        out += [f"- {e}" for e in dict.fromkeys(errors)]  # once, not once per seed
     return "\n".join(out) + "\n"
 
 
