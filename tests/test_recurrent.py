@@ -116,3 +116,24 @@ def test_a_file_naming_a_huge_recurrent_layer_is_refused_before_building():
     ):
         with pytest.raises(FormatError, match="cannot build SplitRNN"):
             build({**spec, "args": {**spec["args"], **bad}}, MODULE_TYPES)
+
+
+def test_sensitivity_and_the_search_space_see_the_recurrent_matrices(trained, digits, tmp_path):
+    """They see the layers compress will find, so a searched recipe can name lstm.hh_l0."""
+    from modelzip.search.runner import SearchConfig, search
+    from modelzip.search.sensitivity import sensitivity
+
+    sens = sensitivity(trained, digits, sparsities=[0.5], progress=False)
+    assert {"lstm.ih_l0", "lstm.hh_l1"} <= set(sens["layers"])
+    assert isinstance(trained.lstm, nn.LSTM)  # the caller's model is left as it was
+    cfg = SearchConfig(
+        max_drop=5, trials=1, study=tmp_path, epochs=(1, 1, 1), progress=False,
+        sensitivity_seeds=False, anchor=False, confirm=0,
+    )  # fmt: skip
+    res = search(trained, digits, cfg, model_spec=f"{um.__file__}:lstm_classifier")
+    label = "best" if res["met_budget"] else "closest"
+    emitted = tmp_path / f"{label}.yaml"
+    assert "lstm.hh_l0" in emitted.read_text()
+    # compress reruns the emitted policy on the user's (unsplit) model to the same bytes
+    rerun = mz.compress(trained, digits, str(emitted), seed=0, measure_latency=False)
+    assert rerun["compressed"]["bytes"] == res[label]["bytes"]

@@ -29,9 +29,8 @@ from modelzip.eval.evaluate import evaluate as _evaluate
 from modelzip.eval.size import torch_save_bytes
 from modelzip.factory import call_factory, factory_label, is_factory_spec
 from modelzip.mzip import Skeleton
-from modelzip.nn.attention import split_attention
 from modelzip.nn.constraints import remove_constraints
-from modelzip.nn.rnn import split_recurrent
+from modelzip.nn.split import split_packed_weights
 from modelzip.recipe import Recipe, builtin_recipes
 from modelzip.source import (
     ATTR,
@@ -274,7 +273,7 @@ def compress(
     )
     # PyTorch's attention and recurrent layers keep their matrices where no layer method
     # reaches them: give them child layers (same outputs, same kernels)
-    separated = {**split_attention(model), **split_recurrent(model)}
+    separated = split_packed_weights(model)
     if separated:
         log.info("modules given separate weight layers: %s", separated)
     ctx = Context(

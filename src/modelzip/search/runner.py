@@ -36,6 +36,7 @@ the budget.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -50,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from modelzip.errors import ConfigError
+from modelzip.nn.split import split_packed_weights
 from modelzip.search import engines
 from modelzip.search.anchor import anchor_policies
 from modelzip.search.finish import finish
@@ -198,7 +200,11 @@ def search(
         raise ConfigError(f"unknown objective {cfg.objective!r}; valid: {', '.join(OBJECTIVES)}")
     runner = engines.make(cfg.engine, address=cfg.address, workers=cfg.workers)
     folder = cfg.study
-    space = Space.build(model, objective=cfg.objective, schedule=cfg.schedule())
+    # the space names the layers compress will find (attention / recurrent matrices as layers
+    # of their own); trials get the model as given, as a rerun of the emitted recipe does
+    as_compressed = copy.deepcopy(model)
+    split_packed_weights(as_compressed)
+    space = Space.build(as_compressed, objective=cfg.objective, schedule=cfg.schedule())
     reference = pipeline.frozen_copy(model)
     base_val = evaluate(model, data, split="val", measure_latency=False, reference=reference)
     floor = base_val["accuracy"] - cfg.max_drop / 100
@@ -218,8 +224,8 @@ def search(
         study = open_study(folder, setup, cfg.seed)
         retried = recover(study)
         if not study.trials:
-            anchors = anchor_policies(space, model, data) if cfg.anchor else []
-            seeds = seed_policies(space, model, data, cfg) if cfg.sensitivity_seeds else []
+            anchors = anchor_policies(space, as_compressed, data) if cfg.anchor else []
+            seeds = seed_policies(space, as_compressed, data, cfg) if cfg.sensitivity_seeds else []
             queue = _interleave(anchors, seeds) + [space.defaults()]
             for i, policy in enumerate(queue[: max(1, min(6, cfg.trials))]):
                 attrs: dict[str, Any] = {"seeded": True}

@@ -23,6 +23,7 @@ from modelzip.bundle import DataBundle
 from modelzip.context import Context
 from modelzip.errors import ConfigError, UnsupportedError
 from modelzip.methods.prune import PruneConfig, prune
+from modelzip.nn.split import split_packed_weights
 from modelzip.progress import bar
 from modelzip.targets import select
 from modelzip.train import Trainer
@@ -60,6 +61,8 @@ def sensitivity(
     for s in sparsities:
         if not 0.0 <= s < 1.0:
             raise ConfigError(f"sparsities: each value must be in [0, 1), got {s}")
+    model = copy.deepcopy(model)  # with the layers compress will find (nn.split)
+    split_packed_weights(model)
     chosen = select(model, layers, example=data.example_inputs)
     loader = data.loader(split)
     original = copy.deepcopy(model).eval()  # the reference of tasks that compare outputs
