@@ -85,7 +85,8 @@ class Task:
     def batch_metric(
         self, out: torch.Tensor, target: torch.Tensor, ref_out: torch.Tensor | None
     ) -> tuple[float, int]:
-        """(sum of the metric over the batch, number of samples)."""
+        """(sum of the metric over the batch, number of samples); a metric that is not a mean
+        over samples overrides ``batch_stats`` and ``finish`` instead (``Regression``)."""
         raise NotImplementedError
 
     def check_output(self, out: torch.Tensor, num_classes: int, where: str) -> None:
@@ -269,13 +270,6 @@ class Regression(Task):
     ) -> torch.Tensor:
         pred, true = self._pair(out, target)
         return F.mse_loss(pred, true)
-
-    def batch_metric(
-        self, out: torch.Tensor, target: torch.Tensor, ref_out: torch.Tensor | None
-    ) -> tuple[float, int]:
-        """Minus the batch's summed squared error (R^2 needs the whole split: ``finish``)."""
-        pred, true = self._pair(out, target)
-        return -float(((pred - true) ** 2).sum()), len(true)
 
     def distill_loss(
         self,
